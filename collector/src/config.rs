@@ -1,0 +1,107 @@
+//! The collector's settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use plumbing::config::{FieldError, ServiceSettings, check};
+use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
+use plumbing::telemetry::TelemetrySettings;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where the ingest gRPC service listens.
+    pub grpc: GrpcSettings,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    /// What a point must satisfy to be accepted.
+    pub limits: Limits,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Listen address; port 0 lets the OS choose.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    /// Where accepted points go.
+    pub points: TopicSettings,
+}
+
+/// Validation limits; see `validate` for the rules they bound.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most points in one batch.
+    pub max_batch_points: usize,
+    /// Longest metric name, in bytes.
+    pub max_metric_len: usize,
+    /// Most tags on one point.
+    pub max_tags: usize,
+    /// Longest tag name, in bytes.
+    pub max_tag_name_len: usize,
+    /// Longest tag value, in bytes.
+    pub max_tag_value_len: usize,
+    /// Oldest accepted event time, relative to the collector's clock.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Furthest accepted event time in the future, relative to the collector's clock: one bad clock must
+    /// not make everybody else's data late.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcSettings { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
+            kafka: KafkaSettings::default(),
+            topics: Topics { points: TopicSettings::new(topics::POINTS) },
+            limits: Limits::default(),
+            telemetry: TelemetrySettings::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_points: 10_000,
+            max_metric_len: 256,
+            max_tags: 32,
+            max_tag_name_len: 128,
+            max_tag_value_len: 256,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_future: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl ServiceSettings for Settings {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = self.kafka.validate("kafka");
+        errors.extend(self.topics.points.validate("topics.points"));
+        errors.extend(self.telemetry.validate("telemetry"));
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_batch_points", l.max_batch_points),
+            ("limits.max_metric_len", l.max_metric_len),
+            ("limits.max_tag_name_len", l.max_tag_name_len),
+            ("limits.max_tag_value_len", l.max_tag_value_len),
+        ] {
+            check(&mut errors, value >= 1, key, "must be at least 1");
+        }
+        check(&mut errors, !l.max_age.is_zero(), "limits.max_age", "must be positive");
+        errors
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
+    }
+}

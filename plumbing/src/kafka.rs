@@ -1,0 +1,181 @@
+//! Kafka client settings: the one place where settings become an `rdkafka::ClientConfig`, with the
+//! safety rules every service relies on, and topic creation through the admin API (brokers run with
+//! auto-creation off, so a topic exists with the partition count its settings give).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FieldError, check};
+
+/// How to reach Kafka.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port[,host:port...]`. `KAFKA_BROKERS` overrides it.
+    pub brokers: String,
+    /// Raw librdkafka options (e.g. `security.protocol`), applied after Runnel's own; the options that
+    /// would weaken delivery guarantees are refused at startup.
+    pub options: BTreeMap<String, String>,
+    /// Deadline of admin and metadata requests.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            options: BTreeMap::new(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Options a service sets itself; overriding them through `options` would break a guarantee.
+const GUARDED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("acks", "producers always use acks=all"),
+    ("request.required.acks", "producers always use acks=all"),
+    ("enable.idempotence", "producers are always idempotent"),
+    ("enable.auto.commit", "offsets are committed only after output is durable"),
+    ("enable.auto.offset.store", "offsets are stored only after a message is handled"),
+    ("group.id", "set the service's group_id instead"),
+    ("isolation.level", "consumers always read committed data"),
+];
+
+impl KafkaSettings {
+    /// Every invalid value, keys prefixed with `prefix` (e.g. `kafka`).
+    pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check(&mut errors, !self.brokers.trim().is_empty(), &format!("{prefix}.brokers"), "must name at least one broker");
+        for (key, why) in GUARDED {
+            check(&mut errors, !self.options.contains_key(*key), &format!("{prefix}.options.{key}"), format!("may not be set: {why}"));
+        }
+        check(&mut errors, !self.request_timeout.is_zero(), &format!("{prefix}.request_timeout"), "must be positive");
+        errors
+    }
+
+    fn base(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers).set("client.id", client_id);
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A producer that Kafka acknowledges only once every in-sync replica has a message, and that never
+    /// writes a message twice on retry.
+    pub fn producer(&self, client_id: &str) -> ClientConfig {
+        let mut config = self.base(client_id);
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5");
+        config
+    }
+
+    /// A consumer in `group` that reads committed data only and whose offsets move only when the service
+    /// commits them explicitly, after its output is durable.
+    pub fn consumer(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.base(client_id);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false");
+        config
+    }
+
+    /// Creates each topic that does not exist yet. A topic that exists is left as it is: its partition
+    /// count may differ from the settings, which is logged, since repartitioning moves series.
+    pub async fn ensure_topics(&self, topics: &[&TopicSettings]) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.base("runnel-admin").create()?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(self.request_timeout));
+        for result in admin.create_topics(&new, &options).await? {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "topic created"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(topic = %name, "topic exists")
+                }
+                Err((name, code)) => {
+                    tracing::error!(topic = %name, error = %code, "topic creation failed");
+                    return Err(KafkaError::AdminOp(code));
+                }
+            }
+        }
+        let metadata = admin.inner().fetch_metadata(None, self.request_timeout)?;
+        for topic in topics {
+            if let Some(found) = metadata.topics().iter().find(|m| m.name() == topic.name) {
+                let partitions = i32::try_from(found.partitions().len()).unwrap_or(i32::MAX);
+                if partitions != topic.partitions {
+                    tracing::warn!(topic = %topic.name, partitions, configured = topic.partitions, "topic has a different partition count than configured");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A topic and how it is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    pub name: String,
+    /// Partitions at creation: the most instances of a consuming service that can share the work.
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl TopicSettings {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_owned(), partitions: 6, replication_factor: 1 }
+    }
+
+    /// Every invalid value, keys prefixed with `prefix` (e.g. `topics.points`).
+    pub fn validate(&self, prefix: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let legal = !self.name.is_empty()
+            && self.name.len() <= 249
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        check(&mut errors, legal, &format!("{prefix}.name"), format!("{:?} is not a legal topic name", self.name));
+        check(&mut errors, self.partitions >= 1, &format!("{prefix}.partitions"), "must be at least 1");
+        check(&mut errors, self.replication_factor >= 1, &format!("{prefix}.replication_factor"), "must be at least 1");
+        errors
+    }
+}
+
+/// The topic names of the contract.
+pub mod topics {
+    pub const POINTS: &str = "runnel.points.v1";
+    pub const AGGREGATES: &str = "runnel.aggregates.v1";
+    pub const ALERTS: &str = "runnel.alerts.v1";
+}
+
+/// Waits up to `timeout` for the delivery of `futures`, in order; the first failure is returned.
+pub async fn await_deliveries(
+    futures: impl IntoIterator<Item = rdkafka::producer::DeliveryFuture>,
+) -> Result<(), KafkaError> {
+    for future in futures {
+        match future.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => return Err(err),
+            Err(_canceled) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(())
+}

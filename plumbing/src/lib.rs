@@ -1,0 +1,20 @@
+//! What two or more Runnel services share, and nothing else:
+//!
+//! - [`config`]: layered settings (defaults, file, environment) with errors that name the key;
+//! - [`telemetry`]: logs and optional OpenTelemetry trace export;
+//! - [`kafka`]: the one place where Kafka client settings become an `rdkafka::ClientConfig`, with the
+//!   safety rules for producers and consumers, and topic creation through the admin API;
+//! - [`grpc`]: binding a listener and serving a tonic router until shutdown;
+//! - [`shutdown`]: the cancellation signal that SIGTERM and SIGINT raise;
+//! - [`service`]: the common body of every service binary (arguments, settings, exit codes).
+//!
+//! Domain logic (validation, windows, storage, models) belongs to the services, never here.
+
+pub mod config;
+pub mod grpc;
+pub mod kafka;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use shutdown::Shutdown;

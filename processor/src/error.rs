@@ -1,0 +1,15 @@
+//! The processor's errors.
+
+use rdkafka::error::KafkaError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Output that Kafka did not acknowledge: the processor stops without committing the input offsets,
+    /// so the next owner of the partitions produces it again.
+    #[error("aggregate delivery failed: {0}")]
+    Delivery(KafkaError),
+}

@@ -1,0 +1,54 @@
+//! The processor: per-series event-time tumbling windows over the points topic, with count, sum, mean,
+//! min, max and gradient, produced to the aggregates topic when a partition's watermark closes them.
+
+pub mod config;
+pub mod error;
+mod kafka;
+pub mod window;
+
+use std::sync::Arc;
+
+use plumbing::Shutdown;
+
+pub use crate::config::Settings;
+pub use crate::error::{Error, Result};
+pub use crate::kafka::Stats;
+use crate::kafka::{Pipeline, ProducerHealth, RebalanceContext, Shared};
+
+/// A processor that is connected but not yet consuming.
+#[derive(Debug)]
+pub struct App {
+    pipeline: Pipeline,
+}
+
+impl App {
+    /// Creates the topics if needed and connects the consumer and the producer.
+    pub async fn build(settings: Settings) -> Result<Self> {
+        let Settings { kafka, group_id, topics, windows, commit_interval, .. } = settings;
+        kafka.ensure_topics(&[&topics.points, &topics.aggregates]).await?;
+        let health = ProducerHealth::default();
+        let producer = kafka.producer("runnel-processor").create_with_context(health.clone())?;
+        let shared = Arc::new(Shared::new(
+            windows.spec(),
+            topics.points.name,
+            topics.aggregates.name,
+            producer,
+            health,
+            kafka.request_timeout,
+        ));
+        let consumer = kafka
+            .consumer("runnel-processor", &group_id)
+            .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;
+        Ok(Self { pipeline: Pipeline::new(consumer, shared, commit_interval) })
+    }
+
+    /// Counters of what the processor has done.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.pipeline.shared.stats)
+    }
+
+    /// Consumes until `shutdown`, then commits what is durable and leaves the group.
+    pub async fn run(self, shutdown: Shutdown) -> Result<()> {
+        self.pipeline.run(shutdown).await
+    }
+}
