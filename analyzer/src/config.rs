@@ -22,6 +22,8 @@ pub struct Settings {
     pub topics: Topics,
     pub model: Model,
     /// Threshold rules, evaluated on every window mean of their metric.
+    // An empty list does not survive the defaults layer, hence the serde default.
+    #[serde(default)]
     pub rules: Vec<Rule>,
     /// How often offsets are committed.
     #[serde(with = "humantime_serde")]

@@ -1,1 +1,96 @@
-//! End-to-end tests live in tests/.
+//! The harness of the end-to-end tests: the broker they run against, unique names per test, services
+//! started in-process on OS-assigned ports, and polling with a deadline instead of sleeping.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use plumbing::Shutdown;
+use plumbing::kafka::{KafkaSettings, TopicSettings};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use tokio::task::JoinHandle;
+
+/// The broker under test: `KAFKA_BROKERS`, which the test command sets after starting one.
+pub fn kafka() -> KafkaSettings {
+    let brokers = std::env::var(plumbing::config::KAFKA_BROKERS_VAR).unwrap_or_else(|_| {
+        panic!("KAFKA_BROKERS is not set: these tests need a real broker; run `deploy/test.sh`, which starts one")
+    });
+    KafkaSettings { brokers, ..KafkaSettings::default() }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{prefix}-{}-{}-{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A topic with a unique name.
+pub fn topic(prefix: &str, partitions: i32) -> TopicSettings {
+    TopicSettings { name: unique(prefix), partitions, replication_factor: 1 }
+}
+
+/// Wall-clock time in nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+/// A service running in-process.
+#[derive(Debug)]
+pub struct Running<E> {
+    shutdown: Shutdown,
+    task: JoinHandle<Result<(), E>>,
+}
+
+impl<E: std::fmt::Debug + Send + 'static> Running<E> {
+    pub fn spawn<F>(run: impl FnOnce(Shutdown) -> F) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    /// Stops the service as SIGTERM would and waits for a clean exit.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the service did not stop within 60 s")
+            .expect("the service task panicked");
+        result.expect("the service stopped with an error");
+    }
+}
+
+/// Polls `probe` until it returns `Some`, for at most `limit`; panics with `what` on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many messages `topic` holds, summed over its partitions (high minus low watermark). Exact for
+/// topics written without transactions, whose offsets are contiguous.
+pub fn message_count(kafka: &KafkaSettings, topic: &str) -> i64 {
+    let consumer: BaseConsumer = kafka.consumer("e2e-count", &unique("e2e-count")).create().expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    (0..partitions)
+        .map(|p| {
+            let p = i32::try_from(p).expect("partition number");
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            high - low
+        })
+        .sum()
+}

@@ -22,6 +22,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Raw librdkafka options (e.g. `security.protocol`), applied after Runnel's own; the options that
     /// would weaken delivery guarantees are refused at startup.
+    // An empty table does not survive the defaults layer, hence the serde default.
+    #[serde(default)]
     pub options: BTreeMap<String, String>,
     /// Deadline of admin and metadata requests.
     #[serde(with = "humantime_serde")]
