@@ -52,7 +52,7 @@ impl Consume {
                     };
                     let alerts = self.analysis.lock().unwrap_or_else(PoisonError::into_inner).observe(&aggregate);
                     for alert in alerts {
-                        tracing::info!(id = %alert.id, state = alert.state, value = alert.value, "alert changed");
+                        tracing::info!(id = %alert.id, state = ?alert.state(), value = alert.value, "alert changed");
                         let payload = alert.encode_to_vec();
                         let record = FutureRecord::to(&self.alerts_topic).key(&alert.id).payload(&payload);
                         pending.push(self.producer.send_result(record).map_err(|(err, _)| Error::Delivery(err))?);

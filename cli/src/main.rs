@@ -1,1 +1,207 @@
-fn main() {}
+//! `runnel`: a command line for people. Writes demo load to the collector, reads windows from the
+//! store, asks the analyzer for forecasts and watches alerts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt as _;
+use proto::v1::analyzer_service_client::AnalyzerServiceClient;
+use proto::v1::ingest_service_client::IngestServiceClient;
+use proto::v1::query_service_client::QueryServiceClient;
+use proto::v1::tag_matcher::Op;
+use proto::v1::{
+    AlertState, ForecastRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, TagMatcher,
+    WatchAlertsRequest, WriteRequest,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "runnel", version, about = "Talk to a running Runnel pipeline")]
+struct Cli {
+    /// The collector's gRPC address.
+    #[arg(long, env = "RUNNEL_COLLECTOR_URL", default_value = "http://127.0.0.1:50051", global = true)]
+    collector: String,
+    /// The store's gRPC address.
+    #[arg(long, env = "RUNNEL_STORE_URL", default_value = "http://127.0.0.1:50052", global = true)]
+    store: String,
+    /// The analyzer's gRPC address.
+    #[arg(long, env = "RUNNEL_ANALYZER_URL", default_value = "http://127.0.0.1:50053", global = true)]
+    analyzer: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write demo load: `demo_temperature{host=...}` rising slowly with a daily-looking wave, one point
+    /// per second per host over the recent past.
+    Demo {
+        /// How many hosts (series).
+        #[arg(long, default_value_t = 4)]
+        hosts: usize,
+        /// How far back the points reach.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        span: Duration,
+    },
+    /// Print the windows of a metric's series.
+    Range {
+        metric: String,
+        /// Tag equality matchers, `name=value`.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// How far back to look.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Print only the last N windows of each series.
+        #[arg(long)]
+        last: Option<usize>,
+    },
+    /// List the stored series, optionally of one metric.
+    Series { metric: Option<String> },
+    /// Forecast a series' window mean.
+    Forecast {
+        metric: String,
+        /// The series' tags, `name=value`; all of them.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// How far past the latest window.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        horizon: Duration,
+    },
+    /// Print alert changes as they happen.
+    Watch,
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not name=value"))
+}
+
+fn now_ns() -> i64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn time(ns: i64) -> String {
+    let secs = u64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(0);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo { hosts, span } => demo(&cli.collector, hosts, span).await,
+        Command::Range { metric, tags, since, last } => range(&cli.store, metric, tags, since, last).await,
+        Command::Series { metric } => series(&cli.store, metric).await,
+        Command::Forecast { metric, tags, horizon } => forecast(&cli.analyzer, metric, tags, horizon).await,
+        Command::Watch => watch(&cli.analyzer).await,
+    }
+}
+
+async fn demo(url: &str, hosts: usize, span: Duration) -> anyhow::Result<()> {
+    let mut client = IngestServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the collector at {url}"))?;
+    let end = now_ns() / 1_000_000_000 * 1_000_000_000;
+    let seconds = i64::try_from(span.as_secs()).unwrap_or(i64::MAX);
+    let mut batch = Vec::new();
+    let mut written = 0u64;
+    for t in 0..=seconds {
+        let ts = end - (seconds - t) * 1_000_000_000;
+        for host in 0..hosts {
+            let phase = host as f64;
+            let value = 20.0 + phase + 0.01 * t as f64 + 2.0 * ((t as f64) / 60.0 + phase).sin();
+            batch.push(Point {
+                metric: "demo_temperature".to_owned(),
+                tags: BTreeMap::from([("host".to_owned(), format!("host-{host}"))]),
+                timestamp_ns: ts,
+                value,
+            });
+        }
+        if batch.len() >= 1000 || t == seconds {
+            written += client.write(WriteRequest { points: std::mem::take(&mut batch) }).await?.into_inner().accepted;
+        }
+    }
+    println!("wrote {written} points for {hosts} series over the last {}", humantime::format_duration(span));
+    Ok(())
+}
+
+fn selector(metric: String, tags: Vec<(String, String)>) -> SeriesSelector {
+    let matchers =
+        tags.into_iter().map(|(name, value)| TagMatcher { name, op: Op::Equal as i32, value }).collect();
+    SeriesSelector { metric, matchers }
+}
+
+async fn range(
+    url: &str,
+    metric: String,
+    tags: Vec<(String, String)>,
+    since: Duration,
+    last: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
+    let end = now_ns() + 60_000_000_000;
+    let request = RangeRequest { selector: Some(selector(metric, tags)), start_ns: end - nanos(since), end_ns: end };
+    let reply = client.range(request).await?.into_inner();
+    if reply.series.is_empty() {
+        println!("no windows stored yet");
+    }
+    for series in reply.series {
+        let key = series.series.as_ref().map(Series::key).unwrap_or_default();
+        println!("{key}");
+        println!("  {:<22} {:>6} {:>12} {:>10} {:>10} {:>10} {:>12}", "window start", "count", "sum", "mean", "min", "max", "gradient/s");
+        let skip = last.map_or(0, |n| series.windows.len().saturating_sub(n));
+        for w in series.windows.iter().skip(skip) {
+            let gradient = w.gradient_per_second.map_or_else(|| "-".to_owned(), |g| format!("{g:.5}"));
+            println!(
+                "  {:<22} {:>6} {:>12.3} {:>10.3} {:>10.3} {:>10.3} {:>12}",
+                time(w.start_ns), w.count, w.sum, w.mean, w.min, w.max, gradient
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn series(url: &str, metric: Option<String>) -> anyhow::Result<()> {
+    let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
+    let selector = SeriesSelector { metric: metric.unwrap_or_default(), matchers: vec![] };
+    for series in client.list_series(ListSeriesRequest { selector: Some(selector) }).await?.into_inner().series {
+        println!("{}", series.key());
+    }
+    Ok(())
+}
+
+async fn forecast(url: &str, metric: String, tags: Vec<(String, String)>, horizon: Duration) -> anyhow::Result<()> {
+    let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
+    let series = Series { metric, tags: tags.into_iter().collect() };
+    let reply = client.forecast(ForecastRequest { series: Some(series.clone()), horizon_ns: nanos(horizon) }).await?.into_inner();
+    println!(
+        "{}: {:.3} expected at {} (trend {:+.5}/s over {} windows)",
+        series.key(),
+        reply.value,
+        time(reply.at_ns),
+        reply.slope_per_second,
+        reply.windows
+    );
+    Ok(())
+}
+
+async fn watch(url: &str) -> anyhow::Result<()> {
+    let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
+    let mut stream = client.watch_alerts(WatchAlertsRequest {}).await?.into_inner();
+    while let Some(alert) = stream.next().await {
+        let alert = alert?;
+        let state = match AlertState::try_from(alert.state) {
+            Ok(AlertState::Firing) => "FIRING",
+            Ok(AlertState::Resolved) => "RESOLVED",
+            _ => bail!("unknown alert state {}", alert.state),
+        };
+        println!("{state:<9} {} value {:.3} threshold {} window {}", alert.id, alert.value, alert.threshold, time(alert.window_start_ns));
+    }
+    Ok(())
+}

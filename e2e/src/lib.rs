@@ -1,6 +1,9 @@
 //! The harness of the end-to-end tests: the broker they run against, unique names per test, services
 //! started in-process on OS-assigned ports, and polling with a deadline instead of sleeping.
 
+pub mod oracle;
+pub mod services;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

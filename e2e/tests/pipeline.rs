@@ -4,189 +4,26 @@
 //! that re-delivers every window adds no row.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use e2e::{Running, eventually, kafka, now_ns, topic, unique};
+use e2e::oracle::{HOT, S, Topics, WINDOW, assert_windows, data, expected, series};
+use e2e::services::{range, start_collector, start_processor, start_store, write};
+use e2e::{Running, eventually, kafka, now_ns, unique};
 use futures::StreamExt as _;
-use plumbing::kafka::TopicSettings;
 use proto::v1::analyzer_service_client::AnalyzerServiceClient;
-use proto::v1::ingest_service_client::IngestServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::{
-    AlertState, ForecastRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, WatchAlertsRequest,
-    WindowStats, WriteRequest,
+    AlertState, ForecastRequest, ListSeriesRequest, Series, WatchAlertsRequest,
 };
-
-const S: i64 = 1_000_000_000;
-const WINDOW: i64 = 10 * S;
-const LATENESS: i64 = 5 * S;
-const HOT: f64 = 28.0;
-
-struct Topics {
-    points: TopicSettings,
-    aggregates: TopicSettings,
-    alerts: TopicSettings,
-}
-
-fn series(metric: &str, tags: &[(&str, &str)]) -> Series {
-    Series { metric: metric.into(), tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
-}
-
-fn point(s: &Series, ts: i64, value: f64) -> Point {
-    Point { metric: s.metric.clone(), tags: s.tags.clone(), timestamp_ns: ts, value }
-}
-
-/// The test's data: three series, one point every 2 s from 0 to 48 s after `base`, sent in time order
-/// across series except for points held back within the lateness, one point beyond it, and a point at
-/// 60 s per series that moves every partition's watermark to 55 s, closing the windows up to 50 s.
-struct Data {
-    sent: Vec<Point>,
-    late: Point,
-}
-
-fn data(base: i64, a: &Series, b: &Series, c: &Series) -> Data {
-    let value_a = |t: i64| 20.0 + 0.2 * t as f64;
-    let value_b = |t: i64| 30.0 - 0.1 * t as f64 + if t % 4 == 0 { 1.0 } else { 0.0 };
-    let value_c = |t: i64| (t % 7) as f64;
-    let mut sent = Vec::new();
-    let mut held: Vec<Point> = Vec::new();
-    for t in (0..50).step_by(2) {
-        let ts = base + t * S;
-        // Out of order within the lateness: a's points at 8 s and 26 s are sent 4 s later than their time.
-        if t == 8 || t == 26 {
-            held.push(point(a, ts, value_a(t)));
-        } else {
-            sent.push(point(a, ts, value_a(t)));
-        }
-        sent.push(point(b, ts, value_b(t)));
-        sent.push(point(c, ts, value_c(t)));
-        if t == 12 || t == 30 {
-            sent.append(&mut held);
-        }
-    }
-    // Beyond the lateness: b has reached 20 s, so its watermark is at least 15 s and the window [0, 10) of
-    // every partition b can be in has closed.
-    let late = point(b, base + 3 * S, 1000.0);
-    let position = sent.iter().position(|p| p.metric == b.metric && p.tags == b.tags && p.timestamp_ns == base + 20 * S);
-    sent.insert(position.expect("b at 20 s") + 1, late.clone());
-    for s in [a, b, c] {
-        sent.push(point(s, base + 60 * S, 0.0));
-    }
-    Data { sent, late }
-}
-
-/// The oracle: aggregates computed directly from the points, in send order, leaving out the late point and
-/// windows that have not closed (start >= 50 s).
-fn expected(base: i64, data: &Data) -> BTreeMap<String, Vec<WindowStats>> {
-    let mut groups: BTreeMap<(String, i64), Vec<(i64, f64)>> = BTreeMap::new();
-    for p in data.sent.iter().filter(|p| *p != &data.late) {
-        let start = base + (p.timestamp_ns - base) / WINDOW * WINDOW;
-        if start < base + 50 * S {
-            groups.entry((p.series_key(), start)).or_default().push((p.timestamp_ns, p.value));
-        }
-    }
-    let mut out: BTreeMap<String, Vec<WindowStats>> = BTreeMap::new();
-    for ((key, start), points) in groups {
-        let n = points.len() as f64;
-        let sum = points.iter().fold(0.0, |acc, (_, v)| acc + v);
-        // Textbook least squares, x in seconds since the window start.
-        let xs: Vec<f64> = points.iter().map(|(t, _)| (t - start) as f64 / 1e9).collect();
-        let (mx, my) = (xs.iter().sum::<f64>() / n, sum / n);
-        let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
-        let sxy: f64 = xs.iter().zip(&points).map(|(x, (_, v))| (x - mx) * (v - my)).sum();
-        out.entry(key).or_default().push(WindowStats {
-            start_ns: start,
-            end_ns: start + WINDOW,
-            count: points.len() as u64,
-            sum,
-            mean: sum / n,
-            min: points.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min),
-            max: points.iter().map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max),
-            gradient_per_second: (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx),
-        });
-    }
-    out
-}
-
-fn assert_windows(key: &str, got: &[WindowStats], want: &[WindowStats]) {
-    assert_eq!(got.len(), want.len(), "{key}: window count");
-    for (g, w) in got.iter().zip(want) {
-        let ctx = format!("{key} window at {}", w.start_ns);
-        assert_eq!((g.start_ns, g.end_ns, g.count), (w.start_ns, w.end_ns, w.count), "{ctx}");
-        assert_eq!((g.sum, g.mean, g.min, g.max), (w.sum, w.mean, w.min, w.max), "{ctx}");
-        match (g.gradient_per_second, w.gradient_per_second) {
-            // Different algorithms (streaming co-moments versus two passes) agree to rounding only.
-            (Some(g), Some(w)) => assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{ctx}: gradient {g} vs {w}"),
-            (g, w) => assert_eq!(g, w, "{ctx}: gradient"),
-        }
-    }
-}
-
-async fn start_store(
-    topics: &Topics,
-    group: &str,
-    path: &PathBuf,
-) -> (SocketAddr, Arc<store::Stats>, Running<store::Error>) {
-    let mut s = store::Settings::default();
-    s.kafka = kafka();
-    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    s.group_id = group.to_owned();
-    s.topics.aggregates = topics.aggregates.clone();
-    s.storage.path = path.clone();
-    let app = store::App::build(s).await.expect("store starts");
-    let (addr, stats) = (app.grpc_addr(), app.stats());
-    (addr, stats, Running::spawn(|shutdown| app.run(shutdown)))
-}
-
-async fn start_processor(topics: &Topics, group: &str) -> (Arc<processor::Stats>, Running<processor::Error>) {
-    let mut s = processor::Settings::default();
-    s.kafka = kafka();
-    s.group_id = group.to_owned();
-    s.topics.points = topics.points.clone();
-    s.topics.aggregates = topics.aggregates.clone();
-    s.windows.size = Duration::from_nanos(WINDOW as u64);
-    s.windows.allowed_lateness = Duration::from_nanos(LATENESS as u64);
-    s.commit_interval = Duration::from_millis(200);
-    let app = processor::App::build(s).await.expect("processor starts");
-    let stats = app.stats();
-    (stats, Running::spawn(|shutdown| app.run(shutdown)))
-}
-
-async fn range(addr: SocketAddr, metric: &str, base: i64) -> BTreeMap<String, Vec<WindowStats>> {
-    let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let request = RangeRequest {
-        selector: Some(SeriesSelector { metric: metric.into(), matchers: vec![] }),
-        start_ns: base - 3600 * S,
-        end_ns: base + 3600 * S,
-    };
-    let reply = client.range(request).await.unwrap().into_inner();
-    reply.series.into_iter().map(|s| (s.series.unwrap().key(), s.windows)).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_become_exact_aggregates_forecasts_and_alerts() {
-    let topics = Topics {
-        points: topic("e2e-points", 3),
-        aggregates: topic("e2e-aggregates", 3),
-        alerts: topic("e2e-alerts", 1),
-    };
+    let topics = Topics::unique(3);
     let store_group = unique("e2e-store");
     let store_path = std::env::temp_dir().join(unique("runnel-e2e-store"));
 
-    // Collector.
-    let mut cs = collector::Settings::default();
-    cs.kafka = kafka();
-    cs.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    cs.topics.points = topics.points.clone();
-    let collector_app = collector::App::build(cs).await.expect("collector starts");
-    let collector_addr = collector_app.grpc_addr();
-    let collector = Running::spawn(|shutdown| collector_app.run(shutdown));
-
-    // Processor, store, analyzer.
+    let (collector_addr, collector) = start_collector(&topics).await;
     let (processor_stats, processor) = start_processor(&topics, &unique("e2e-processor")).await;
     let (store_addr, _, store) = start_store(&topics, &store_group, &store_path).await;
     let mut als = analyzer::Settings::default();
@@ -217,11 +54,7 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
         series("load", &[("host", "a"), ("dc", "x")]),
     );
     let data = data(base, &a, &b, &c);
-    let mut ingest = IngestServiceClient::connect(format!("http://{collector_addr}")).await.unwrap();
-    for chunk in data.sent.chunks(20) {
-        let reply = ingest.write(WriteRequest { points: chunk.to_vec() }).await.unwrap().into_inner();
-        assert_eq!(reply.accepted, chunk.len() as u64);
-    }
+    write(collector_addr, &data.sent).await;
 
     // Exact aggregates through QueryService.Range.
     let want = expected(base, &data);

@@ -63,7 +63,9 @@ impl Drop for Guard {
 /// OTLP export is on.
 pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Result<Guard> {
     let filter = EnvFilter::try_new(&settings.log)?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_filter(filter);
     if settings.otlp_endpoint.is_empty() {
         tracing_subscriber::registry().with(fmt).try_init()?;
         return Ok(Guard { provider: None });

@@ -32,6 +32,8 @@ pub struct Stats {
     pub malformed: AtomicU64,
     /// Aggregates produced.
     pub windows_emitted: AtomicU64,
+    /// Input partitions this instance owns now.
+    pub assigned_partitions: AtomicU64,
 }
 
 /// Marks the producer broken when librdkafka reports a fatal error, so that no offset is committed for
@@ -158,6 +160,7 @@ impl ConsumerContext for RebalanceContext {
         for partition in &revoked {
             partitions.remove(partition);
         }
+        shared.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
         tracing::info!(partitions = ?revoked, "partitions revoked");
     }
 
@@ -182,6 +185,7 @@ impl ConsumerContext for RebalanceContext {
             };
             partitions.insert(partition, windows);
         }
+        shared.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
     }
 }
 
