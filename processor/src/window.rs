@@ -218,7 +218,9 @@ impl PartitionWindows {
         Checkpoint {
             resume_offset: oldest_open.unwrap_or(self.next_offset),
             max_event_ns: self.max_event_ns,
-            next_offset: self.next_offset,
+            // A restored partition that has not yet replayed up to its predecessor's position must pass
+            // that position on, or the next owner would count replayed late points a second time.
+            next_offset: self.next_offset.max(self.replay_until),
         }
     }
 
@@ -321,6 +323,12 @@ mod tests {
         assert_eq!(Checkpoint::parse(0, "something else"), None);
     }
 
+    #[test]
+    fn a_restored_partition_passes_its_checkpoint_on_unchanged() {
+        let checkpoint = Checkpoint { resume_offset: 100, max_event_ns: Some(12 * S), next_offset: 103 };
+        assert_eq!(PartitionWindows::restore(SPEC, checkpoint).checkpoint(), checkpoint);
+    }
+
     /// Replaying from a checkpoint, then continuing, emits exactly what an uninterrupted run emits.
     #[test]
     fn replay_from_a_checkpoint_equals_an_uninterrupted_run() {
@@ -341,26 +349,36 @@ mod tests {
         run(&mut PartitionWindows::new(SPEC), 0, input.len(), &mut whole, &mut whole_late);
         assert_eq!(whole_late, 1, "the point at 3 s arrives when the watermark is 12 s");
 
-        for crash_after in 1..input.len() {
-            let mut first = PartitionWindows::new(SPEC);
-            let (mut emitted, mut late) = (Vec::new(), 0);
-            run(&mut first, 0, crash_after, &mut emitted, &mut late);
-            let checkpoint = first.checkpoint();
-            // The new owner emits again whatever the old one emitted after the checkpoint; keyed by window,
-            // a store keeps one copy.
-            let mut second = PartitionWindows::restore(SPEC, checkpoint);
-            run(&mut second, checkpoint.resume_offset as usize, input.len(), &mut emitted, &mut late);
-            let mut by_window: BTreeMap<(i64, String), Aggregate> = BTreeMap::new();
-            for agg in emitted {
-                let key = (stats(&agg).start_ns, agg.series.as_ref().unwrap().metric.clone());
-                if let Some(previous) = by_window.insert(key, agg.clone()) {
-                    assert_eq!(previous, agg, "a re-emitted window must be identical (crash after {crash_after})");
+        // Every pair of crashes: the first owner reads `first` messages, its successor `second` (zero
+        // included: a crash right after the restore), and a third owner reads to the end.
+        for first in 1..input.len() {
+            for second in 0..input.len() {
+                let (mut emitted, mut late) = (Vec::new(), 0);
+                let mut windows = PartitionWindows::new(SPEC);
+                let mut position = 0;
+                for reads in [first, second] {
+                    let to = (position + reads).min(input.len());
+                    run(&mut windows, position, to, &mut emitted, &mut late);
+                    let checkpoint = windows.checkpoint();
+                    windows = PartitionWindows::restore(SPEC, checkpoint);
+                    position = checkpoint.resume_offset as usize;
                 }
+                run(&mut windows, position, input.len(), &mut emitted, &mut late);
+                // Owners emit again whatever their predecessor emitted after its checkpoint; keyed by
+                // window, a store keeps one copy, and every copy must be identical.
+                let case = format!("crashes after {first} and {second} reads");
+                let mut by_window: BTreeMap<(i64, String), Aggregate> = BTreeMap::new();
+                for agg in emitted {
+                    let key = (stats(&agg).start_ns, agg.series.as_ref().unwrap().metric.clone());
+                    if let Some(previous) = by_window.insert(key, agg.clone()) {
+                        assert_eq!(previous, agg, "a re-emitted window must be identical ({case})");
+                    }
+                }
+                let mut expected: Vec<Aggregate> = whole.clone();
+                expected.sort_by_key(|a| (stats(a).start_ns, a.series.as_ref().unwrap().metric.clone()));
+                assert_eq!(by_window.into_values().collect::<Vec<_>>(), expected, "{case}");
+                assert_eq!(late, whole_late, "late points are counted once ({case})");
             }
-            let mut expected: Vec<Aggregate> = whole.clone();
-            expected.sort_by_key(|a| (stats(a).start_ns, a.series.as_ref().unwrap().metric.clone()));
-            assert_eq!(by_window.into_values().collect::<Vec<_>>(), expected, "crash after {crash_after}");
-            assert_eq!(late, whole_late, "late points are counted once (crash after {crash_after})");
         }
     }
 }
