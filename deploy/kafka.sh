@@ -14,7 +14,7 @@ usage: deploy/kafka.sh fetch|start|stop|status|brokers
   fetch    download Kafka 4.4.0 and its runtime jars into .cache/kafka/libs (once)
   start    format fresh storage and start the broker; prints its address when it answers
   stop     stop the broker started by start (SIGTERM, then SIGKILL after 30 s)
-  status   say whether the broker runs, and where
+  status   say whether the broker runs, and where (exit 3 when it does not)
   brokers  print the bootstrap address (host:port) if the broker runs
 
 environment:
@@ -210,6 +210,7 @@ status() {
     echo "kafka starting (pid $(<"$PID_FILE")), not answering yet"
   else
     echo "kafka not running"
+    return 3 # as LSB init scripts do, so callers can test it
   fi
 }
 

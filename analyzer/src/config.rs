@@ -79,7 +79,7 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.alerts.validate("topics.alerts"));
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
-        check(&mut errors, self.model.windows >= 2, "model.windows", "must be at least 2: a line needs two points");
+        check(&mut errors, self.model.windows >= 2, "model.windows", format!("{} must be at least 2: a line needs two points", self.model.windows));
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
         let mut names = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {

@@ -95,7 +95,7 @@ impl ServiceSettings for Settings {
             ("limits.max_tag_name_len", l.max_tag_name_len),
             ("limits.max_tag_value_len", l.max_tag_value_len),
         ] {
-            check(&mut errors, value >= 1, key, "must be at least 1");
+            check(&mut errors, value >= 1, key, format!("{value} must be at least 1"));
         }
         check(&mut errors, !l.max_age.is_zero(), "limits.max_age", "must be positive");
         errors

@@ -45,8 +45,8 @@ fn invalid_values_are_all_reported() {
         "processor",
         &[("RUNNEL_PROCESSOR__WINDOWS__SIZE", "0s"), ("RUNNEL_PROCESSOR__TOPICS__POINTS__PARTITIONS", "0")],
     );
-    assert!(err.contains("windows.size: must be at least 1ms"), "{err}");
-    assert!(err.contains("topics.points.partitions: must be at least 1"), "{err}");
+    assert!(err.contains("windows.size: 0s must be at least 1ms"), "{err}");
+    assert!(err.contains("topics.points.partitions: 0 must be at least 1"), "{err}");
 }
 
 #[test]

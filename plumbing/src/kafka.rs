@@ -155,8 +155,8 @@ impl TopicSettings {
             && self.name.len() <= 249
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         check(&mut errors, legal, &format!("{prefix}.name"), format!("{:?} is not a legal topic name", self.name));
-        check(&mut errors, self.partitions >= 1, &format!("{prefix}.partitions"), "must be at least 1");
-        check(&mut errors, self.replication_factor >= 1, &format!("{prefix}.replication_factor"), "must be at least 1");
+        check(&mut errors, self.partitions >= 1, &format!("{prefix}.partitions"), format!("{} must be at least 1", self.partitions));
+        check(&mut errors, self.replication_factor >= 1, &format!("{prefix}.replication_factor"), format!("{} must be at least 1", self.replication_factor));
         errors
     }
 }

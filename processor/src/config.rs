@@ -73,9 +73,9 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.aggregates.validate("topics.aggregates"));
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
-        check(&mut errors, self.windows.size >= Duration::from_millis(1), "windows.size", "must be at least 1ms");
-        check(&mut errors, self.windows.size <= Duration::from_secs(366 * 24 * 3600), "windows.size", "must be at most a year");
-        check(&mut errors, self.windows.allowed_lateness <= Duration::from_secs(366 * 24 * 3600), "windows.allowed_lateness", "must be at most a year");
+        check(&mut errors, self.windows.size >= Duration::from_millis(1), "windows.size", format!("{} must be at least 1ms", humantime::format_duration(self.windows.size)));
+        check(&mut errors, self.windows.size <= Duration::from_secs(366 * 24 * 3600), "windows.size", format!("{} must be at most a year", humantime::format_duration(self.windows.size)));
+        check(&mut errors, self.windows.allowed_lateness <= Duration::from_secs(366 * 24 * 3600), "windows.allowed_lateness", format!("{} must be at most a year", humantime::format_duration(self.windows.allowed_lateness)));
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
         check(
             &mut errors,

@@ -72,7 +72,7 @@ impl ServiceSettings for Settings {
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
         check(&mut errors, !self.storage.path.as_os_str().is_empty(), "storage.path", "must not be empty");
-        check(&mut errors, self.storage.max_batch >= 1, "storage.max_batch", "must be at least 1");
+        check(&mut errors, self.storage.max_batch >= 1, "storage.max_batch", format!("{} must be at least 1", self.storage.max_batch));
         errors
     }
 
