@@ -80,6 +80,8 @@ impl KafkaSettings {
         config
             .set("acks", "all")
             .set("enable.idempotence", "true")
+            // The Java client's key hash: a series lands in the same partition whichever client wrote it.
+            .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             .set("linger.ms", "5");
         config
