@@ -35,6 +35,7 @@ pub async fn start_processor(topics: &Topics, group: &str) -> (Arc<processor::St
     let mut s = processor::Settings::default();
     s.kafka = kafka();
     s.group_id = group.to_owned();
+    s.transactional_id = crate::unique("e2e-processor");
     s.topics.points = topics.points.clone();
     s.topics.aggregates = topics.aggregates.clone();
     s.windows.size = Duration::from_nanos(WINDOW as u64);

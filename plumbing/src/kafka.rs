@@ -50,6 +50,8 @@ const GUARDED: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "offsets are stored only after a message is handled"),
     ("group.id", "set the service's group_id instead"),
     ("isolation.level", "consumers always read committed data"),
+    ("transactional.id", "set the processor's transactional_id instead"),
+    ("transaction.timeout.ms", "set the processor's transaction_timeout instead"),
 ];
 
 impl KafkaSettings {
@@ -84,6 +86,16 @@ impl KafkaSettings {
             .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             .set("linger.ms", "5");
+        config
+    }
+
+    /// A transactional producer: `transactional_id` must be stable across restarts of one instance and
+    /// unique among instances, so that a restarted instance fences its former self.
+    pub fn transactional_producer(&self, client_id: &str, transactional_id: &str, timeout: Duration) -> ClientConfig {
+        let mut config = self.producer(client_id);
+        config
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", timeout.as_millis().to_string());
         config
     }
 

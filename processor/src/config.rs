@@ -17,10 +17,31 @@ pub struct Settings {
     pub group_id: String,
     pub topics: Topics,
     pub windows: Windows,
-    /// How often offsets are committed; bounds the replay after a crash.
+    /// How often a transaction (or, at least once, an offset commit) makes output and input progress
+    /// durable: the latency from a window's close to its aggregate being visible to `read_committed`
+    /// readers, and the work a crash repeats.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// `exactly-once`: aggregates and input offsets commit in one Kafka transaction. `at-least-once`:
+    /// offsets commit after the aggregates are acknowledged, and a crash may emit a window twice.
+    pub delivery: Delivery,
+    /// Transactional id of this instance (exactly once): stable across its restarts, so that a restart
+    /// fences its former self, and unique among the instances of the group. Defaults to
+    /// `runnel-processor-<hostname>`.
+    pub transactional_id: String,
+    /// Deadline of every transactional call, and the broker's timeout for a transaction left open by a
+    /// crashed instance (which holds back `read_committed` readers until then).
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
     pub telemetry: TelemetrySettings,
+}
+
+/// How aggregates are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    ExactlyOnce,
+    AtLeastOnce,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,10 +74,18 @@ impl Default for Settings {
                 aggregates: TopicSettings::new(topics::AGGREGATES),
             },
             windows: Windows { size: Duration::from_secs(10), allowed_lateness: Duration::from_secs(5) },
-            commit_interval: Duration::from_secs(1),
+            commit_interval: Duration::from_millis(100),
+            delivery: Delivery::ExactlyOnce,
+            transactional_id: format!("runnel-processor-{}", hostname()),
+            transaction_timeout: Duration::from_secs(10),
             telemetry: TelemetrySettings::default(),
         }
     }
+}
+
+/// The kernel's host name: distinct per container, stable across restarts of one.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
 }
 
 impl Windows {
@@ -77,6 +106,27 @@ impl ServiceSettings for Settings {
         check(&mut errors, self.windows.size <= Duration::from_secs(366 * 24 * 3600), "windows.size", format!("{} must be at most a year", humantime::format_duration(self.windows.size)));
         check(&mut errors, self.windows.allowed_lateness <= Duration::from_secs(366 * 24 * 3600), "windows.allowed_lateness", format!("{} must be at most a year", humantime::format_duration(self.windows.allowed_lateness)));
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
+        if self.delivery == Delivery::ExactlyOnce {
+            check(&mut errors, !self.transactional_id.trim().is_empty(), "transactional_id", "must be set for exactly-once delivery");
+            check(
+                &mut errors,
+                self.commit_interval < self.transaction_timeout,
+                "commit_interval",
+                format!(
+                    "{} must be shorter than transaction_timeout {}",
+                    humantime::format_duration(self.commit_interval),
+                    humantime::format_duration(self.transaction_timeout)
+                ),
+            );
+        }
+        check(&mut errors, self.transaction_timeout >= Duration::from_secs(1), "transaction_timeout", "must be at least 1s");
+        let strategy = self.kafka.options.get("partition.assignment.strategy");
+        check(
+            &mut errors,
+            !strategy.is_some_and(|s| s.contains("cooperative")),
+            "kafka.options.partition.assignment.strategy",
+            "cooperative rebalancing is not supported by the processor: a revoke must hand over every partition",
+        );
         check(
             &mut errors,
             self.topics.points.name != self.topics.aggregates.name,

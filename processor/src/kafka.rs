@@ -1,8 +1,13 @@
-//! The processor's Kafka side: consume points, feed each partition's windows, produce closed windows'
-//! aggregates, and commit input offsets (with the checkpoint metadata of `window`) only after the
-//! aggregates produced so far were acknowledged. Delivery is at least once: a window emitted after the
-//! last commit is emitted again, identically, after a crash or a rebalance, and consumers of the
-//! aggregates topic key by series and window.
+//! The processor's Kafka side: consume points, feed each partition's windows, produce the aggregates of
+//! closed windows, and commit input offsets with the checkpoint metadata of `window`.
+//!
+//! Two delivery modes share this loop:
+//! - exactly once (the default): aggregates and input offsets commit together in one Kafka transaction
+//!   (`send_offsets_to_transaction` with the consumer's group metadata, so a zombie is fenced). When a
+//!   transaction fails, the partitions rewind to their last committed checkpoint, which rebuilds the
+//!   windows exactly as they were then;
+//! - at least once: offsets are committed once every aggregate produced so far is acknowledged; a
+//!   window emitted after the last commit is emitted again, identically, after a crash.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,28 +24,39 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
+use crate::txn::{Failed, Transactions};
 use crate::window::{Checkpoint, Outcome, PartitionWindows, WindowSpec};
 
 /// Counters a test or an operator can read.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Points merged into a window.
+    /// Points merged into a window (again after a rewind).
     pub points: AtomicU64,
-    /// Points that arrived after their window closed.
+    /// Points that arrived after their window closed (again after a rewind).
     pub late_points: AtomicU64,
     /// Messages on the points topic that are not a `Point`.
     pub malformed: AtomicU64,
-    /// Aggregates produced.
+    /// Aggregates produced, including those of transactions that were later aborted.
     pub windows_emitted: AtomicU64,
     /// Input partitions this instance owns now.
     pub assigned_partitions: AtomicU64,
+    /// Transactions committed.
+    pub transactions: AtomicU64,
+    /// Rewinds to the last committed checkpoint after a failed transaction.
+    pub rewinds: AtomicU64,
 }
 
-/// Marks the producer broken when librdkafka reports a fatal error, so that no offset is committed for
+/// Marks a producer broken when librdkafka reports a fatal error, so that no offset is committed for
 /// output that may never arrive.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ProducerHealth {
     fatal: Arc<AtomicBool>,
+}
+
+impl ProducerHealth {
+    fn is_fatal(&self) -> bool {
+        self.fatal.load(Ordering::SeqCst)
+    }
 }
 
 impl ClientContext for ProducerHealth {
@@ -52,17 +68,20 @@ impl ClientContext for ProducerHealth {
     }
 }
 
-pub(crate) type AggregateProducer = FutureProducer<ProducerHealth>;
+/// Where aggregates go.
+pub(crate) enum Output {
+    ExactlyOnce(Transactions),
+    AtLeastOnce { producer: FutureProducer<ProducerHealth>, health: ProducerHealth },
+}
 
 /// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
 pub(crate) struct Shared {
     pub(crate) spec: WindowSpec,
     pub(crate) points_topic: String,
     pub(crate) aggregates_topic: String,
-    pub(crate) producer: AggregateProducer,
-    pub(crate) health: ProducerHealth,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timeout: Duration,
+    output: Mutex<Output>,
     partitions: Mutex<HashMap<i32, PartitionWindows>>,
 }
 
@@ -76,41 +95,36 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// A poisoned lock means a panic mid-update; the loop then fails and commits nothing more, so reading
+/// the inner value is safe.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Shared {
     pub(crate) fn new(
         spec: WindowSpec,
         points_topic: String,
         aggregates_topic: String,
-        producer: AggregateProducer,
-        health: ProducerHealth,
+        output: Output,
         timeout: Duration,
     ) -> Self {
         Self {
             spec,
             points_topic,
             aggregates_topic,
-            producer,
-            health,
             stats: Arc::default(),
             timeout,
+            output: Mutex::new(output),
             partitions: Mutex::default(),
         }
     }
 
-    fn partitions(&self) -> MutexGuard<'_, HashMap<i32, PartitionWindows>> {
-        // A panic while holding the lock leaves windows half-updated; the consume loop then fails and
-        // nothing more is committed, so continuing with the inner value is safe.
-        self.partitions.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The offsets and checkpoint metadata of `partitions` (all owned ones when `None`).
-    fn checkpoints(&self, only: Option<&[i32]>) -> KafkaResult<TopicPartitionList> {
-        let partitions = self.partitions();
+    /// The offsets and checkpoint metadata of every owned partition that has read something.
+    fn checkpoints(&self) -> KafkaResult<TopicPartitionList> {
+        let partitions = lock(&self.partitions);
         let mut tpl = TopicPartitionList::new();
         for (&partition, windows) in partitions.iter() {
-            if only.is_some_and(|only| !only.contains(&partition)) {
-                continue;
-            }
             let checkpoint = windows.checkpoint();
             if checkpoint.next_offset == 0 && checkpoint.max_event_ns.is_none() {
                 continue; // nothing read yet: keep whatever is committed
@@ -122,13 +136,48 @@ impl Shared {
         Ok(tpl)
     }
 
-    fn producer_ok(&self) -> bool {
-        !self.health.fatal.load(Ordering::SeqCst)
+    /// Rebuilds the windows of `owned` partitions from their committed checkpoints; returns the offsets to
+    /// read from.
+    fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> TopicPartitionList {
+        let committed = consumer.committed_offsets(owned.clone(), self.timeout).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "committed offsets unavailable; partitions start without history");
+            TopicPartitionList::new()
+        });
+        let mut positions = TopicPartitionList::new();
+        let mut partitions = lock(&self.partitions);
+        for elem in owned.elements_for_topic(&self.points_topic) {
+            let partition = elem.partition();
+            let found = committed.find_partition(&self.points_topic, partition);
+            let restored = found.as_ref().and_then(|c| match c.offset() {
+                Offset::Offset(resume) => Checkpoint::parse(resume, c.metadata()),
+                _ => None,
+            });
+            let position = restored.map_or(Offset::Beginning, |c| Offset::Offset(c.resume_offset));
+            // A partition is only ever absent from `positions` if the list refuses it, which it does not for
+            // these offsets.
+            let _ = positions.add_partition_offset(&self.points_topic, partition, position);
+            tracing::info!(partition, checkpoint = ?restored, "partition restored");
+            let windows = match restored {
+                Some(checkpoint) => PartitionWindows::restore(self.spec, checkpoint),
+                None => PartitionWindows::new(self.spec),
+            };
+            partitions.insert(partition, windows);
+        }
+        self.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
+        positions
+    }
+
+    fn forget(&self, revoked: &[i32]) {
+        let mut partitions = lock(&self.partitions);
+        for partition in revoked {
+            partitions.remove(partition);
+        }
+        self.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
     }
 }
 
-/// Rebalance handling: commit what a revoked partition has made durable; restore an assigned
-/// partition's watermark and replay bound from its committed checkpoint.
+/// Rebalance handling: before partitions move, make what they produced durable together with their
+/// checkpoint; after they arrive, rebuild their windows from the committed checkpoint.
 #[derive(Debug, Clone)]
 pub(crate) struct RebalanceContext {
     pub(crate) shared: Arc<Shared>,
@@ -141,51 +190,56 @@ impl ConsumerContext for RebalanceContext {
         let Rebalance::Revoke(tpl) = rebalance else { return };
         let shared = &self.shared;
         let revoked: Vec<i32> = tpl.elements_for_topic(&shared.points_topic).iter().map(|e| e.partition()).collect();
-        // Everything emitted so far must be acknowledged before its input offsets are committed.
-        let flushed = shared.producer.flush(shared.timeout);
-        if consumer.assignment_lost() || flushed.is_err() || !shared.producer_ok() {
-            tracing::warn!(partitions = ?revoked, lost = consumer.assignment_lost(), "revoked without commit; the next owner replays");
-        } else {
-            match shared.checkpoints(Some(&revoked)) {
-                Ok(offsets) if offsets.count() > 0 => {
-                    if let Err(err) = consumer.commit(&offsets, CommitMode::Sync) {
-                        tracing::warn!(error = %err, "commit on revoke failed; the next owner replays");
+        let lost = consumer.assignment_lost();
+        let mut output = lock(&shared.output);
+        match &mut *output {
+            Output::ExactlyOnce(txns) if lost => {
+                // Another member may own these partitions already: nothing of ours may commit.
+                if let Err(failed) = txns.abort() {
+                    tracing::warn!(%failed, "abort on lost partitions failed");
+                }
+            }
+            Output::ExactlyOnce(txns) => {
+                let committed = shared.checkpoints().map_err(|err| format!("{err}")).and_then(|offsets| {
+                    let group = consumer.group_metadata().ok_or("no group metadata")?;
+                    txns.commit(&offsets, &group).map_err(|failed| failed.to_string())
+                });
+                match committed {
+                    Ok(()) => shared.stats.transactions.fetch_add(1, Ordering::Relaxed),
+                    Err(why) => {
+                        tracing::warn!(why, "commit on revoke failed; the next owner resumes from the last commit");
+                        0
+                    }
+                };
+            }
+            Output::AtLeastOnce { producer, health } => {
+                // Everything emitted so far must be acknowledged before its input offsets are committed.
+                let flushed = producer.flush(shared.timeout);
+                if lost || flushed.is_err() || health.is_fatal() {
+                    tracing::warn!(partitions = ?revoked, lost, "revoked without commit; the next owner replays");
+                } else {
+                    match shared.checkpoints() {
+                        Ok(offsets) if offsets.count() > 0 => {
+                            if let Err(err) = consumer.commit(&offsets, CommitMode::Sync) {
+                                tracing::warn!(error = %err, "commit on revoke failed; the next owner replays");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(error = %err, "checkpoint on revoke failed"),
                     }
                 }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "checkpoint on revoke failed"),
             }
         }
-        let mut partitions = shared.partitions();
-        for partition in &revoked {
-            partitions.remove(partition);
-        }
-        shared.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
-        tracing::info!(partitions = ?revoked, "partitions revoked");
+        drop(output);
+        shared.forget(&revoked);
+        tracing::info!(partitions = ?revoked, lost, "partitions revoked");
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else { return };
-        let shared = &self.shared;
-        let committed = consumer.committed_offsets((*tpl).clone(), shared.timeout).unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "committed offsets unavailable; partitions start without history");
-            TopicPartitionList::new()
-        });
-        let mut partitions = shared.partitions();
-        for elem in tpl.elements_for_topic(&shared.points_topic) {
-            let partition = elem.partition();
-            let restored = committed.find_partition(&shared.points_topic, partition).and_then(|c| match c.offset() {
-                Offset::Offset(resume) => Checkpoint::parse(resume, c.metadata()),
-                _ => None,
-            });
-            tracing::info!(partition, checkpoint = ?restored, "partition assigned");
-            let windows = match restored {
-                Some(checkpoint) => PartitionWindows::restore(shared.spec, checkpoint),
-                None => PartitionWindows::new(shared.spec),
-            };
-            partitions.insert(partition, windows);
-        }
-        shared.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
+        // The assignment itself positions each partition at its committed offset; only the windows need
+        // rebuilding.
+        self.shared.restore(consumer, tpl);
     }
 }
 
@@ -205,6 +259,9 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// How long to wait for room in a full producer queue before trying again.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
 impl Pipeline {
     pub(crate) fn new(consumer: PointConsumer, shared: Arc<Shared>, commit_interval: Duration) -> Self {
         Self { consumer, shared, commit_interval, pending: Vec::new() }
@@ -219,16 +276,16 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => self.commit(CommitMode::Async).await?,
+                _ = tick.tick() => self.commit().await?,
                 message = self.consumer.recv() => {
                     let aggregates = self.handle(&message?);
                     for aggregate in aggregates {
-                        self.send(aggregate).await?;
+                        self.emit(aggregate).await?;
                     }
                 }
             }
         }
-        self.commit(CommitMode::Sync).await?;
+        self.commit().await?;
         self.consumer.unsubscribe();
         tracing::info!("processor stopped");
         Ok(())
@@ -252,7 +309,7 @@ impl Pipeline {
             }
         };
         let key = point.series_key();
-        let mut partitions = self.shared.partitions();
+        let mut partitions = lock(&self.shared.partitions);
         let windows = partitions.entry(partition).or_insert_with(|| PartitionWindows::new(self.shared.spec));
         let (ts, value) = (point.timestamp_ns, point.value);
         let series = || Series { metric: point.metric, tags: point.tags };
@@ -269,20 +326,31 @@ impl Pipeline {
         windows.close_ready()
     }
 
-    async fn send(&mut self, aggregate: Aggregate) -> Result<()> {
+    async fn emit(&mut self, aggregate: Aggregate) -> Result<()> {
         let key = aggregate.series.as_ref().map(Series::key).unwrap_or_default();
         let payload = aggregate.encode_to_vec();
         loop {
-            let record = FutureRecord::to(&self.shared.aggregates_topic).key(&key).payload(&payload);
-            match self.shared.producer.send_result(record) {
-                Ok(delivery) => {
-                    self.pending.push(delivery);
+            let sent = match &mut *lock(&self.shared.output) {
+                Output::ExactlyOnce(txns) => txns.send(&self.shared.aggregates_topic, &key, &payload),
+                Output::AtLeastOnce { producer, .. } => {
+                    let record = FutureRecord::to(&self.shared.aggregates_topic).key(&key).payload(&payload);
+                    producer.send_result(record).map(|delivery| self.pending.push(delivery)).map_err(|(err, _)| err)
+                }
+            };
+            match sent {
+                Ok(()) => {
                     self.shared.stats.windows_emitted.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                // The local queue is full: wait for what is in flight, then try again.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => self.drain().await?,
-                Err((err, _)) => return Err(Error::Delivery(err)),
+                // The local queue is full: give the producer time to deliver, then try again.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    if self.pending.is_empty() {
+                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                    } else {
+                        self.drain().await?;
+                    }
+                }
+                Err(err) => return Err(Error::Delivery(err)),
             }
         }
     }
@@ -291,16 +359,55 @@ impl Pipeline {
         plumbing::kafka::await_deliveries(self.pending.drain(..)).await.map_err(Error::Delivery)
     }
 
-    /// Commits every owned partition's checkpoint once everything produced so far is acknowledged.
-    async fn commit(&mut self, mode: CommitMode) -> Result<()> {
-        self.drain().await?;
-        if !self.shared.producer_ok() {
-            return Err(Error::Delivery(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)));
+    /// Makes what was produced so far durable together with every owned partition's checkpoint.
+    async fn commit(&mut self) -> Result<()> {
+        let exactly_once = matches!(&*lock(&self.shared.output), Output::ExactlyOnce(_));
+        if !exactly_once {
+            self.drain().await?;
+            if let Output::AtLeastOnce { health, .. } = &*lock(&self.shared.output) {
+                if health.is_fatal() {
+                    return Err(Error::Delivery(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)));
+                }
+            }
+            let offsets = self.shared.checkpoints()?;
+            if offsets.count() > 0 {
+                self.consumer.commit(&offsets, CommitMode::Sync)?;
+            }
+            return Ok(());
         }
-        let offsets = self.shared.checkpoints(None)?;
-        if offsets.count() > 0 {
-            self.consumer.commit(&offsets, mode)?;
+        // Transactional calls block for up to their deadline: keep them off the async workers.
+        let failed = tokio::task::block_in_place(|| -> Result<Option<Failed>> {
+            let mut output = lock(&self.shared.output);
+            let Output::ExactlyOnce(txns) = &mut *output else { return Ok(None) };
+            if !txns.is_open() {
+                return Ok(None);
+            }
+            let offsets = self.shared.checkpoints()?;
+            let group = self.consumer.group_metadata().ok_or(Error::Kafka(KafkaError::NoMessageReceived))?;
+            match txns.commit(&offsets, &group) {
+                Ok(()) => {
+                    self.shared.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    Ok(None)
+                }
+                Err(failed) => Ok(Some(failed)),
+            }
+        })?;
+        if let Some(failed) = failed {
+            tracing::warn!(%failed, "transaction failed; rewinding to the last committed checkpoint");
+            self.rewind()?;
         }
+        Ok(())
+    }
+
+    /// Puts every owned partition back to its last committed checkpoint: windows rebuilt, reading resumed
+    /// from the checkpoint's offset. Used after a transaction that did not commit.
+    fn rewind(&self) -> Result<()> {
+        let owned = self.consumer.assignment()?;
+        let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned));
+        if positions.count() > 0 {
+            self.consumer.seek_partitions(positions, self.shared.timeout)?;
+        }
+        self.shared.stats.rewinds.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

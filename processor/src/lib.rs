@@ -1,19 +1,22 @@
 //! The processor: per-series event-time tumbling windows over the points topic, with count, sum, mean,
-//! min, max and gradient, produced to the aggregates topic when a partition's watermark closes them.
+//! min, max and gradient, produced to the aggregates topic when a partition's watermark closes them,
+//! exactly once by default (Kafka transactions).
 
 pub mod config;
 pub mod error;
 mod kafka;
+mod txn;
 pub mod window;
 
 use std::sync::Arc;
 
 use plumbing::Shutdown;
 
-pub use crate::config::Settings;
+pub use crate::config::{Delivery, Settings};
 pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
-use crate::kafka::{Pipeline, ProducerHealth, RebalanceContext, Shared};
+use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Shared};
+use crate::txn::Transactions;
 
 /// A processor that is connected but not yet consuming.
 #[derive(Debug)]
@@ -24,17 +27,27 @@ pub struct App {
 impl App {
     /// Creates the topics if needed and connects the consumer and the producer.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { kafka, group_id, topics, windows, commit_interval, .. } = settings;
+        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, .. } =
+            settings;
         kafka.ensure_topics(&[&topics.points, &topics.aggregates]).await?;
-        let health = ProducerHealth::default();
-        let producer = kafka.producer("runnel-processor").create_with_context(health.clone())?;
+        let output = match delivery {
+            Delivery::ExactlyOnce => {
+                let config = kafka.transactional_producer("runnel-processor", &transactional_id, transaction_timeout);
+                // Registering the id blocks until the broker fenced any former instance with it.
+                Output::ExactlyOnce(tokio::task::spawn_blocking(move || Transactions::new(config, transaction_timeout)).await??)
+            }
+            Delivery::AtLeastOnce => {
+                let health = ProducerHealth::default();
+                let producer = kafka.producer("runnel-processor").create_with_context(health.clone())?;
+                Output::AtLeastOnce { producer, health }
+            }
+        };
         let shared = Arc::new(Shared::new(
             windows.spec(),
             topics.points.name,
             topics.aggregates.name,
-            producer,
-            health,
-            kafka.request_timeout,
+            output,
+            transaction_timeout.max(kafka.request_timeout),
         ));
         let consumer = kafka
             .consumer("runnel-processor", &group_id)

@@ -66,20 +66,15 @@ async fn sigterm_commits_the_final_checkpoint_and_exits_cleanly() {
         .env("RUNNEL_PROCESSOR__TOPICS__AGGREGATES__NAME", &aggregates.name)
         .env("RUNNEL_PROCESSOR__TOPICS__AGGREGATES__PARTITIONS", "1")
         // Only the shutdown can commit within this test.
-        .env("RUNNEL_PROCESSOR__COMMIT_INTERVAL", "1h")
+        .env("RUNNEL_PROCESSOR__COMMIT_INTERVAL", "5m")
+        .env("RUNNEL_PROCESSOR__TRANSACTION_TIMEOUT", "10m")
         .spawn()
         .unwrap();
 
-    let probe: BaseConsumer = kafka.consumer("sigterm-probe", &unique("sigterm-probe")).create().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, high) = probe.fetch_watermarks(&aggregates.name, 0, Duration::from_secs(10)).unwrap();
-        if high == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the processor emitted no aggregate within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The aggregate is produced inside a transaction that only the shutdown commits: an uncommitted read
+    // shows that the processor got that far, a committed read must not see it yet.
+    assert_eq!(read(&kafka, &aggregates.name, "read_uncommitted", Duration::from_secs(60), 1), 1);
+    assert_eq!(read(&kafka, &aggregates.name, "read_committed", Duration::from_secs(2), 1), 0);
 
     let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(term.success());
@@ -94,6 +89,7 @@ async fn sigterm_commits_the_final_checkpoint_and_exits_cleanly() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(read(&kafka, &aggregates.name, "read_committed", Duration::from_secs(30), 1), 1, "committed at shutdown");
 
     // The open window holds offset 2, so a successor resumes there, knowing the watermark and that offsets
     // below 3 were handled.
@@ -104,4 +100,23 @@ async fn sigterm_commits_the_final_checkpoint_and_exits_cleanly() {
     let elem = committed.find_partition(&points.name, 0).unwrap();
     assert_eq!(elem.offset(), Offset::Offset(2));
     assert_eq!(elem.metadata(), format!("max={};next=3", 1_030 * S));
+}
+
+/// Reads partition 0 of `topic` from the start at `isolation` until `want` messages or `limit`; returns
+/// how many arrived.
+fn read(kafka: &KafkaSettings, topic: &str, isolation: &str, limit: Duration, want: usize) -> usize {
+    let consumer: BaseConsumer =
+        kafka.consumer("sigterm-probe", &unique("sigterm-probe")).set("isolation.level", isolation).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut seen = 0;
+    while seen < want && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message.unwrap();
+            seen += 1;
+        }
+    }
+    seen
 }

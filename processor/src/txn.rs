@@ -1,0 +1,133 @@
+//! The exactly-once output: a transactional producer whose every call has a deadline, and which is
+//! destroyed and created anew (fencing its former self) after a fatal or timed-out transactional error,
+//! since librdkafka does not protect a producer that carries on after such an error against a delayed
+//! commit (the anomaly Jepsen found).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::TopicPartitionList;
+
+use crate::error::Result;
+use crate::kafka::ProducerHealth;
+
+/// How a failed commit leaves the transaction.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// Aborted: nothing of it is visible; the producer is usable.
+    Aborted(KafkaError),
+    /// The producer was replaced by a fresh one, which fenced the old and aborted its transaction.
+    Replaced(KafkaError),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Aborted(err) => write!(f, "aborted after {err}"),
+            Self::Replaced(err) => write!(f, "producer replaced after {err}"),
+        }
+    }
+}
+
+pub(crate) struct Transactions {
+    config: ClientConfig,
+    timeout: Duration,
+    producer: FutureProducer<ProducerHealth>,
+    open: bool,
+}
+
+impl std::fmt::Debug for Transactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transactions").field("open", &self.open).finish_non_exhaustive()
+    }
+}
+
+impl Transactions {
+    /// Creates the producer and registers its transactional id, fencing any earlier producer with it.
+    pub(crate) fn new(config: ClientConfig, timeout: Duration) -> Result<Self> {
+        let producer = Self::create(&config, timeout)?;
+        Ok(Self { config, timeout, producer, open: false })
+    }
+
+    fn create(config: &ClientConfig, timeout: Duration) -> Result<FutureProducer<ProducerHealth>> {
+        let producer: FutureProducer<ProducerHealth> = config.create_with_context(ProducerHealth::default())?;
+        producer.init_transactions(timeout)?;
+        Ok(producer)
+    }
+
+    /// Sends one record inside the open transaction, opening one if needed.
+    pub(crate) fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+        if !self.open {
+            self.producer.begin_transaction()?;
+            self.open = true;
+        }
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        // The delivery future is not needed: commit_transaction fails if any record of the transaction
+        // was not delivered.
+        self.producer.send_result(record).map(drop).map_err(|(err, _)| err)
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Commits the open transaction together with the input `offsets` of `group`. On failure the
+    /// transaction is gone (aborted, or fenced by a fresh producer) and the caller must rewind its input.
+    pub(crate) fn commit(
+        &mut self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> std::result::Result<(), Failed> {
+        if !self.open {
+            return Ok(());
+        }
+        let result = (|| {
+            if offsets.count() > 0 {
+                self.producer.send_offsets_to_transaction(offsets, group, self.timeout)?;
+            }
+            self.producer.commit_transaction(self.timeout)
+        })();
+        match result {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+
+    /// Aborts the open transaction (on lost partitions, or after a failed commit).
+    pub(crate) fn abort(&mut self) -> std::result::Result<(), Failed> {
+        if !self.open {
+            return Ok(());
+        }
+        match self.producer.abort_transaction(self.timeout) {
+            Ok(()) => {
+                self.open = false;
+                Ok(())
+            }
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+
+    /// After a failed call: abort when the error allows it, otherwise replace the producer.
+    fn fail(&mut self, err: KafkaError) -> Failed {
+        let abortable = matches!(&err, KafkaError::Transaction(e) if e.txn_requires_abort() && !e.is_fatal());
+        if abortable && self.producer.abort_transaction(self.timeout).is_ok() {
+            self.open = false;
+            tracing::warn!(error = %err, "transaction aborted");
+            return Failed::Aborted(err);
+        }
+        tracing::warn!(error = %err, "transactional producer replaced after a fatal or timed-out call");
+        self.open = false;
+        match Self::create(&self.config, self.timeout) {
+            Ok(producer) => self.producer = producer,
+            // The old producer stays; the next call fails again and retries the replacement.
+            Err(create) => tracing::error!(error = %create, "transactional producer could not be recreated"),
+        }
+        Failed::Replaced(err)
+    }
+}
