@@ -1,5 +1,5 @@
 //! `runnel`: a command line for people. Writes demo load to the collector, reads windows from the
-//! store, asks the analyzer for forecasts and watches alerts.
+//! store, asks the analyzer for forecasts, watches alerts and replays dead letters.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +10,7 @@ use futures::StreamExt as _;
 use proto::v1::analyzer_service_client::AnalyzerServiceClient;
 use proto::v1::ingest_service_client::IngestServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
+use proto::v1::dead_letter::Reason;
 use proto::v1::tag_matcher::Op;
 use proto::v1::{
     AlertState, ForecastRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, TagMatcher,
@@ -71,6 +72,32 @@ enum Command {
     },
     /// Print alert changes as they happen.
     Watch,
+    /// Send dead-lettered points back to the points topic to be judged again. A consumer group remembers
+    /// how far replays got, so each dead letter is replayed once.
+    Replay {
+        /// Kafka brokers.
+        #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Which dead letters: late, future (repeatable); all that carry a point when absent.
+        #[arg(long = "reason", value_parser = parse_reason)]
+        reasons: Vec<Reason>,
+        #[arg(long, default_value = plumbing::kafka::topics::DEADLETTER)]
+        deadletter_topic: String,
+        #[arg(long, default_value = plumbing::kafka::topics::POINTS)]
+        points_topic: String,
+        /// The consumer group that remembers replay progress.
+        #[arg(long, default_value = "runnel-replay")]
+        group: String,
+    },
+}
+
+fn parse_reason(text: &str) -> Result<Reason, String> {
+    match text {
+        "late" => Ok(Reason::Late),
+        "future" => Ok(Reason::Future),
+        "invalid" => Ok(Reason::Invalid),
+        other => Err(format!("{other:?} is not one of late, future, invalid (malformed letters carry no point)")),
+    }
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {
@@ -102,6 +129,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Series { metric } => series(&cli.store, metric).await,
         Command::Forecast { metric, tags, horizon } => forecast(&cli.analyzer, metric, tags, horizon).await,
         Command::Watch => watch(&cli.analyzer).await,
+        Command::Replay { brokers, reasons, deadletter_topic, points_topic, group } => {
+            let kafka = plumbing::kafka::KafkaSettings { brokers, ..Default::default() };
+            let request = processor::deadletter::Replay {
+                deadletter_topic,
+                points_topic,
+                group,
+                reasons,
+                timeout: Duration::from_secs(300),
+            };
+            let done = processor::deadletter::replay(&kafka, &request).await?;
+            println!("replayed {} points; skipped {} dead letters", done.sent, done.skipped);
+            Ok(())
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use plumbing::Shutdown;
 use plumbing::kafka::{KafkaSettings, TopicSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
 /// The broker under test: `KAFKA_BROKERS`, which the test command sets after starting one.
@@ -96,4 +98,37 @@ pub fn message_count(kafka: &KafkaSettings, topic: &str) -> i64 {
             high - low
         })
         .sum()
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Reads `topic` from the beginning with `read_committed` until `want` messages arrived or `limit`
+/// passed; returns what arrived.
+pub fn read_committed(kafka: &KafkaSettings, topic: &str, want: usize, limit: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = kafka.consumer("e2e-read", &unique("e2e-read")).create().expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).expect("offset");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = std::time::Instant::now() + limit;
+    let mut records = Vec::new();
+    while records.len() < want && std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("a message");
+            records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+        }
+    }
+    records
 }

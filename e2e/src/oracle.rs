@@ -18,6 +18,7 @@ pub struct Topics {
     pub points: TopicSettings,
     pub aggregates: TopicSettings,
     pub alerts: TopicSettings,
+    pub deadletter: TopicSettings,
 }
 
 impl Topics {
@@ -27,6 +28,7 @@ impl Topics {
             points: crate::topic("e2e-points", partitions),
             aggregates: crate::topic("e2e-aggregates", partitions),
             alerts: crate::topic("e2e-alerts", 1),
+            deadletter: crate::topic("e2e-deadletter", 1),
         }
     }
 }

@@ -30,18 +30,24 @@ pub async fn start_store(
     (addr, stats, Running::spawn(|shutdown| app.run(shutdown)))
 }
 
-/// A processor in consumer group `group`, with the oracle's window and lateness.
-pub async fn start_processor(topics: &Topics, group: &str) -> (Arc<processor::Stats>, Running<processor::Error>) {
+/// The settings of a processor in consumer group `group`, with the oracle's window and lateness.
+pub fn processor_settings(topics: &Topics, group: &str) -> processor::Settings {
     let mut s = processor::Settings::default();
     s.kafka = kafka();
     s.group_id = group.to_owned();
     s.transactional_id = crate::unique("e2e-processor");
     s.topics.points = topics.points.clone();
     s.topics.aggregates = topics.aggregates.clone();
+    s.topics.deadletter = topics.deadletter.clone();
     s.windows.size = Duration::from_nanos(WINDOW as u64);
     s.windows.allowed_lateness = Duration::from_nanos(LATENESS as u64);
     s.commit_interval = Duration::from_millis(200);
-    let app = processor::App::build(s).await.expect("processor starts");
+    s
+}
+
+/// A processor in consumer group `group`, with the oracle's window and lateness.
+pub async fn start_processor(topics: &Topics, group: &str) -> (Arc<processor::Stats>, Running<processor::Error>) {
+    let app = processor::App::build(processor_settings(topics, group)).await.expect("processor starts");
     let stats = app.stats();
     (stats, Running::spawn(|shutdown| app.run(shutdown)))
 }

@@ -13,8 +13,10 @@ use e2e::{Running, eventually, kafka, now_ns, unique};
 use futures::StreamExt as _;
 use proto::v1::analyzer_service_client::AnalyzerServiceClient;
 use proto::v1::query_service_client::QueryServiceClient;
+use proto::prost::Message as _;
+use proto::v1::dead_letter::Reason;
 use proto::v1::{
-    AlertState, ForecastRequest, ListSeriesRequest, Series, WatchAlertsRequest,
+    AlertState, DeadLetter, ForecastRequest, ListSeriesRequest, Point, Series, WatchAlertsRequest,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,6 +75,24 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
     let load = range(store_addr, "load", base).await;
     assert_windows(&c.key(), &load[&c.key()], &want[&c.key()]);
     assert_eq!(processor_stats.late_points.load(Ordering::SeqCst), 1, "exactly the one point beyond the lateness");
+
+    // The late point is dead-lettered once, with its provenance: reading the points topic at the
+    // recorded partition and offset gives the very point back.
+    let letters = e2e::read_committed(&kafka(), &topics.deadletter.name, 2, Duration::from_secs(2));
+    assert_eq!(letters.len(), 1, "one dead letter");
+    let letter = DeadLetter::decode(letters[0].payload.as_slice()).unwrap();
+    assert_eq!(letter.reason, Reason::Late as i32);
+    assert_eq!(letter.point.as_ref(), Some(&data.late));
+    assert_eq!((letter.window_start_ns, letter.window_end_ns), (base, base + WINDOW));
+    assert!(letter.watermark_ns >= base + WINDOW, "{}", letter.watermark_ns);
+    assert_eq!((letter.source_topic.as_str(), letter.service.as_str()), (topics.points.name.as_str(), "processor"));
+    let source = e2e::read_committed(&kafka(), &topics.points.name, data.sent.len(), Duration::from_secs(10));
+    let at = source
+        .iter()
+        .find(|r| r.partition == letter.source_partition && r.offset == letter.source_offset)
+        .expect("the source offset holds a message");
+    assert_eq!(Point::decode(at.payload.as_slice()).unwrap(), data.late);
+    assert_eq!(letter.raw, at.payload);
 
     // ListSeries answers from what is stored.
     let mut query = QueryServiceClient::connect(format!("http://{store_addr}")).await.unwrap();

@@ -180,6 +180,7 @@ pub mod topics {
     pub const POINTS: &str = "runnel.points.v1";
     pub const AGGREGATES: &str = "runnel.aggregates.v1";
     pub const ALERTS: &str = "runnel.alerts.v1";
+    pub const DEADLETTER: &str = "runnel.deadletter.v1";
 }
 
 /// Waits up to `timeout` for the delivery of `futures`, in order; the first failure is returned.

@@ -51,6 +51,8 @@ pub struct Topics {
     pub points: TopicSettings,
     /// Output: one message per closed window and series.
     pub aggregates: TopicSettings,
+    /// Output: late, malformed and far-future points, with their provenance.
+    pub deadletter: TopicSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,14 @@ pub struct Windows {
     /// How far behind its partition's newest event time a point may arrive and still count.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// After this long (wall clock) without a point, a partition's event time advances with the wall
+    /// clock, so its windows close even when its input has gone quiet.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Points further ahead of the processor's clock are dead-lettered, not merged: one bad clock must
+    /// not move a partition's watermark and make everybody else's points late.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
 }
 
 impl Default for Settings {
@@ -72,8 +82,14 @@ impl Default for Settings {
             topics: Topics {
                 points: TopicSettings::new(topics::POINTS),
                 aggregates: TopicSettings::new(topics::AGGREGATES),
+                deadletter: TopicSettings::new(topics::DEADLETTER),
             },
-            windows: Windows { size: Duration::from_secs(10), allowed_lateness: Duration::from_secs(5) },
+            windows: Windows {
+                size: Duration::from_secs(10),
+                allowed_lateness: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(30),
+                max_future: Duration::from_secs(5 * 60),
+            },
             commit_interval: Duration::from_millis(100),
             delivery: Delivery::ExactlyOnce,
             transactional_id: format!("runnel-processor-{}", hostname()),
@@ -88,9 +104,13 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
 }
 
+/// A duration in nanoseconds, saturating.
+pub(crate) fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
 impl Windows {
     pub fn spec(&self) -> WindowSpec {
-        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         WindowSpec { size_ns: nanos(self.size), allowed_lateness_ns: nanos(self.allowed_lateness) }
     }
 }
@@ -100,6 +120,8 @@ impl ServiceSettings for Settings {
         let mut errors = self.kafka.validate("kafka");
         errors.extend(self.topics.points.validate("topics.points"));
         errors.extend(self.topics.aggregates.validate("topics.aggregates"));
+        errors.extend(self.topics.deadletter.validate("topics.deadletter"));
+        check(&mut errors, !self.windows.idle_timeout.is_zero(), "windows.idle_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
         check(&mut errors, self.windows.size >= Duration::from_millis(1), "windows.size", format!("{} must be at least 1ms", humantime::format_duration(self.windows.size)));
@@ -132,6 +154,12 @@ impl ServiceSettings for Settings {
             self.topics.points.name != self.topics.aggregates.name,
             "topics.aggregates.name",
             "must differ from topics.points.name",
+        );
+        check(
+            &mut errors,
+            self.topics.deadletter.name != self.topics.points.name,
+            "topics.deadletter.name",
+            "must differ from topics.points.name: a dead letter would be read again",
         );
         errors
     }

@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::prost::Message as _;
-use proto::v1::{Aggregate, Point, Series};
+use proto::v1::dead_letter::Reason;
+use proto::v1::{Aggregate, DeadLetter, Point, Series};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -34,6 +35,12 @@ pub struct Stats {
     pub points: AtomicU64,
     /// Points that arrived after their window closed (again after a rewind).
     pub late_points: AtomicU64,
+    /// Points too far ahead of the processor's clock (again after a rewind).
+    pub future_points: AtomicU64,
+    /// Dead letters produced: late, malformed and future points (again after a rewind).
+    pub dead_letters: AtomicU64,
+    /// Windows closed because their partition had gone quiet and its event time followed the clock.
+    pub idle_advances: AtomicU64,
     /// Messages on the points topic that are not a `Point`.
     pub malformed: AtomicU64,
     /// Aggregates produced, including those of transactions that were later aborted.
@@ -75,10 +82,22 @@ pub(crate) enum Output {
 }
 
 /// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
+/// Where each kind of output goes, and the limits that decide it.
+#[derive(Debug, Clone)]
+pub(crate) struct Routing {
+    pub(crate) points_topic: String,
+    pub(crate) aggregates_topic: String,
+    pub(crate) deadletter_topic: String,
+    /// Points further ahead of the wall clock than this are dead-lettered.
+    pub(crate) max_future_ns: i64,
+    /// Quiet this long, a partition's event time follows the wall clock.
+    pub(crate) idle_timeout: Duration,
+}
+
 pub(crate) struct Shared {
     pub(crate) spec: WindowSpec,
     pub(crate) points_topic: String,
-    pub(crate) aggregates_topic: String,
+    pub(crate) routing: Routing,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timeout: Duration,
     output: Mutex<Output>,
@@ -89,8 +108,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("spec", &self.spec)
-            .field("points_topic", &self.points_topic)
-            .field("aggregates_topic", &self.aggregates_topic)
+            .field("routing", &self.routing)
             .finish_non_exhaustive()
     }
 }
@@ -102,17 +120,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(
-        spec: WindowSpec,
-        points_topic: String,
-        aggregates_topic: String,
-        output: Output,
-        timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(spec: WindowSpec, routing: Routing, output: Output, timeout: Duration) -> Self {
         Self {
             spec,
-            points_topic,
-            aggregates_topic,
+            points_topic: routing.points_topic.clone(),
+            routing,
             stats: Arc::default(),
             timeout,
             output: Mutex::new(output),
@@ -251,6 +263,7 @@ pub(crate) struct Pipeline {
     pub(crate) shared: Arc<Shared>,
     pub(crate) commit_interval: Duration,
     pending: Vec<DeliveryFuture>,
+    arrivals: HashMap<i32, Arrival>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -259,12 +272,105 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// One record for the output topics.
+#[derive(Debug)]
+enum Out {
+    Aggregate(Aggregate),
+    Dead(Box<DeadLetter>),
+}
+
+/// Wall-clock time in nanoseconds since the epoch.
+fn now_ns() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// When a partition last received a point, and its event time then.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    at: Instant,
+    max_event_ns: i64,
+}
+
+/// Merges one message into its partition's windows; returns the windows it closed and, for a point
+/// it cannot use, the dead letter.
+fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &BorrowedMessage<'_>) -> Vec<Out> {
+    let stats = &shared.stats;
+    let (partition, offset) = (message.partition(), message.offset());
+    let dead = |reason: Reason, detail: String, point: Option<Point>| DeadLetter {
+        reason: reason as i32,
+        detail,
+        service: "processor".to_owned(),
+        source_topic: shared.points_topic.clone(),
+        source_partition: partition,
+        source_offset: offset,
+        raw: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        point,
+        refused_at_ns: now_ns(),
+        ..DeadLetter::default()
+    };
+    let point = match message.payload().map(Point::decode) {
+        Some(Ok(point)) => point,
+        Some(Err(err)) => {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(partition, offset, error = %err, "not a point; dead-lettered");
+            return vec![Out::Dead(Box::new(dead(Reason::Malformed, format!("not a runnel.v1.Point: {err}"), None)))];
+        }
+        None => {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(partition, offset, "empty message; dead-lettered");
+            return vec![Out::Dead(Box::new(dead(Reason::Malformed, "empty message".to_owned(), None)))];
+        }
+    };
+    let (ts, value) = (point.timestamp_ns, point.value);
+    let ahead = ts.saturating_sub(now_ns());
+    if ahead > shared.routing.max_future_ns {
+        stats.future_points.fetch_add(1, Ordering::Relaxed);
+        let detail = format!(
+            "timestamp_ns {ts} is {} ahead of the processor's clock, beyond the allowed {}",
+            humantime::format_duration(Duration::from_nanos(u64::try_from(ahead).unwrap_or(0))),
+            humantime::format_duration(Duration::from_nanos(u64::try_from(shared.routing.max_future_ns).unwrap_or(0))),
+        );
+        return vec![Out::Dead(Box::new(dead(Reason::Future, detail, Some(point))))];
+    }
+    let key = point.series_key();
+    let mut partitions = lock(&shared.partitions);
+    let windows = partitions.entry(partition).or_insert_with(|| PartitionWindows::new(shared.spec));
+    let mut out = Vec::new();
+    let kept = point.clone();
+    let series = || Series { metric: point.metric, tags: point.tags };
+    match windows.push(&key, series, ts, value, offset) {
+        Outcome::Accepted => {
+            stats.points.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Late { window_start_ns, window_end_ns, watermark_ns } => {
+            stats.late_points.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(partition, offset, series = %key, timestamp_ns = ts, window_end_ns, watermark_ns, "late point dead-lettered");
+            let detail = format!(
+                "timestamp_ns {ts} falls in the window [{window_start_ns}, {window_end_ns}), closed when the watermark reached {watermark_ns}"
+            );
+            out.push(Out::Dead(Box::new(DeadLetter {
+                window_start_ns,
+                window_end_ns,
+                watermark_ns,
+                ..dead(Reason::Late, detail, Some(kept))
+            })));
+        }
+        Outcome::Replayed => {}
+    }
+    if let Some(max_event_ns) = windows.max_event() {
+        arrivals.insert(partition, Arrival { at: Instant::now(), max_event_ns });
+    }
+    out.extend(windows.close_ready().into_iter().map(Out::Aggregate));
+    out
+}
+
 /// How long to wait for room in a full producer queue before trying again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 impl Pipeline {
     pub(crate) fn new(consumer: PointConsumer, shared: Arc<Shared>, commit_interval: Duration) -> Self {
-        Self { consumer, shared, commit_interval, pending: Vec::new() }
+        Self { consumer, shared, commit_interval, pending: Vec::new(), arrivals: HashMap::new() }
     }
 
     /// Runs until `shutdown`, then commits what is durable and leaves the group.
@@ -276,11 +382,16 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => self.commit().await?,
+                _ = tick.tick() => {
+                    for out in self.advance_quiet_partitions() {
+                        self.emit(out).await?;
+                    }
+                    self.commit().await?;
+                }
                 message = self.consumer.recv() => {
-                    let aggregates = self.handle(&message?);
-                    for aggregate in aggregates {
-                        self.emit(aggregate).await?;
+                    let outs = handle(&self.shared, &mut self.arrivals, &message?);
+                    for out in outs {
+                        self.emit(out).await?;
                     }
                 }
             }
@@ -291,55 +402,57 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Merges one message into its partition's windows; returns the windows it closed.
-    fn handle(&self, message: &BorrowedMessage<'_>) -> Vec<Aggregate> {
-        let stats = &self.shared.stats;
-        let (partition, offset) = (message.partition(), message.offset());
-        let point = match message.payload().map(Point::decode) {
-            Some(Ok(point)) => point,
-            Some(Err(err)) => {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition, offset, error = %err, "not a point; skipped");
-                return Vec::new();
-            }
-            None => {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition, offset, "empty message; skipped");
-                return Vec::new();
-            }
-        };
-        let key = point.series_key();
+    /// Moves the event time of every partition quiet for longer than the idle timeout forward by the
+    /// wall-clock time since its last point; returns the windows that closes.
+    fn advance_quiet_partitions(&mut self) -> Vec<Out> {
+        let idle_timeout = self.shared.routing.idle_timeout;
         let mut partitions = lock(&self.shared.partitions);
-        let windows = partitions.entry(partition).or_insert_with(|| PartitionWindows::new(self.shared.spec));
-        let (ts, value) = (point.timestamp_ns, point.value);
-        let series = || Series { metric: point.metric, tags: point.tags };
-        match windows.push(&key, series, ts, value, offset) {
-            Outcome::Accepted => {
-                stats.points.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        for (partition, windows) in partitions.iter_mut() {
+            let Some(arrival) = self.arrivals.get(partition) else { continue };
+            let quiet = arrival.at.elapsed();
+            if quiet < idle_timeout || windows.open_windows() == 0 {
+                continue;
             }
-            Outcome::Late { window_end_ns, watermark_ns } => {
-                stats.late_points.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(partition, offset, series = %key, timestamp_ns = ts, window_end_ns, watermark_ns, "late point dropped");
-            }
-            Outcome::Replayed => {}
+            let quiet_ns = i64::try_from(quiet.as_nanos()).unwrap_or(i64::MAX);
+            windows.advance(arrival.max_event_ns.saturating_add(quiet_ns));
+            let closed = windows.close_ready();
+            self.shared.stats.idle_advances.fetch_add(closed.len() as u64, Ordering::Relaxed);
+            out.extend(closed.into_iter().map(Out::Aggregate));
         }
-        windows.close_ready()
+        out
     }
 
-    async fn emit(&mut self, aggregate: Aggregate) -> Result<()> {
-        let key = aggregate.series.as_ref().map(Series::key).unwrap_or_default();
-        let payload = aggregate.encode_to_vec();
+    async fn emit(&mut self, out: Out) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let routing = &shared.routing;
+        let (topic, key, payload) = match &out {
+            Out::Aggregate(aggregate) => (
+                &routing.aggregates_topic,
+                aggregate.series.as_ref().map(Series::key).unwrap_or_default(),
+                aggregate.encode_to_vec(),
+            ),
+            Out::Dead(dead) => (
+                &routing.deadletter_topic,
+                dead.point.as_ref().map(Point::series_key).unwrap_or_default(),
+                dead.encode_to_vec(),
+            ),
+        };
         loop {
             let sent = match &mut *lock(&self.shared.output) {
-                Output::ExactlyOnce(txns) => txns.send(&self.shared.aggregates_topic, &key, &payload),
+                Output::ExactlyOnce(txns) => txns.send(topic, &key, &payload),
                 Output::AtLeastOnce { producer, .. } => {
-                    let record = FutureRecord::to(&self.shared.aggregates_topic).key(&key).payload(&payload);
+                    let record = FutureRecord::to(topic).key(&key).payload(&payload);
                     producer.send_result(record).map(|delivery| self.pending.push(delivery)).map_err(|(err, _)| err)
                 }
             };
             match sent {
                 Ok(()) => {
-                    self.shared.stats.windows_emitted.fetch_add(1, Ordering::Relaxed);
+                    let counter = match out {
+                        Out::Aggregate(_) => &self.shared.stats.windows_emitted,
+                        Out::Dead(_) => &self.shared.stats.dead_letters,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 // The local queue is full: give the producer time to deliver, then try again.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 mod kafka;
 mod txn;
+pub mod deadletter;
 pub mod window;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use plumbing::Shutdown;
 pub use crate::config::{Delivery, Settings};
 pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
-use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Shared};
+use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Routing, Shared};
 use crate::txn::Transactions;
 
 /// A processor that is connected but not yet consuming.
@@ -29,7 +30,7 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self> {
         let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, .. } =
             settings;
-        kafka.ensure_topics(&[&topics.points, &topics.aggregates]).await?;
+        kafka.ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await?;
         let output = match delivery {
             Delivery::ExactlyOnce => {
                 let config = kafka.transactional_producer("runnel-processor", &transactional_id, transaction_timeout);
@@ -42,13 +43,14 @@ impl App {
                 Output::AtLeastOnce { producer, health }
             }
         };
-        let shared = Arc::new(Shared::new(
-            windows.spec(),
-            topics.points.name,
-            topics.aggregates.name,
-            output,
-            transaction_timeout.max(kafka.request_timeout),
-        ));
+        let routing = Routing {
+            points_topic: topics.points.name,
+            aggregates_topic: topics.aggregates.name,
+            deadletter_topic: topics.deadletter.name,
+            max_future_ns: config::nanos(windows.max_future),
+            idle_timeout: windows.idle_timeout,
+        };
+        let shared = Arc::new(Shared::new(windows.spec(), routing, output, transaction_timeout.max(kafka.request_timeout)));
         let consumer = kafka
             .consumer("runnel-processor", &group_id)
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;

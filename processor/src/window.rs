@@ -95,8 +95,8 @@ impl Accumulator {
 pub enum Outcome {
     /// Merged into its open window.
     Accepted,
-    /// Its window `[.., window_end_ns)` had closed: the watermark had passed it.
-    Late { window_end_ns: i64, watermark_ns: i64 },
+    /// Its window `[window_start_ns, window_end_ns)` had closed: the watermark had passed its end.
+    Late { window_start_ns: i64, window_end_ns: i64, watermark_ns: i64 },
     /// A replay of an input this partition handled before its last checkpoint, whose window was already
     /// emitted (or which was already counted late): skipped without a trace.
     Replayed,
@@ -184,7 +184,7 @@ impl PartitionWindows {
                 return if offset < self.replay_until {
                     Outcome::Replayed
                 } else {
-                    Outcome::Late { window_end_ns: end, watermark_ns: watermark }
+                    Outcome::Late { window_start_ns: start, window_end_ns: end, watermark_ns: watermark }
                 };
             }
         }
@@ -195,6 +195,19 @@ impl PartitionWindows {
             .add(t_secs, value, offset);
         self.max_event_ns = Some(self.max_event_ns.map_or(ts, |max| max.max(ts)));
         Outcome::Accepted
+    }
+
+    /// The highest event time seen (or advanced to).
+    pub fn max_event(&self) -> Option<i64> {
+        self.max_event_ns
+    }
+
+    /// Moves event time forward to `event_ns` without a point: how a quiet partition's windows still
+    /// close (the caller derives `event_ns` from the wall clock). Never moves it back.
+    pub fn advance(&mut self, event_ns: i64) {
+        if self.max_event_ns.is_some_and(|max| max < event_ns) {
+            self.max_event_ns = Some(event_ns);
+        }
     }
 
     /// Removes and returns the aggregates of every window the watermark has passed, oldest first.
@@ -303,9 +316,27 @@ mod tests {
         push(&mut w, "a", 1 * S, 1.0, 0);
         push(&mut w, "a", 16 * S, 1.0, 1);
         assert_eq!(w.close_ready().len(), 1);
-        assert_eq!(push(&mut w, "a", 9 * S, 100.0, 2), Outcome::Late { window_end_ns: 10 * S, watermark_ns: 11 * S });
+        assert_eq!(
+            push(&mut w, "a", 9 * S, 100.0, 2),
+            Outcome::Late { window_start_ns: 0, window_end_ns: 10 * S, watermark_ns: 11 * S }
+        );
         // Within the lateness: the 10 s window is still open.
         assert_eq!(push(&mut w, "a", 12 * S, 1.0, 3), Outcome::Accepted);
+    }
+
+    #[test]
+    fn advancing_event_time_closes_a_quiet_partition_and_makes_later_points_late() {
+        let mut w = PartitionWindows::new(SPEC);
+        w.advance(100 * S);
+        assert_eq!(w.max_event(), None, "a partition that saw nothing has no event time to advance");
+        push(&mut w, "a", 1 * S, 1.0, 0);
+        w.advance(14 * S);
+        assert!(w.close_ready().is_empty());
+        w.advance(15 * S);
+        assert_eq!(w.close_ready().len(), 1);
+        w.advance(3 * S);
+        assert_eq!(w.max_event(), Some(15 * S), "never backwards");
+        assert!(matches!(push(&mut w, "a", 2 * S, 1.0, 1), Outcome::Late { .. }));
     }
 
     #[test]

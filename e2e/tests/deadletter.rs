@@ -1,0 +1,116 @@
+//! What the processor cannot use goes to the dead-letter topic with its provenance, exactly once:
+//! malformed messages, points too far in the future (which must not move the watermark), and late
+//! points, which a replay sends back to be judged again. A partition whose input goes quiet still
+//! closes its windows through the idle timeout.
+
+use std::time::Duration;
+
+use e2e::oracle::{S, Topics, WINDOW, point, series};
+use e2e::services::start_processor;
+use e2e::{Record, eventually, kafka, now_ns, read_committed, unique};
+use proto::prost::Message as _;
+use proto::v1::dead_letter::Reason;
+use proto::v1::{Aggregate, DeadLetter, Point};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+async fn produce(topic: &str, key: &str, payload: &[u8]) {
+    let producer: FutureProducer = kafka().producer("e2e-raw").create().unwrap();
+    producer.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10)).await.unwrap();
+}
+
+fn letters(records: &[Record]) -> Vec<DeadLetter> {
+    records.iter().map(|r| DeadLetter::decode(r.payload.as_slice()).unwrap()).collect()
+}
+
+fn aggregates(records: &[Record]) -> Vec<Aggregate> {
+    records.iter().map(|r| Aggregate::decode(r.payload.as_slice()).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_points_are_dead_lettered_once_and_late_ones_replay() {
+    let topics = Topics::unique(1);
+    let (stats, processor) = start_processor(&topics, &unique("e2e-dead")).await;
+    let m = series("m", &[("host", "a")]);
+    let key = m.key();
+    let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
+    let a = point(&m, base + S, 1.0);
+    let future = point(&m, now_ns() + 3600 * S, 100.0);
+    let b = point(&m, base + 2 * S, 2.0);
+    let closer = point(&m, base + 30 * S, 0.0);
+    let late = point(&m, base + 3 * S, 50.0);
+    for p in [&a] {
+        produce(&topics.points.name, &key, &p.encode_to_vec()).await;
+    }
+    produce(&topics.points.name, &key, b"\x08garbage").await;
+    for p in [&future, &b, &closer, &late] {
+        produce(&topics.points.name, &key, &p.encode_to_vec()).await;
+    }
+
+    // Had the future point moved the watermark, b would be late and the window would hold a alone.
+    let windows = aggregates(&read_committed(&kafka(), &topics.aggregates.name, 1, Duration::from_secs(30)));
+    assert_eq!(windows.len(), 1);
+    let w = windows[0].window.unwrap();
+    assert_eq!((w.start_ns, w.count, w.sum), (base, 2, 3.0));
+
+    // Asking for one more than expected shows there is no other (within a short wait).
+    let dead = letters(&read_committed(&kafka(), &topics.deadletter.name, 4, Duration::from_secs(3)));
+    let reasons: Vec<i32> = dead.iter().map(|d| d.reason).collect();
+    assert_eq!(reasons, vec![Reason::Malformed as i32, Reason::Future as i32, Reason::Late as i32]);
+    assert_eq!((dead[0].raw.as_slice(), dead[0].point.as_ref(), dead[0].source_offset), (&b"\x08garbage"[..], None, 1));
+    assert!(dead[0].detail.starts_with("not a runnel.v1.Point"), "{}", dead[0].detail);
+    assert_eq!((dead[1].point.as_ref(), dead[1].source_offset), (Some(&future), 2));
+    assert!(dead[1].detail.contains("ahead of the processor's clock"), "{}", dead[1].detail);
+    assert_eq!((dead[2].point.as_ref(), dead[2].source_offset), (Some(&late), 5));
+    assert_eq!((dead[2].window_start_ns, dead[2].window_end_ns), (base, base + WINDOW));
+    assert_eq!(stats.dead_letters.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // Replaying the late ones sends the late point back; its window is closed, so it is late again, now
+    // with the offset of its second arrival. Malformed and future letters are left alone.
+    let request = processor::deadletter::Replay {
+        deadletter_topic: topics.deadletter.name.clone(),
+        points_topic: topics.points.name.clone(),
+        group: unique("e2e-replay"),
+        reasons: vec![Reason::Late],
+        timeout: Duration::from_secs(30),
+    };
+    let replayed = processor::deadletter::replay(&kafka(), &request).await.unwrap();
+    assert_eq!(replayed, processor::deadletter::Replayed { sent: 1, skipped: 2 });
+    let dead = letters(&read_committed(&kafka(), &topics.deadletter.name, 5, Duration::from_secs(3)));
+    assert_eq!(dead.len(), 4);
+    assert_eq!((dead[3].reason, dead[3].point.as_ref(), dead[3].source_offset), (Reason::Late as i32, Some(&late), 6));
+
+    // The group remembers: a second replay sends only the dead letter that arrived since.
+    let again = processor::deadletter::replay(&kafka(), &request).await.unwrap();
+    assert_eq!(again, processor::deadletter::Replayed { sent: 1, skipped: 0 });
+    processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_closes_its_windows_after_the_idle_timeout() {
+    let topics = Topics::unique(1);
+    let mut settings = e2e::services::processor_settings(&topics, &unique("e2e-quiet"));
+    settings.windows.idle_timeout = Duration::from_millis(500);
+    settings.windows.size = Duration::from_secs(1);
+    settings.windows.allowed_lateness = Duration::ZERO;
+    let app = processor::App::build(settings).await.unwrap();
+    let stats = app.stats();
+    let processor = e2e::Running::spawn(|shutdown| app.run(shutdown));
+
+    // Three points in one window, then silence: no later point will ever move the watermark.
+    let m = series("quiet", &[]);
+    let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
+    let points: Vec<Point> = (0..3).map(|i| point(&m, base + i * S / 5, i as f64)).collect();
+    for p in &points {
+        produce(&topics.points.name, &m.key(), &p.encode_to_vec()).await;
+    }
+    let windows = aggregates(&read_committed(&kafka(), &topics.aggregates.name, 1, Duration::from_secs(60)));
+    assert_eq!(windows.len(), 1, "the window closed without further input");
+    let w = windows[0].window.unwrap();
+    assert_eq!((w.start_ns, w.count, w.sum, w.min, w.max), (base, 3, 3.0, 0.0, 2.0));
+    eventually("the idle advance to be counted", Duration::from_secs(5), || {
+        let advanced = stats.idle_advances.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (advanced == 1).then_some(()) }
+    })
+    .await;
+    processor.stop().await;
+}

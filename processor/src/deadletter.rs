@@ -1,0 +1,139 @@
+//! Replaying dead letters: the points of chosen dead letters go back to the points topic, where the
+//! processor judges them again by its rules (a point whose window is still open joins it; one whose
+//! window has closed is dead-lettered again). Progress is kept in a consumer group, so a second replay
+//! sends only what arrived since the first.
+
+use std::time::{Duration, Instant};
+
+use plumbing::kafka::KafkaSettings;
+use proto::prost::Message as _;
+use proto::v1::DeadLetter;
+use proto::v1::dead_letter::Reason;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+
+/// What a replay did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    /// Points sent back to the points topic.
+    pub sent: u64,
+    /// Dead letters of other reasons, or without a decodable point (malformed bytes cannot be replayed).
+    pub skipped: u64,
+}
+
+/// A replay request.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub deadletter_topic: String,
+    pub points_topic: String,
+    /// Consumer group that remembers how far replays got.
+    pub group: String,
+    /// Which dead letters to replay; empty means every reason that carries a point.
+    pub reasons: Vec<Reason>,
+    /// How long to wait for the dead-letter topic's end.
+    pub timeout: Duration,
+}
+
+/// Replays the dead letters that arrived since the group's last replay, up to the topic's end as it was
+/// when the replay started.
+pub async fn replay(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed> {
+    // Partition EOF events tell when a partition with nothing (more) to read is done.
+    let consumer: BaseConsumer =
+        kafka.consumer("runnel-replay", &request.group).set("enable.partition.eof", "true").create()?;
+    let producer: FutureProducer = kafka.producer("runnel-replay").create()?;
+    let metadata = consumer.fetch_metadata(Some(&request.deadletter_topic), kafka.request_timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    // Where to stop: each partition's end now. Offsets are not contiguous (transaction markers), so the
+    // stop test is the consumer's position, not a message count.
+    let mut ends = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (_, high) = consumer.fetch_watermarks(&request.deadletter_topic, partition, kafka.request_timeout)?;
+        ends.push((partition, high));
+        assignment.add_partition(&request.deadletter_topic, partition);
+    }
+    let committed = consumer.committed_offsets(assignment, kafka.request_timeout)?;
+    let mut start = TopicPartitionList::new();
+    for &partition in &partitions {
+        let offset = committed
+            .find_partition(&request.deadletter_topic, partition)
+            .map(|e| e.offset())
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(Offset::Beginning);
+        start.add_partition_offset(&request.deadletter_topic, partition, offset)?;
+    }
+    consumer.assign(&start)?;
+
+    let mut done = Replayed::default();
+    let mut deliveries = Vec::new();
+    let mut finished: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    let deadline = Instant::now() + request.timeout;
+    let end_of = |partition: i32| ends.iter().find(|(p, _)| *p == partition).map_or(0, |(_, end)| *end);
+    while finished.len() < partitions.len() {
+        if Instant::now() >= deadline {
+            return Err(Error::Kafka(rdkafka::error::KafkaError::NoMessageReceived));
+        }
+        // Dead letters written since the replay began (a replayed point that is late again, say) wait for
+        // the next replay: a replay never chases its own output.
+        let position = consumer.position()?;
+        for &(partition, end) in &ends {
+            if let Some(Offset::Offset(at)) = position.find_partition(&request.deadletter_topic, partition).map(|e| e.offset()) {
+                if at >= end {
+                    finished.insert(partition);
+                }
+            }
+        }
+        let message = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                finished.insert(partition);
+                continue;
+            }
+            Some(other) => other?,
+        };
+        if message.offset() >= end_of(message.partition()) || finished.contains(&message.partition()) {
+            finished.insert(message.partition());
+            continue;
+        }
+        let letter = message.payload().map(DeadLetter::decode);
+        let Some(Ok(DeadLetter { reason, point: Some(point), .. })) = letter else {
+            done.skipped += 1;
+            continue;
+        };
+        let wanted = request.reasons.is_empty() || request.reasons.iter().any(|r| *r as i32 == reason);
+        if !wanted {
+            done.skipped += 1;
+            continue;
+        }
+        let (key, payload) = (point.series_key(), point.encode_to_vec());
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::to(&request.points_topic).key(&key).payload(&payload))
+                .map_err(|(err, _)| Error::Delivery(err))?,
+        );
+        done.sent += 1;
+    }
+    // The group's offsets move only once every replayed point is acknowledged.
+    plumbing::kafka::await_deliveries(deliveries).await.map_err(Error::Delivery)?;
+    let position = consumer.position()?;
+    let mut commit = TopicPartitionList::new();
+    for elem in position.elements() {
+        // Never past the end this replay stopped at: later dead letters belong to the next replay.
+        if let Offset::Offset(at) = elem.offset() {
+            let at = at.min(end_of(elem.partition()));
+            commit.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(at))?;
+        }
+    }
+    if commit.count() > 0 {
+        consumer.commit(&commit, CommitMode::Sync)?;
+    }
+    Ok(done)
+}
