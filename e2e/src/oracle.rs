@@ -100,6 +100,11 @@ pub fn expected(base: i64, data: &Data) -> BTreeMap<String, Vec<WindowStats>> {
         let (mx, my) = (xs.iter().sum::<f64>() / n, sum / n);
         let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
         let sxy: f64 = xs.iter().zip(&points).map(|(x, (_, v))| (x - mx) * (v - my)).sum();
+        let svv: f64 = points.iter().map(|(_, v)| (v - my) * (v - my)).sum();
+        // First and last by event time; among equal times the first sent is first and the last sent last.
+        let first = points.iter().fold(points[0], |a, p| if p.0 < a.0 { *p } else { a });
+        let last = points.iter().fold(points[0], |a, p| if p.0 >= a.0 { *p } else { a });
+        let elapsed = (last.0 - first.0) as f64 / 1e9;
         out.entry(key).or_default().push(WindowStats {
             start_ns: start,
             end_ns: start + WINDOW,
@@ -109,6 +114,13 @@ pub fn expected(base: i64, data: &Data) -> BTreeMap<String, Vec<WindowStats>> {
             min: points.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min),
             max: points.iter().map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max),
             gradient_per_second: (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx),
+            first: first.1,
+            last: last.1,
+            first_ns: first.0,
+            last_ns: last.0,
+            stddev: (points.len() >= 2).then(|| (svv / (n - 1.0)).sqrt()),
+            rate_per_second: (elapsed > 0.0).then(|| (last.1 - first.1) / elapsed),
+            ..WindowStats::default()
         });
     }
     out
@@ -121,10 +133,24 @@ pub fn assert_windows(key: &str, got: &[WindowStats], want: &[WindowStats]) {
         let ctx = format!("{key} window at {}", w.start_ns);
         assert_eq!((g.start_ns, g.end_ns, g.count), (w.start_ns, w.end_ns, w.count), "{ctx}");
         assert_eq!((g.sum, g.mean, g.min, g.max), (w.sum, w.mean, w.min, w.max), "{ctx}");
-        match (g.gradient_per_second, w.gradient_per_second) {
-            // Different algorithms (streaming co-moments versus two passes) agree to rounding only.
-            (Some(g), Some(w)) => assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{ctx}: gradient {g} vs {w}"),
-            (g, w) => assert_eq!(g, w, "{ctx}: gradient"),
+        assert_eq!((g.first, g.first_ns, g.last, g.last_ns), (w.first, w.first_ns, w.last, w.last_ns), "{ctx}");
+        // Different algorithms (streaming moments versus two passes) agree to rounding only.
+        for (what, g, w) in [
+            ("gradient", g.gradient_per_second, w.gradient_per_second),
+            ("stddev", g.stddev, w.stddev),
+            ("rate", g.rate_per_second, w.rate_per_second),
+        ] {
+            match (g, w) {
+                (Some(g), Some(w)) => assert!((g - w).abs() <= 1e-9 * w.abs().max(1.0), "{ctx}: {what} {g} vs {w}"),
+                (g, w) => assert_eq!(g, w, "{ctx}: {what}"),
+            }
+        }
+        // Every reported quantile lies within the sketch's accuracy of an exact one: between the
+        // smallest and the largest value, within the stated relative error of the extremes.
+        assert!(!g.quantiles.is_empty() && !g.sketch.is_empty(), "{ctx}: quantiles and sketch");
+        for q in &g.quantiles {
+            let slack = g.sketch_relative_accuracy * w.min.abs().max(w.max.abs());
+            assert!(q.value >= w.min - slack && q.value <= w.max + slack, "{ctx}: q{} = {}", q.q, q.value);
         }
     }
 }

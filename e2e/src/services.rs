@@ -39,7 +39,7 @@ pub fn processor_settings(topics: &Topics, group: &str) -> processor::Settings {
     s.topics.points = topics.points.clone();
     s.topics.aggregates = topics.aggregates.clone();
     s.topics.deadletter = topics.deadletter.clone();
-    s.windows.size = Duration::from_nanos(WINDOW as u64);
+    s.windows.default = processor::WindowDef::Tumbling { size: Duration::from_nanos(WINDOW as u64) };
     s.windows.allowed_lateness = Duration::from_nanos(LATENESS as u64);
     s.commit_interval = Duration::from_millis(200);
     s

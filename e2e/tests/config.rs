@@ -33,8 +33,8 @@ fn an_unknown_key_is_named() {
 fn a_malformed_value_is_named_with_its_key() {
     let err = error_of::<collector::Settings>("collector", &[("RUNNEL_COLLECTOR__GRPC__LISTEN", "localhost")]);
     assert!(err.contains("grpc.listen"), "{err}");
-    let err = error_of::<processor::Settings>("processor", &[("RUNNEL_PROCESSOR__WINDOWS__SIZE", "ten seconds")]);
-    assert!(err.contains("windows.size"), "{err}");
+    let err = error_of::<processor::Settings>("processor", &[("RUNNEL_PROCESSOR__WINDOWS__DEFAULT__SIZE", "ten seconds")]);
+    assert!(err.contains("windows.default"), "{err}");
     let err = error_of::<store::Settings>("store", &[("RUNNEL_STORE__STORAGE__MAX_BATCH", "-3")]);
     assert!(err.contains("storage.max_batch"), "{err}");
 }
@@ -43,9 +43,9 @@ fn a_malformed_value_is_named_with_its_key() {
 fn invalid_values_are_all_reported() {
     let err = error_of::<processor::Settings>(
         "processor",
-        &[("RUNNEL_PROCESSOR__WINDOWS__SIZE", "0s"), ("RUNNEL_PROCESSOR__TOPICS__POINTS__PARTITIONS", "0")],
+        &[("RUNNEL_PROCESSOR__WINDOWS__DEFAULT__SIZE", "0s"), ("RUNNEL_PROCESSOR__TOPICS__POINTS__PARTITIONS", "0")],
     );
-    assert!(err.contains("windows.size: 0s must be at least 1ms"), "{err}");
+    assert!(err.contains("windows.default.size: 0s must be between 1ms and a year"), "{err}");
     assert!(err.contains("topics.points.partitions: 0 must be at least 1"), "{err}");
 }
 

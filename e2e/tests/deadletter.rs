@@ -49,7 +49,7 @@ async fn unusable_points_are_dead_lettered_once_and_late_ones_replay() {
     // Had the future point moved the watermark, b would be late and the window would hold a alone.
     let windows = aggregates(&read_committed(&kafka(), &topics.aggregates.name, 1, Duration::from_secs(30)));
     assert_eq!(windows.len(), 1);
-    let w = windows[0].window.unwrap();
+    let w = windows[0].window.clone().unwrap();
     assert_eq!((w.start_ns, w.count, w.sum), (base, 2, 3.0));
 
     // Asking for one more than expected shows there is no other (within a short wait).
@@ -90,7 +90,7 @@ async fn a_quiet_partition_closes_its_windows_after_the_idle_timeout() {
     let topics = Topics::unique(1);
     let mut settings = e2e::services::processor_settings(&topics, &unique("e2e-quiet"));
     settings.windows.idle_timeout = Duration::from_millis(500);
-    settings.windows.size = Duration::from_secs(1);
+    settings.windows.default = processor::WindowDef::Tumbling { size: Duration::from_secs(1) };
     settings.windows.allowed_lateness = Duration::ZERO;
     let app = processor::App::build(settings).await.unwrap();
     let stats = app.stats();
@@ -105,7 +105,7 @@ async fn a_quiet_partition_closes_its_windows_after_the_idle_timeout() {
     }
     let windows = aggregates(&read_committed(&kafka(), &topics.aggregates.name, 1, Duration::from_secs(60)));
     assert_eq!(windows.len(), 1, "the window closed without further input");
-    let w = windows[0].window.unwrap();
+    let w = windows[0].window.clone().unwrap();
     assert_eq!((w.start_ns, w.count, w.sum, w.min, w.max), (base, 3, 3.0, 0.0, 2.0));
     eventually("the idle advance to be counted", Duration::from_secs(5), || {
         let advanced = stats.idle_advances.load(std::sync::atomic::Ordering::SeqCst);

@@ -7,7 +7,8 @@ use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
-use crate::window::WindowSpec;
+use crate::aggregate::SketchSpec;
+use crate::window::{WindowKind, WindowRules};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,9 +59,11 @@ pub struct Topics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Windows {
-    /// Tumbling window length.
-    #[serde(with = "humantime_serde")]
-    pub size: Duration,
+    /// The windows of a metric that no rule names.
+    pub default: WindowDef,
+    /// Windows per metric: the first rule whose glob matches the metric name decides.
+    #[serde(default)]
+    pub rules: Vec<WindowRule>,
     /// How far behind its partition's newest event time a point may arrive and still count.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
@@ -72,6 +75,45 @@ pub struct Windows {
     /// not move a partition's watermark and make everybody else's points late.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// The quantile sketch in every aggregate.
+    pub sketch: Sketch,
+}
+
+/// A window shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum WindowDef {
+    /// Back-to-back windows of `size`.
+    Tumbling {
+        #[serde(with = "humantime_serde")]
+        size: Duration,
+    },
+    /// Windows of `size` starting every `advance`.
+    Hopping {
+        #[serde(with = "humantime_serde")]
+        size: Duration,
+        #[serde(with = "humantime_serde")]
+        advance: Duration,
+    },
+}
+
+/// Windows for the metrics matching a glob (`latency_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowRule {
+    pub metric: String,
+    pub window: WindowDef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sketch {
+    /// A quantile estimate is within this fraction of the true value (DDSketch's alpha).
+    pub relative_accuracy: f64,
+    /// Bin limit of a sketch; past it the lowest bins collapse.
+    pub max_bins: u32,
+    /// Quantiles reported in every aggregate.
+    pub quantiles: Vec<f64>,
 }
 
 impl Default for Settings {
@@ -85,10 +127,12 @@ impl Default for Settings {
                 deadletter: TopicSettings::new(topics::DEADLETTER),
             },
             windows: Windows {
-                size: Duration::from_secs(10),
+                default: WindowDef::Tumbling { size: Duration::from_secs(10) },
+                rules: Vec::new(),
                 allowed_lateness: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(30),
                 max_future: Duration::from_secs(5 * 60),
+                sketch: Sketch { relative_accuracy: 0.01, max_bins: 2048, quantiles: vec![0.5, 0.9, 0.99] },
             },
             commit_interval: Duration::from_millis(100),
             delivery: Delivery::ExactlyOnce,
@@ -109,9 +153,47 @@ pub(crate) fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+impl WindowDef {
+    pub fn kind(&self) -> WindowKind {
+        match *self {
+            Self::Tumbling { size } => WindowKind::Tumbling { size_ns: nanos(size) },
+            Self::Hopping { size, advance } => WindowKind::Hopping { size_ns: nanos(size), advance_ns: nanos(advance) },
+        }
+    }
+
+    fn validate(&self, key: &str, errors: &mut Vec<FieldError>) {
+        let (size, advance) = match *self {
+            Self::Tumbling { size } => (size, size),
+            Self::Hopping { size, advance } => (size, advance),
+        };
+        let ms = Duration::from_millis(1);
+        let year = Duration::from_secs(366 * 24 * 3600);
+        let text = humantime::format_duration;
+        check(errors, size >= ms && size <= year, &format!("{key}.size"), format!("{} must be between 1ms and a year", text(size)));
+        check(errors, advance >= ms && advance <= size, &format!("{key}.advance"), format!("{} must be between 1ms and the size {}", text(advance), text(size)));
+        // Each point is added to size/advance windows: bound the fan-out.
+        let fan_out = size.as_nanos() / advance.as_nanos().max(1);
+        check(errors, fan_out <= 100, &format!("{key}.advance"), format!("{} puts every point in {fan_out} windows; at most 100", text(advance)));
+    }
+}
+
 impl Windows {
-    pub fn spec(&self) -> WindowSpec {
-        WindowSpec { size_ns: nanos(self.size), allowed_lateness_ns: nanos(self.allowed_lateness) }
+    /// The compiled window rules.
+    pub fn rules(&self) -> Result<WindowRules, globset::Error> {
+        let rules = self
+            .rules
+            .iter()
+            .map(|rule| Ok((globset::Glob::new(&rule.metric)?.compile_matcher(), rule.window.kind())))
+            .collect::<Result<Vec<_>, globset::Error>>()?;
+        Ok(WindowRules::new(self.default.kind(), rules))
+    }
+
+    pub fn sketch(&self) -> SketchSpec {
+        SketchSpec {
+            relative_accuracy: self.sketch.relative_accuracy,
+            max_bins: self.sketch.max_bins,
+            quantiles: self.sketch.quantiles.clone(),
+        }
     }
 }
 
@@ -124,8 +206,24 @@ impl ServiceSettings for Settings {
         check(&mut errors, !self.windows.idle_timeout.is_zero(), "windows.idle_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
-        check(&mut errors, self.windows.size >= Duration::from_millis(1), "windows.size", format!("{} must be at least 1ms", humantime::format_duration(self.windows.size)));
-        check(&mut errors, self.windows.size <= Duration::from_secs(366 * 24 * 3600), "windows.size", format!("{} must be at most a year", humantime::format_duration(self.windows.size)));
+        self.windows.default.validate("windows.default", &mut errors);
+        for (i, rule) in self.windows.rules.iter().enumerate() {
+            rule.window.validate(&format!("windows.rules[{i}].window"), &mut errors);
+            if let Err(err) = globset::Glob::new(&rule.metric) {
+                errors.push(FieldError::new(format!("windows.rules[{i}].metric"), format!("{:?} is not a glob: {err}", rule.metric)));
+            }
+        }
+        let sketch = &self.windows.sketch;
+        check(
+            &mut errors,
+            sketch.relative_accuracy > 0.0 && sketch.relative_accuracy < 1.0,
+            "windows.sketch.relative_accuracy",
+            format!("{} must be between 0 and 1", sketch.relative_accuracy),
+        );
+        check(&mut errors, sketch.max_bins >= 128, "windows.sketch.max_bins", format!("{} must be at least 128", sketch.max_bins));
+        for (i, q) in sketch.quantiles.iter().enumerate() {
+            check(&mut errors, (0.0..=1.0).contains(q), &format!("windows.sketch.quantiles[{i}]"), format!("{q} must be in [0, 1]"));
+        }
         check(&mut errors, self.windows.allowed_lateness <= Duration::from_secs(366 * 24 * 3600), "windows.allowed_lateness", format!("{} must be at most a year", humantime::format_duration(self.windows.allowed_lateness)));
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
         if self.delivery == Delivery::ExactlyOnce {

@@ -12,6 +12,8 @@ pub enum Error {
     /// so the next owner of the partitions produces it again.
     #[error("aggregate delivery failed: {0}")]
     Delivery(KafkaError),
+    #[error("settings: {0}")]
+    Config(String),
     #[error("processor task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

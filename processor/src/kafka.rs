@@ -26,7 +26,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 use crate::txn::{Failed, Transactions};
-use crate::window::{Checkpoint, Outcome, PartitionWindows, WindowSpec};
+use crate::aggregate::SketchSpec;
+use crate::window::{Checkpoint, Outcome, PartitionWindows, WindowRules};
 
 /// Counters a test or an operator can read.
 #[derive(Debug, Default)]
@@ -94,8 +95,22 @@ pub(crate) struct Routing {
     pub(crate) idle_timeout: Duration,
 }
 
+/// How points become windows.
+#[derive(Debug, Clone)]
+pub(crate) struct Windowing {
+    pub(crate) rules: WindowRules,
+    pub(crate) allowed_lateness_ns: i64,
+    pub(crate) sketch: SketchSpec,
+}
+
+impl Windowing {
+    fn fresh(&self) -> PartitionWindows {
+        PartitionWindows::new(self.allowed_lateness_ns, self.sketch.clone())
+    }
+}
+
 pub(crate) struct Shared {
-    pub(crate) spec: WindowSpec,
+    pub(crate) windowing: Windowing,
     pub(crate) points_topic: String,
     pub(crate) routing: Routing,
     pub(crate) stats: Arc<Stats>,
@@ -107,7 +122,7 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("spec", &self.spec)
+            .field("windowing", &self.windowing)
             .field("routing", &self.routing)
             .finish_non_exhaustive()
     }
@@ -120,9 +135,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub(crate) fn new(spec: WindowSpec, routing: Routing, output: Output, timeout: Duration) -> Self {
+    pub(crate) fn new(windowing: Windowing, routing: Routing, output: Output, timeout: Duration) -> Self {
         Self {
-            spec,
+            windowing,
             points_topic: routing.points_topic.clone(),
             routing,
             stats: Arc::default(),
@@ -170,8 +185,10 @@ impl Shared {
             let _ = positions.add_partition_offset(&self.points_topic, partition, position);
             tracing::info!(partition, checkpoint = ?restored, "partition restored");
             let windows = match restored {
-                Some(checkpoint) => PartitionWindows::restore(self.spec, checkpoint),
-                None => PartitionWindows::new(self.spec),
+                Some(checkpoint) => {
+                    PartitionWindows::restore(self.windowing.allowed_lateness_ns, self.windowing.sketch.clone(), checkpoint)
+                }
+                None => self.windowing.fresh(),
             };
             partitions.insert(partition, windows);
         }
@@ -335,11 +352,12 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
     }
     let key = point.series_key();
     let mut partitions = lock(&shared.partitions);
-    let windows = partitions.entry(partition).or_insert_with(|| PartitionWindows::new(shared.spec));
+    let windows = partitions.entry(partition).or_insert_with(|| shared.windowing.fresh());
+    let kind = shared.windowing.rules.kind_for(&point.metric);
     let mut out = Vec::new();
     let kept = point.clone();
     let series = || Series { metric: point.metric, tags: point.tags };
-    match windows.push(&key, series, ts, value, offset) {
+    match windows.push(&key, series, kind, ts, value, offset) {
         Outcome::Accepted => {
             stats.points.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,7 +1,9 @@
-//! The processor: per-series event-time tumbling windows over the points topic, with count, sum, mean,
-//! min, max and gradient, produced to the aggregates topic when a partition's watermark closes them,
-//! exactly once by default (Kafka transactions).
+//! The processor: per-series event-time windows (tumbling or hopping, per metric) over the points
+//! topic, with count, sum, mean, min, max, first, last, standard deviation, gradient, rate and
+//! quantiles from a mergeable sketch, produced to the aggregates topic when a partition's watermark
+//! closes them, exactly once by default (Kafka transactions).
 
+pub mod aggregate;
 pub mod config;
 pub mod error;
 mod kafka;
@@ -13,10 +15,10 @@ use std::sync::Arc;
 
 use plumbing::Shutdown;
 
-pub use crate::config::{Delivery, Settings};
+pub use crate::config::{Delivery, Settings, WindowDef, WindowRule};
 pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
-use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Routing, Shared};
+use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Routing, Shared, Windowing};
 use crate::txn::Transactions;
 
 /// A processor that is connected but not yet consuming.
@@ -50,7 +52,13 @@ impl App {
             max_future_ns: config::nanos(windows.max_future),
             idle_timeout: windows.idle_timeout,
         };
-        let shared = Arc::new(Shared::new(windows.spec(), routing, output, transaction_timeout.max(kafka.request_timeout)));
+        let windowing = Windowing {
+            // Validated at load: every glob compiles.
+            rules: windows.rules().map_err(|err| Error::Config(err.to_string()))?,
+            allowed_lateness_ns: config::nanos(windows.allowed_lateness),
+            sketch: windows.sketch(),
+        };
+        let shared = Arc::new(Shared::new(windowing, routing, output, transaction_timeout.max(kafka.request_timeout)));
         let consumer = kafka
             .consumer("runnel-processor", &group_id)
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;

@@ -1,92 +1,57 @@
-//! Event-time tumbling windows for one input partition: pure state and arithmetic, no IO.
+//! Event-time windows for one input partition: pure state and arithmetic, no IO.
 //!
-//! A partition's watermark is the highest event time it has seen minus the allowed lateness. A window
-//! `[start, end)` closes once the watermark reaches `end`; a point whose window has closed is late and is
-//! never merged into it. Every window remembers the smallest input offset it holds, so that the offset a
+//! Windows are tumbling (`size`) or hopping (`size` every `advance`), chosen per metric. A partition's
+//! watermark is the highest event time it has seen minus the allowed lateness. A window `[start, end)`
+//! closes once the watermark reaches `end`; a point whose windows have all closed is late and is never
+//! merged into any (a hopping window that closed misses it while the later ones that are open get it). Every window remembers the smallest input offset it holds, so that the offset a
 //! consumer may commit is known: replaying from it rebuilds every open window, and the commit metadata
 //! (see [`Checkpoint`]) lets a replay skip what was already emitted.
 
 use std::collections::BTreeMap;
 
-use proto::v1::{Aggregate, Series, WindowStats};
+use proto::v1::{Aggregate, Series};
 
-/// Tumbling window geometry.
+use crate::aggregate::{Accumulator, SketchSpec};
+
+/// How a metric's points are grouped into windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WindowSpec {
-    pub size_ns: i64,
-    pub allowed_lateness_ns: i64,
+pub enum WindowKind {
+    /// Back-to-back windows of `size_ns`, aligned to the epoch.
+    Tumbling { size_ns: i64 },
+    /// Windows of `size_ns` starting every `advance_ns` (aligned to the epoch); a point is in
+    /// `size / advance` of them.
+    Hopping { size_ns: i64, advance_ns: i64 },
 }
 
-impl WindowSpec {
-    /// The start of the window holding `ts`: windows are aligned to the epoch.
-    pub fn start_of(&self, ts: i64) -> i64 {
-        ts.div_euclid(self.size_ns) * self.size_ns
+impl WindowKind {
+    /// The `[start, end)` of every window holding `ts`, oldest first.
+    pub fn windows_of(&self, ts: i64) -> impl Iterator<Item = (i64, i64)> {
+        let (size, advance) = match *self {
+            Self::Tumbling { size_ns } => (size_ns, size_ns),
+            Self::Hopping { size_ns, advance_ns } => (size_ns, advance_ns),
+        };
+        // The latest window holding ts starts at the last multiple of `advance` not after ts; earlier ones
+        // follow while they still reach past ts.
+        let last = ts.div_euclid(advance) * advance;
+        let count = (size + advance - 1) / advance;
+        (0..count).rev().map(move |i| last - i * advance).filter(move |start| start + size > ts).map(move |start| (start, start + size))
     }
 }
 
-/// Running statistics of one window of one series.
+/// Which windows each metric gets: the first matching rule, else the default.
 #[derive(Debug, Clone)]
-struct Accumulator {
-    series: Series,
-    first_offset: i64,
-    count: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    // Welford-style co-moments of (time in seconds since the window start, value): a stable
-    // least-squares slope without the cancellation of the textbook sum-of-squares formula.
-    mean_t: f64,
-    mean_v: f64,
-    m2_t: f64,
-    c_tv: f64,
+pub struct WindowRules {
+    default: WindowKind,
+    rules: Vec<(globset::GlobMatcher, WindowKind)>,
 }
 
-impl Accumulator {
-    fn new(series: Series, offset: i64) -> Self {
-        Self {
-            series,
-            first_offset: offset,
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            mean_t: 0.0,
-            mean_v: 0.0,
-            m2_t: 0.0,
-            c_tv: 0.0,
-        }
+impl WindowRules {
+    pub fn new(default: WindowKind, rules: Vec<(globset::GlobMatcher, WindowKind)>) -> Self {
+        Self { default, rules }
     }
 
-    fn add(&mut self, t_secs: f64, value: f64, offset: i64) {
-        self.first_offset = self.first_offset.min(offset);
-        self.count += 1;
-        self.sum += value;
-        self.min = self.min.min(value);
-        self.max = self.max.max(value);
-        let n = self.count as f64;
-        let dt = t_secs - self.mean_t;
-        self.mean_t += dt / n;
-        self.mean_v += (value - self.mean_v) / n;
-        self.m2_t += dt * (t_secs - self.mean_t);
-        self.c_tv += dt * (value - self.mean_v);
-    }
-
-    fn finish(self, start_ns: i64, end_ns: i64) -> Aggregate {
-        // The slope is undefined for one point or for points that all share one timestamp.
-        let gradient_per_second = (self.count >= 2 && self.m2_t > 0.0).then(|| self.c_tv / self.m2_t);
-        Aggregate {
-            series: Some(self.series),
-            window: Some(WindowStats {
-                start_ns,
-                end_ns,
-                count: self.count,
-                sum: self.sum,
-                mean: self.sum / self.count as f64,
-                min: self.min,
-                max: self.max,
-                gradient_per_second,
-            }),
-        }
+    pub fn kind_for(&self, metric: &str) -> WindowKind {
+        self.rules.iter().find(|(glob, _)| glob.is_match(metric)).map_or(self.default, |(_, kind)| *kind)
     }
 }
 
@@ -143,25 +108,27 @@ impl Checkpoint {
 /// The open windows and the watermark of one input partition.
 #[derive(Debug)]
 pub struct PartitionWindows {
-    spec: WindowSpec,
+    allowed_lateness_ns: i64,
+    sketch: SketchSpec,
     max_event_ns: Option<i64>,
     /// Offsets below this were handled before the checkpoint this state was restored from.
     replay_until: i64,
     next_offset: i64,
-    /// Ordered by window start, so the windows to close are a prefix.
-    open: BTreeMap<(i64, String), Accumulator>,
+    /// Keyed by (end, start, series key): the windows to close are a prefix.
+    open: BTreeMap<(i64, i64, String), Accumulator>,
 }
 
 impl PartitionWindows {
     /// A partition with no history.
-    pub fn new(spec: WindowSpec) -> Self {
-        Self { spec, max_event_ns: None, replay_until: 0, next_offset: 0, open: BTreeMap::new() }
+    pub fn new(allowed_lateness_ns: i64, sketch: SketchSpec) -> Self {
+        Self { allowed_lateness_ns, sketch, max_event_ns: None, replay_until: 0, next_offset: 0, open: BTreeMap::new() }
     }
 
     /// A partition resuming from a checkpoint it (or a previous owner) committed.
-    pub fn restore(spec: WindowSpec, checkpoint: Checkpoint) -> Self {
+    pub fn restore(allowed_lateness_ns: i64, sketch: SketchSpec, checkpoint: Checkpoint) -> Self {
         Self {
-            spec,
+            allowed_lateness_ns,
+            sketch,
             max_event_ns: checkpoint.max_event_ns,
             replay_until: checkpoint.next_offset,
             next_offset: checkpoint.resume_offset,
@@ -171,28 +138,53 @@ impl PartitionWindows {
 
     /// The current watermark: no window ending at or before it will receive another point.
     pub fn watermark(&self) -> Option<i64> {
-        self.max_event_ns.map(|max| max.saturating_sub(self.spec.allowed_lateness_ns))
+        self.max_event_ns.map(|max| max.saturating_sub(self.allowed_lateness_ns))
     }
 
-    /// Adds one point read at `offset`.
-    pub fn push(&mut self, key: &str, series: impl FnOnce() -> Series, ts: i64, value: f64, offset: i64) -> Outcome {
+    /// Adds one point read at `offset` to its windows of `kind`.
+    pub fn push(
+        &mut self,
+        key: &str,
+        series: impl FnOnce() -> Series,
+        kind: WindowKind,
+        ts: i64,
+        value: f64,
+        offset: i64,
+    ) -> Outcome {
         self.next_offset = self.next_offset.max(offset + 1);
-        let start = self.spec.start_of(ts);
-        let end = start.saturating_add(self.spec.size_ns);
-        if let Some(watermark) = self.watermark() {
-            if end <= watermark {
-                return if offset < self.replay_until {
-                    Outcome::Replayed
-                } else {
-                    Outcome::Late { window_start_ns: start, window_end_ns: end, watermark_ns: watermark }
-                };
+        let watermark = self.watermark();
+        let mut windows = kind.windows_of(ts).peekable();
+        let closed = |end: i64| watermark.is_some_and(|w| end <= w);
+        let mut latest = None;
+        let mut series = Some(series);
+        let mut template: Option<Series> = None;
+        let mut accepted = false;
+        while let Some((start, end)) = windows.next() {
+            latest = Some((start, end));
+            if closed(end) {
+                continue;
             }
+            accepted = true;
+            let sketch = &self.sketch;
+            let entry = self.open.entry((end, start, key.to_owned())).or_insert_with(|| {
+                let series = template.clone().unwrap_or_else(|| {
+                    // Called at most once: later windows of this point reuse the first one's series.
+                    let made = series.take().map(|make| make()).unwrap_or_default();
+                    template = Some(made.clone());
+                    made
+                });
+                Accumulator::new(series, start, offset, sketch)
+            });
+            entry.add(ts, value, offset);
         }
-        let t_secs = (ts - start) as f64 / 1e9;
-        self.open
-            .entry((start, key.to_owned()))
-            .or_insert_with(|| Accumulator::new(series(), offset))
-            .add(t_secs, value, offset);
+        if !accepted {
+            let (start, end) = latest.unwrap_or((ts, ts));
+            return if offset < self.replay_until {
+                Outcome::Replayed
+            } else {
+                Outcome::Late { window_start_ns: start, window_end_ns: end, watermark_ns: watermark.unwrap_or(i64::MIN) }
+            };
+        }
         self.max_event_ns = Some(self.max_event_ns.map_or(ts, |max| max.max(ts)));
         Outcome::Accepted
     }
@@ -215,12 +207,13 @@ impl PartitionWindows {
         let Some(watermark) = self.watermark() else { return Vec::new() };
         let mut closed = Vec::new();
         while let Some(entry) = self.open.first_entry() {
-            let start = entry.key().0;
-            let end = start.saturating_add(self.spec.size_ns);
+            let (end, start, _) = *entry.key();
             if end > watermark {
                 break;
             }
-            closed.push(entry.remove().finish(start, end));
+            let acc = entry.remove();
+            let window = acc.finish(start, end, &self.sketch);
+            closed.push(Aggregate { series: Some(acc.series), window: Some(window) });
         }
         closed
     }
@@ -248,31 +241,67 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000_000;
-    const SPEC: WindowSpec = WindowSpec { size_ns: 10 * S, allowed_lateness_ns: 5 * S };
+    const LATENESS: i64 = 5 * S;
+    const TUMBLING: WindowKind = WindowKind::Tumbling { size_ns: 10 * S };
+
+    fn fresh() -> PartitionWindows {
+        PartitionWindows::new(LATENESS, SketchSpec::default())
+    }
+
+    fn restored(checkpoint: Checkpoint) -> PartitionWindows {
+        PartitionWindows::restore(LATENESS, SketchSpec::default(), checkpoint)
+    }
 
     fn series(name: &str) -> Series {
         Series { metric: name.to_owned(), tags: Default::default() }
     }
 
     fn push(w: &mut PartitionWindows, key: &str, ts: i64, value: f64, offset: i64) -> Outcome {
-        w.push(key, || series(key), ts, value, offset)
+        w.push(key, || series(key), TUMBLING, ts, value, offset)
     }
 
-    fn stats(agg: &Aggregate) -> &WindowStats {
+    fn stats(agg: &Aggregate) -> &proto::v1::WindowStats {
         agg.window.as_ref().unwrap()
     }
 
     #[test]
-    fn window_starts_align_to_the_epoch_for_negative_times_too() {
-        assert_eq!(SPEC.start_of(0), 0);
-        assert_eq!(SPEC.start_of(10 * S - 1), 0);
-        assert_eq!(SPEC.start_of(10 * S), 10 * S);
-        assert_eq!(SPEC.start_of(-1), -10 * S);
+    fn windows_align_to_the_epoch_for_negative_times_too() {
+        let of = |kind: WindowKind, ts: i64| kind.windows_of(ts).collect::<Vec<_>>();
+        assert_eq!(of(TUMBLING, 0), vec![(0, 10 * S)]);
+        assert_eq!(of(TUMBLING, 10 * S - 1), vec![(0, 10 * S)]);
+        assert_eq!(of(TUMBLING, 10 * S), vec![(10 * S, 20 * S)]);
+        assert_eq!(of(TUMBLING, -1), vec![(-10 * S, 0)]);
+        let hopping = WindowKind::Hopping { size_ns: 30 * S, advance_ns: 10 * S };
+        assert_eq!(of(hopping, 25 * S), vec![(0, 30 * S), (10 * S, 40 * S), (20 * S, 50 * S)]);
+        assert_eq!(of(hopping, 30 * S), vec![(10 * S, 40 * S), (20 * S, 50 * S), (30 * S, 60 * S)]);
+        // An advance that does not divide the size: windows of 25 s every 10 s.
+        let uneven = WindowKind::Hopping { size_ns: 25 * S, advance_ns: 10 * S };
+        assert_eq!(of(uneven, 24 * S), vec![(0, 25 * S), (10 * S, 35 * S), (20 * S, 45 * S)]);
+        assert_eq!(of(uneven, 26 * S), vec![(10 * S, 35 * S), (20 * S, 45 * S)]);
+    }
+
+    #[test]
+    fn a_hopping_point_joins_the_windows_still_open() {
+        let hopping = WindowKind::Hopping { size_ns: 20 * S, advance_ns: 10 * S };
+        let mut w = fresh();
+        let mut add = |w: &mut PartitionWindows, ts: i64, v: f64, o: i64| w.push("a", || series("a"), hopping, ts, v, o);
+        assert_eq!(add(&mut w, 5 * S, 1.0, 0), Outcome::Accepted);
+        assert_eq!(add(&mut w, 15 * S, 2.0, 1), Outcome::Accepted);
+        assert_eq!(add(&mut w, 26 * S, 4.0, 2), Outcome::Accepted);
+        // Watermark 21 s: [0, 20) has closed, [10, 30) is open.
+        let closed = w.close_ready();
+        assert_eq!(closed.iter().map(|a| (stats(a).start_ns, stats(a).count, stats(a).sum)).collect::<Vec<_>>(), vec![(-10 * S, 1, 1.0), (0, 2, 3.0)]);
+        // 12 s falls in [0, 20) (closed) and [10, 30) (open): accepted by the open one only.
+        assert_eq!(add(&mut w, 12 * S, 8.0, 3), Outcome::Accepted);
+        assert_eq!(add(&mut w, 9 * S, 9.0, 4), Outcome::Late { window_start_ns: 0, window_end_ns: 20 * S, watermark_ns: 21 * S });
+        add(&mut w, 60 * S, 0.0, 5);
+        let sums: Vec<(i64, f64)> = w.close_ready().iter().map(|a| (stats(a).start_ns, stats(a).sum)).collect();
+        assert_eq!(sums, vec![(10 * S, 14.0), (20 * S, 4.0)]);
     }
 
     #[test]
     fn a_window_closes_when_the_watermark_reaches_its_end() {
-        let mut w = PartitionWindows::new(SPEC);
+        let mut w = fresh();
         assert_eq!(push(&mut w, "a", 1 * S, 1.0, 0), Outcome::Accepted);
         assert_eq!(push(&mut w, "a", 14 * S, 2.0, 1), Outcome::Accepted);
         assert!(w.close_ready().is_empty(), "watermark 9 s has not reached 10 s");
@@ -284,7 +313,7 @@ mod tests {
 
     #[test]
     fn aggregates_match_a_direct_computation() {
-        let mut w = PartitionWindows::new(SPEC);
+        let mut w = fresh();
         // value = 3 + 2 t: slope 2 per second; out of order within the window.
         let points = [(4, 11.0), (1, 5.0), (7, 17.0), (2, 7.0)];
         for (i, (t, v)) in points.iter().enumerate() {
@@ -303,7 +332,7 @@ mod tests {
 
     #[test]
     fn points_sharing_one_timestamp_have_no_slope() {
-        let mut w = PartitionWindows::new(SPEC);
+        let mut w = fresh();
         push(&mut w, "a", 2 * S, 1.0, 0);
         push(&mut w, "a", 2 * S, 3.0, 1);
         push(&mut w, "a", 40 * S, 0.0, 2);
@@ -312,7 +341,7 @@ mod tests {
 
     #[test]
     fn a_point_behind_the_watermark_is_late_and_not_merged() {
-        let mut w = PartitionWindows::new(SPEC);
+        let mut w = fresh();
         push(&mut w, "a", 1 * S, 1.0, 0);
         push(&mut w, "a", 16 * S, 1.0, 1);
         assert_eq!(w.close_ready().len(), 1);
@@ -326,7 +355,7 @@ mod tests {
 
     #[test]
     fn advancing_event_time_closes_a_quiet_partition_and_makes_later_points_late() {
-        let mut w = PartitionWindows::new(SPEC);
+        let mut w = fresh();
         w.advance(100 * S);
         assert_eq!(w.max_event(), None, "a partition that saw nothing has no event time to advance");
         push(&mut w, "a", 1 * S, 1.0, 0);
@@ -341,7 +370,7 @@ mod tests {
 
     #[test]
     fn checkpoint_resumes_at_the_oldest_open_window() {
-        let mut w = PartitionWindows::new(SPEC);
+        let mut w = fresh();
         push(&mut w, "a", 1 * S, 1.0, 100);
         push(&mut w, "b", 12 * S, 1.0, 101);
         push(&mut w, "a", 3 * S, 1.0, 102);
@@ -357,7 +386,7 @@ mod tests {
     #[test]
     fn a_restored_partition_passes_its_checkpoint_on_unchanged() {
         let checkpoint = Checkpoint { resume_offset: 100, max_event_ns: Some(12 * S), next_offset: 103 };
-        assert_eq!(PartitionWindows::restore(SPEC, checkpoint).checkpoint(), checkpoint);
+        assert_eq!(restored(checkpoint).checkpoint(), checkpoint);
     }
 
     /// Replaying from a checkpoint, then continuing, emits exactly what an uninterrupted run emits.
@@ -377,7 +406,7 @@ mod tests {
             }
         };
         let (mut whole, mut whole_late) = (Vec::new(), 0);
-        run(&mut PartitionWindows::new(SPEC), 0, input.len(), &mut whole, &mut whole_late);
+        run(&mut fresh(), 0, input.len(), &mut whole, &mut whole_late);
         assert_eq!(whole_late, 1, "the point at 3 s arrives when the watermark is 12 s");
 
         // Every pair of crashes: the first owner reads `first` messages, its successor `second` (zero
@@ -385,13 +414,13 @@ mod tests {
         for first in 1..input.len() {
             for second in 0..input.len() {
                 let (mut emitted, mut late) = (Vec::new(), 0);
-                let mut windows = PartitionWindows::new(SPEC);
+                let mut windows = fresh();
                 let mut position = 0;
                 for reads in [first, second] {
                     let to = (position + reads).min(input.len());
                     run(&mut windows, position, to, &mut emitted, &mut late);
                     let checkpoint = windows.checkpoint();
-                    windows = PartitionWindows::restore(SPEC, checkpoint);
+                    windows = restored(checkpoint);
                     position = checkpoint.resume_offset as usize;
                 }
                 run(&mut windows, position, input.len(), &mut emitted, &mut late);

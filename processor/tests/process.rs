@@ -21,10 +21,10 @@ fn processor() -> Command {
 
 #[test]
 fn a_malformed_value_exits_64_naming_the_key() {
-    let out = processor().env("RUNNEL_PROCESSOR__WINDOWS__SIZE", "soon").output().unwrap();
+    let out = processor().env("RUNNEL_PROCESSOR__WINDOWS__DEFAULT__SIZE", "soon").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("invalid processor configuration") && stderr.contains("windows.size"), "{stderr}");
+    assert!(stderr.contains("invalid processor configuration") && stderr.contains("windows.default"), "{stderr}");
 }
 
 #[test]

@@ -1,0 +1,322 @@
+//! The statistics of one window of one series: pure arithmetic, no IO.
+//!
+//! Every statistic is kept so that two accumulators can be merged exactly (count, sum, min, max,
+//! first, last), or by the parallel formulas of Chan et al. (means and sums of squared and cross
+//! deviations, from which the standard deviation and the least-squares gradient follow), or within the
+//! sketch's stated relative accuracy (quantiles, from a DDSketch).
+
+use proto::v1::{Moments, Quantile, Series, WindowStats};
+use sketches_ddsketch::{Config, DDSketch};
+
+/// The quantile sketch every window carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SketchSpec {
+    /// A quantile estimate is within this fraction of the true value.
+    pub relative_accuracy: f64,
+    /// Bin limit; past it the lowest bins collapse (upper quantiles keep their accuracy).
+    pub max_bins: u32,
+    /// The quantiles reported in every aggregate, each in [0, 1].
+    pub quantiles: Vec<f64>,
+}
+
+impl Default for SketchSpec {
+    fn default() -> Self {
+        Self { relative_accuracy: 0.01, max_bins: 2048, quantiles: vec![0.5, 0.9, 0.99] }
+    }
+}
+
+impl SketchSpec {
+    fn new_sketch(&self) -> DDSketch {
+        // Values closer to zero than 1e-9 count as zero.
+        DDSketch::new(Config::new(self.relative_accuracy, self.max_bins, 1e-9))
+    }
+}
+
+/// Running statistics of one window of one series.
+#[derive(Clone)]
+pub struct Accumulator {
+    pub(crate) series: Series,
+    /// The smallest input offset merged in: where a replay must start to rebuild this window.
+    pub(crate) first_offset: i64,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    first: (i64, f64),
+    last: (i64, f64),
+    /// Times are seconds since this origin, which keeps them small.
+    origin_ns: i64,
+    mean_t: f64,
+    mean_v: f64,
+    m2_t: f64,
+    m2_v: f64,
+    c_tv: f64,
+    sketch: DDSketch,
+}
+
+impl std::fmt::Debug for Accumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accumulator")
+            .field("series", &self.series)
+            .field("count", &self.count)
+            .field("sum", &self.sum)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accumulator {
+    pub fn new(series: Series, origin_ns: i64, offset: i64, spec: &SketchSpec) -> Self {
+        Self {
+            series,
+            first_offset: offset,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            first: (i64::MAX, 0.0),
+            last: (i64::MIN, 0.0),
+            origin_ns,
+            mean_t: 0.0,
+            mean_v: 0.0,
+            m2_t: 0.0,
+            m2_v: 0.0,
+            c_tv: 0.0,
+            sketch: spec.new_sketch(),
+        }
+    }
+
+    pub fn add(&mut self, ts: i64, value: f64, offset: i64) {
+        self.first_offset = self.first_offset.min(offset);
+        self.count += 1;
+        self.sum += value;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        // Strict comparisons: among equal times the first to arrive is first, the last to arrive last.
+        if ts < self.first.0 {
+            self.first = (ts, value);
+        }
+        if ts >= self.last.0 {
+            self.last = (ts, value);
+        }
+        // Welford's update, extended to the co-moment of time and value.
+        let t = (ts - self.origin_ns) as f64 / 1e9;
+        let n = self.count as f64;
+        let dt = t - self.mean_t;
+        let dv = value - self.mean_v;
+        self.mean_t += dt / n;
+        self.mean_v += dv / n;
+        self.m2_t += dt * (t - self.mean_t);
+        self.m2_v += dv * (value - self.mean_v);
+        self.c_tv += dt * (value - self.mean_v);
+        self.sketch.add(value);
+    }
+
+    /// Folds `other` (of the same series) into this one.
+    pub fn merge(&mut self, other: &Accumulator) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            let series = std::mem::take(&mut self.series);
+            *self = other.clone();
+            self.series = series;
+            return;
+        }
+        self.first_offset = self.first_offset.min(other.first_offset);
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        // Chan et al.'s pairwise update, after moving the other's time mean onto this origin.
+        let other_mean_t = other.mean_t + (other.origin_ns - self.origin_ns) as f64 / 1e9;
+        let dt = other_mean_t - self.mean_t;
+        let dv = other.mean_v - self.mean_v;
+        self.m2_t += other.m2_t + dt * dt * na * nb / n;
+        self.m2_v += other.m2_v + dv * dv * na * nb / n;
+        self.c_tv += other.c_tv + dt * dv * na * nb / n;
+        self.mean_t += dt * nb / n;
+        self.mean_v += dv * nb / n;
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if other.first.0 < self.first.0 {
+            self.first = other.first;
+        }
+        if other.last.0 >= self.last.0 {
+            self.last = other.last;
+        }
+        // Same spec on both sides, so the sketches always merge.
+        let _ = self.sketch.merge(&other.sketch);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The window's statistics; `[start_ns, end_ns)` are its bounds.
+    pub fn finish(&self, start_ns: i64, end_ns: i64, spec: &SketchSpec) -> WindowStats {
+        let n = self.count as f64;
+        let elapsed = (self.last.0 - self.first.0) as f64 / 1e9;
+        let quantiles = spec
+            .quantiles
+            .iter()
+            // Clamped to the exact extremes: still within the accuracy, and exact when every value is equal.
+            .filter_map(|&q| self.sketch.quantile(q).ok().flatten().map(|v| Quantile { q, value: v.clamp(self.min, self.max) }))
+            .collect();
+        WindowStats {
+            start_ns,
+            end_ns,
+            count: self.count,
+            sum: self.sum,
+            mean: self.sum / n,
+            min: self.min,
+            max: self.max,
+            // Undefined for one point, or for points that all share one timestamp.
+            gradient_per_second: (self.count >= 2 && self.m2_t > 0.0).then(|| self.c_tv / self.m2_t),
+            first: self.first.1,
+            last: self.last.1,
+            first_ns: self.first.0,
+            last_ns: self.last.0,
+            stddev: (self.count >= 2).then(|| (self.m2_v.max(0.0) / (n - 1.0)).sqrt()),
+            rate_per_second: (elapsed > 0.0).then(|| (self.last.1 - self.first.1) / elapsed),
+            quantiles,
+            sketch: self.sketch.to_java_bytes(),
+            sketch_relative_accuracy: spec.relative_accuracy,
+            moments: Some(Moments {
+                origin_ns: self.origin_ns,
+                mean_t: self.mean_t,
+                mean_v: self.mean_v,
+                m2_t: self.m2_t,
+                m2_v: self.m2_v,
+                c_tv: self.c_tv,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    /// The naive reference: every statistic computed from the whole list, textbook formulas.
+    fn reference(points: &[(i64, f64)], origin: i64) -> (f64, f64, f64, Option<f64>, Option<f64>) {
+        let n = points.len() as f64;
+        let mean = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let ts: Vec<f64> = points.iter().map(|p| (p.0 - origin) as f64 / 1e9).collect();
+        let mt = ts.iter().sum::<f64>() / n;
+        let sxx: f64 = ts.iter().map(|t| (t - mt).powi(2)).sum();
+        let sxy: f64 = ts.iter().zip(points).map(|(t, p)| (t - mt) * (p.1 - mean)).sum();
+        let svv: f64 = points.iter().map(|p| (p.1 - mean).powi(2)).sum();
+        let min = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let max = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let gradient = (points.len() >= 2 && sxx > 0.0).then(|| sxy / sxx);
+        let stddev = (points.len() >= 2).then(|| (svv / (n - 1.0)).sqrt());
+        (min, max, mean, gradient, stddev)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    fn accumulate(points: &[(i64, f64)], origin: i64, spec: &SketchSpec) -> Accumulator {
+        let mut acc = Accumulator::new(Series::default(), origin, 0, spec);
+        for (i, &(ts, v)) in points.iter().enumerate() {
+            acc.add(ts, v, i as i64);
+        }
+        acc
+    }
+
+    #[test]
+    fn first_last_rate_and_undefined_values() {
+        let spec = SketchSpec::default();
+        let stats = accumulate(&[(3 * S, 5.0), (1 * S, 1.0), (7 * S, 13.0), (7 * S, 20.0)], 0, &spec).finish(0, 10 * S, &spec);
+        assert_eq!((stats.first, stats.first_ns, stats.last, stats.last_ns), (1.0, S, 20.0, 7 * S));
+        assert_eq!(stats.rate_per_second, Some((20.0 - 1.0) / 6.0));
+        let one = accumulate(&[(2 * S, 4.0)], 0, &spec).finish(0, 10 * S, &spec);
+        assert_eq!((one.stddev, one.rate_per_second, one.gradient_per_second), (None, None, None));
+        assert_eq!(one.quantiles.iter().map(|q| q.value).collect::<Vec<_>>(), vec![4.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn the_sketch_round_trips_and_answers_within_its_accuracy() {
+        let spec = SketchSpec::default();
+        let values: Vec<(i64, f64)> = (1..=1000).map(|i| (i, i as f64)).collect();
+        let stats = accumulate(&values, 0, &spec).finish(0, 10 * S, &spec);
+        let decoded = DDSketch::from_java_bytes(&stats.sketch).unwrap();
+        assert_eq!(decoded.count(), 1000);
+        for q in &stats.quantiles {
+            // The exact quantile at the sketch's rank: floor(q * (n - 1)) in the sorted values.
+            let exact = (q.q * 999.0).floor() + 1.0;
+            assert!((q.value - exact).abs() <= 0.01 * exact, "q{} = {} vs {exact}", q.q, q.value);
+        }
+    }
+
+    proptest! {
+        /// Any arrival order gives the same statistics, and they agree with the naive reference.
+        #[test]
+        fn order_does_not_matter_and_matches_the_reference(
+            mut points in prop::collection::vec((0i64..10_000, -1000i32..1000), 1..60),
+            seed in any::<u64>(),
+        ) {
+            let spec = SketchSpec::default();
+            let points: Vec<(i64, f64)> = points.drain(..).map(|(ms, v)| (ms * 1_000_000, f64::from(v) / 4.0)).collect();
+            let mut shuffled = points.clone();
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let a = accumulate(&points, 0, &spec).finish(0, 10 * S, &spec);
+            let b = accumulate(&shuffled, 0, &spec).finish(0, 10 * S, &spec);
+            let (min, max, mean, gradient, stddev) = reference(&points, 0);
+            prop_assert_eq!((a.count, a.min, a.max), (points.len() as u64, min, max));
+            prop_assert_eq!((b.count, b.min, b.max), (points.len() as u64, min, max));
+            // Quarter-unit values keep every sum exact, whatever the order.
+            prop_assert_eq!(a.sum, b.sum);
+            prop_assert!(close(a.mean, mean));
+            for stats in [&a, &b] {
+                match (stats.gradient_per_second, gradient) {
+                    (Some(g), Some(r)) => prop_assert!(close(g, r), "gradient {} vs {}", g, r),
+                    (g, r) => prop_assert_eq!(g, r),
+                }
+                match (stats.stddev, stddev) {
+                    (Some(s), Some(r)) => prop_assert!(close(s, r), "stddev {} vs {}", s, r),
+                    (s, r) => prop_assert_eq!(s, r),
+                }
+            }
+            prop_assert_eq!(&a.quantiles, &b.quantiles);
+        }
+
+        /// Merging the accumulators of two halves (with different origins) equals accumulating the union,
+        /// and merged sketches agree with the sketch of the union.
+        #[test]
+        fn merging_equals_accumulating_the_union(
+            points in prop::collection::vec((0i64..20_000, -1000i32..1000), 2..80),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let spec = SketchSpec::default();
+            let points: Vec<(i64, f64)> = points.into_iter().map(|(ms, v)| (ms * 1_000_000, f64::from(v) / 4.0)).collect();
+            let cut = split.index(points.len());
+            let mut left = accumulate(&points[..cut], 0, &spec);
+            let right = accumulate(&points[cut..], 7 * S, &spec);
+            left.merge(&right);
+            let merged = left.finish(0, 20 * S, &spec);
+            let whole = accumulate(&points, 0, &spec).finish(0, 20 * S, &spec);
+            prop_assert_eq!((merged.count, merged.min, merged.max, merged.sum), (whole.count, whole.min, whole.max, whole.sum));
+            prop_assert_eq!((merged.first_ns, merged.last_ns), (whole.first_ns, whole.last_ns));
+            prop_assert!(close(merged.mean, whole.mean));
+            match (merged.gradient_per_second, whole.gradient_per_second) {
+                (Some(g), Some(r)) => prop_assert!(close(g, r), "gradient {} vs {}", g, r),
+                (g, r) => prop_assert_eq!(g, r),
+            }
+            match (merged.stddev, whole.stddev) {
+                (Some(s), Some(r)) => prop_assert!(close(s, r), "stddev {} vs {}", s, r),
+                (s, r) => prop_assert_eq!(s, r),
+            }
+            prop_assert_eq!(&merged.quantiles, &whole.quantiles, "sketch bins are counts: merging is exact");
+        }
+    }
+}
