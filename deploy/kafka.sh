@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs a real, ephemeral, single-node Apache Kafka 4.4.0 broker (KRaft, combined broker and
-# controller) on 127.0.0.1 for development and integration tests.
+# controller) on 127.0.0.1 for development and integration tests, and, for fault tests, a separate
+# three-node cluster (replication factor 3, min.insync.replicas 2) whose nodes can be stopped,
+# killed, paused and restarted one at a time.
 #
 # The broker is the upstream Kafka code, fetched as jars from Maven Central with the tiny pom in
 # deploy/kafka/pom.xml, so there is no tarball to download and no mock to drift from the real thing.
@@ -10,6 +12,8 @@ set -euo pipefail
 usage() {
   cat <<EOF
 usage: deploy/kafka.sh fetch|start|stop|status|brokers
+       deploy/kafka.sh cluster-start|cluster-stop|cluster-status|cluster-brokers
+       deploy/kafka.sh node-stop|node-kill|node-start|node-pause|node-resume N
 
   fetch    download Kafka 4.4.0 and its runtime jars into .cache/kafka/libs (once)
   start    format fresh storage and start the broker; prints its address when it answers
@@ -17,10 +21,28 @@ usage: deploy/kafka.sh fetch|start|stop|status|brokers
   status   say whether the broker runs, and where (exit 3 when it does not)
   brokers  print the bootstrap address (host:port) if the broker runs
 
+  The three-node cluster, independent of the single broker (its own ports and folders under
+  .cache/kafka/cluster): every node is a combined broker and controller of one static quorum;
+  topics default to 3 replicas with min.insync.replicas=2, so one node may be down.
+
+  cluster-start    format fresh storage for three nodes and start them; prints the bootstrap
+                   list (127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3) once every node answers
+  cluster-stop     stop every node (SIGTERM, then SIGKILL after 30 s); does nothing when stopped
+  cluster-status   one line per node; exit 0 when all three run (paused or not), 1 when some,
+                   3 when none
+  cluster-brokers  print the bootstrap list if the cluster was started and a node runs
+  node-stop N      stop node N (1, 2 or 3) with SIGTERM and wait for it to exit
+  node-kill N      kill node N with SIGKILL, as a crash would
+  node-start N     start node N again on its existing storage; prints its address once it answers
+  node-pause N     freeze node N with SIGSTOP, as a long GC pause or a stalled VM would: it keeps
+                   its sockets and sessions but answers nothing until node-resume N (SIGCONT)
+
 environment:
   KAFKA_PORT             PLAINTEXT port (default 9092)
   KAFKA_CONTROLLER_PORT  KRaft controller port (default KAFKA_PORT+1)
-  KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 90)
+  KAFKA_START_TIMEOUT    seconds to wait for a broker or node to answer (default 90)
+  KAFKA_CLUSTER_PORT     the cluster's base port (default 19092): node i listens on
+                         base+2(i-1) (PLAINTEXT) and base+2(i-1)+1 (CONTROLLER)
 EOF
 }
 
@@ -35,11 +57,18 @@ PID_FILE=$RUN/kafka.pid
 BROKERS_FILE=$RUN/brokers
 CONFIG=$RUN/server.properties
 LOG_CONFIG=$RUN/log4j2.properties
+# How messages name the broker the variables above describe; use_node points them all at a node.
+NAME=kafka
 
 PORT=${KAFKA_PORT:-9092}
 CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}
 START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 STOP_TIMEOUT=30
+
+CLUSTER=$CACHE/cluster
+CLUSTER_BROKERS_FILE=$CLUSTER/brokers
+CLUSTER_PORT=${KAFKA_CLUSTER_PORT:-19092}
+NODES=(1 2 3)
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -80,30 +109,32 @@ fetch() {
   echo "$stamp" >"$LIBS/.fetched"
 }
 
+# Writes $CONFIG and $LOG_CONFIG for the broker on $PORT and $CONTROLLER_PORT: node id $1,
+# $2 replicas for topics and internal topics, min.insync.replicas $3, and the quorum lines $4.
 write_config() {
+  local node_id=$1 replicas=$2 min_isr=$3 quorum=$4
   cat >"$CONFIG" <<EOF
 # Written by deploy/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
-node.id=1
+node.id=$node_id
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-# A dynamic (KIP-853) quorum of one, set up by 'StorageTool format --standalone'.
-controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
+$quorum
 log.dirs=$DATA
 num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
+default.replication.factor=$replicas
+min.insync.replicas=$min_isr
 # Tests create their topics explicitly, so a typo fails instead of making a topic.
 auto.create.topics.enable=false
-# One broker: every internal topic must live with a single replica.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# Internal topics are replicated like the rest: a single broker must keep them on one replica.
+offsets.topic.replication.factor=$replicas
+transaction.state.log.replication.factor=$replicas
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$replicas
+share.coordinator.state.topic.min.isr=$min_isr
 # Consumer groups in tests should not wait 3 s for more members that never come.
 group.initial.rebalance.delay.ms=0
 EOF
@@ -121,11 +152,21 @@ logger.request.level = WARN
 EOF
 }
 
+# Starts the broker of $CONFIG in the background with at most $1 of heap and records its pid.
+launch() {
+  # setsid: the broker gets its own session, so it outlives the shell (and job) that started it;
+  # 8>&- 9>&- keep it from inheriting, and so holding forever, this script's locks.
+  setsid java "-Xmx$1" -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG_CONFIG" -Dkafka.logs.dir="$LOGS" \
+    -cp "$LIBS/*" kafka.Kafka "$CONFIG" >"$LOGS/server.log" 2>&1 </dev/null 8>&- 9>&- &
+  echo $! >"$PID_FILE"
+}
+
 # Waits until the broker answers a real request, failing early if the JVM dies.
 wait_ready() {
   local pid=$1 deadline=$((SECONDS + START_TIMEOUT))
   while ((SECONDS < deadline)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       tail -n 40 "$LOGS/server.log" >&2
       rm -f "$PID_FILE"
       die "broker exited during startup; log above, full log in $LOGS/server.log"
@@ -164,44 +205,76 @@ start() {
   # Ephemeral by design: every start gets empty storage and a new cluster id.
   rm -rf "$DATA" "$RUN"
   mkdir -p "$DATA" "$LOGS" "$RUN"
-  write_config
+  write_config 1 1 1 "# A dynamic (KIP-853) quorum of one, set up by 'StorageTool format --standalone'.
+controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT"
   local cluster_id
   cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid)
   kafka_tool kafka.tools.StorageTool format --standalone \
     --cluster-id "$cluster_id" --config "$CONFIG" >"$LOGS/format.log" 2>&1 ||
     { cat "$LOGS/format.log" >&2; die "formatting KRaft storage in $DATA failed"; }
 
-  # setsid: the broker gets its own session, so it outlives the shell (and job) that started it;
-  # 9>&- keeps it from inheriting, and so holding forever, this script's lock.
   local started=$SECONDS
-  setsid java -Xmx1g -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$LOG_CONFIG" -Dkafka.logs.dir="$LOGS" \
-    -cp "$LIBS/*" kafka.Kafka "$CONFIG" >"$LOGS/server.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$PID_FILE"
-  wait_ready $!
+  launch 1g
+  wait_ready "$(<"$PID_FILE")"
   echo "127.0.0.1:$PORT" >"$BROKERS_FILE"
   echo "kafka started in $((SECONDS - started))s (pid $(<"$PID_FILE")), log $LOGS/server.log" >&2
   cat "$BROKERS_FILE"
 }
 
-stop() {
+# True while process $1 exists and is not a zombie: a killed broker whose parent has gone may linger
+# as one until something reaps it, and a zombie holds no ports, files or locks.
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # The state follows the command name, which is in parentheses and may itself hold spaces.
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
+# True when process $1 is stopped by SIGSTOP.
+paused() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} == T ]]
+}
+
+# Sends SIGTERM to the processes $@, waits up to STOP_TIMEOUT for them all, then SIGKILLs the rest.
+halt() {
+  local pid deadline=$((SECONDS + STOP_TIMEOUT))
+  kill -TERM "$@" 2>/dev/null || true
+  # A paused broker (node-pause) would hold the SIGTERM until it is resumed.
+  kill -CONT "$@" 2>/dev/null || true
+  for pid in "$@"; do
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.5; done
+    if alive "$pid"; then
+      echo "$NAME did not exit within ${STOP_TIMEOUT}s of SIGTERM; sending SIGKILL" >&2
+      kill_wait "$pid"
+    fi
+  done
+}
+
+# Sends SIGKILL to process $1 and waits for the kernel to end it.
+kill_wait() {
+  local pid=$1 deadline=$((SECONDS + 10))
+  kill -KILL "$pid" 2>/dev/null || true
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+  if alive "$pid"; then die "$NAME (pid $pid) still exists 10 s after SIGKILL"; fi
+}
+
+# Ends the current broker with $1 (halt: SIGTERM, then SIGKILL; kill_wait: SIGKILL) and says $2.
+end_with() {
   if ! running; then
     rm -f "$PID_FILE" "$BROKERS_FILE"
-    echo "kafka not running"
+    echo "$NAME not running"
     return 0
   fi
-  local pid; pid=$(<"$PID_FILE")
-  kill -TERM "$pid"
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "kafka did not exit within ${STOP_TIMEOUT}s of SIGTERM; sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-  fi
+  "$1" "$(<"$PID_FILE")"
   rm -f "$PID_FILE" "$BROKERS_FILE"
-  echo "kafka stopped"
+  echo "$NAME $2"
 }
+
+stop() { end_with halt stopped; }
 
 status() {
   if running && [[ -f $BROKERS_FILE ]]; then
@@ -222,6 +295,223 @@ brokers() {
   fi
 }
 
+# ---------------------------------------------------------------------------------------------
+# The three-node cluster. Each node has the single broker's layout (data, logs, run) under
+# .cache/kafka/cluster/node$i, and use_node points the variables every function above works on at
+# it, so that writing its configuration, launching, waiting, stopping and reporting are shared.
+
+# Points DATA, LOGS, RUN, CONFIG, PORT, ... at cluster node $1.
+use_node() {
+  [[ $1 =~ ^[123]$ ]] || die "no cluster node '$1': nodes are 1, 2 and 3"
+  NAME="kafka node $1"
+  DATA=$CLUSTER/node$1/data
+  LOGS=$CLUSTER/node$1/logs
+  RUN=$CLUSTER/node$1/run
+  PID_FILE=$RUN/kafka.pid
+  BROKERS_FILE=$RUN/brokers
+  CONFIG=$RUN/server.properties
+  LOG_CONFIG=$RUN/log4j2.properties
+  if [[ -f $CONFIG ]]; then
+    # A formatted node keeps the ports it was formatted with, whatever KAFKA_CLUSTER_PORT says now:
+    # its peers know it by them.
+    PORT=$(sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:||p' "$CONFIG")
+    CONTROLLER_PORT=$(sed -n 's|^listeners=.*CONTROLLER://127.0.0.1:||p' "$CONFIG")
+  else
+    PORT=$((CLUSTER_PORT + 2 * ($1 - 1)))
+    CONTROLLER_PORT=$((PORT + 1))
+  fi
+}
+
+# How many cluster nodes run; with "awake", only those not paused.
+nodes_running() {
+  local i n=0
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    if running && { [[ ${1:-} != awake ]] || ! paused "$(<"$PID_FILE")"; }; then n=$((n + 1)); fi
+  done
+  echo "$n"
+}
+
+cluster_start() {
+  if [[ $(nodes_running awake) == "${#NODES[@]}" && -f $CLUSTER_BROKERS_FILE ]]; then
+    echo "kafka cluster already running" >&2
+    cat "$CLUSTER_BROKERS_FILE"
+    return 0
+  fi
+  if [[ $(nodes_running) != 0 ]]; then
+    # A cluster left half up (a node killed or paused by a test that then crashed, an interrupted
+    # start) is not the healthy cluster the caller expects.
+    echo "kafka cluster partly running or paused; stopping it to start afresh" >&2
+    cluster_stop >/dev/null
+  fi
+  # Ephemeral by design, as the single broker: every start gets empty storage and a new cluster id,
+  # and the ports come from KAFKA_CLUSTER_PORT, not from an earlier start's configuration.
+  rm -rf "$CLUSTER"/node* "$CLUSTER_BROKERS_FILE"
+  local i port voters="" bootstrap=""
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    for port in "$PORT" "$CONTROLLER_PORT"; do
+      if port_open "$port"; then die "port 127.0.0.1:$port is taken by another process"; fi
+    done
+    # A static quorum (controller.quorum.voters): every node knows every controller from the start,
+    # so formatting needs neither --standalone nor --initial-controllers.
+    voters+="${voters:+,}$i@127.0.0.1:$CONTROLLER_PORT"
+    bootstrap+="${bootstrap:+,}127.0.0.1:$PORT"
+  done
+  # fetch writes the shared jars, so it runs under the single broker's lock.
+  (lock && fetch)
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    mkdir -p "$DATA" "$LOGS" "$RUN"
+    write_config "$i" 3 2 "# A static quorum of the three nodes, each a broker and a controller.
+controller.quorum.voters=$voters"
+  done
+  local cluster_id
+  cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid)
+  # Formatting is one JVM per node: run them side by side, each node with the same cluster id.
+  local pids=()
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    kafka_tool kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONFIG" \
+      >"$LOGS/format.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[i]}"; then
+      use_node "${NODES[i]}"
+      cat "$LOGS/format.log" >&2
+      die "formatting KRaft storage in $DATA failed"
+    fi
+  done
+
+  # A node that does not come up takes the others down with it (wait_ready stops it and exits).
+  trap 'cluster_stop >/dev/null' EXIT
+  local started=$SECONDS
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    launch 512m
+  done
+  # A node finishes starting only once a majority of controllers elected a leader, so all three
+  # are launched before waiting for any.
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    wait_ready "$(<"$PID_FILE")"
+    echo "127.0.0.1:$PORT" >"$BROKERS_FILE"
+  done
+  trap - EXIT
+  echo "$bootstrap" >"$CLUSTER_BROKERS_FILE"
+  echo "kafka cluster started in $((SECONDS - started))s, logs in $CLUSTER/node*/logs" >&2
+  cat "$CLUSTER_BROKERS_FILE"
+}
+
+cluster_stop() {
+  local i pids=()
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    if running; then pids+=("$(<"$PID_FILE")"); fi
+  done
+  if ((${#pids[@]} > 0)); then
+    # All at once: stopped one by one, the last nodes would wait for a controller majority that
+    # has already gone.
+    NAME="a kafka cluster node"
+    halt "${pids[@]}"
+  fi
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    rm -f "$PID_FILE" "$BROKERS_FILE"
+  done
+  rm -f "$CLUSTER_BROKERS_FILE"
+  if ((${#pids[@]} > 0)); then echo "kafka cluster stopped"; else echo "kafka cluster not running"; fi
+}
+
+cluster_status() {
+  local i up=0
+  for i in "${NODES[@]}"; do
+    use_node "$i"
+    if running && paused "$(<"$PID_FILE")"; then
+      echo "$NAME paused (pid $(<"$PID_FILE"))"
+      up=$((up + 1))
+    elif running && [[ -f $BROKERS_FILE ]]; then
+      echo "$NAME running (pid $(<"$PID_FILE")) on $(<"$BROKERS_FILE")"
+      up=$((up + 1))
+    elif running; then
+      echo "$NAME starting (pid $(<"$PID_FILE")), not answering yet"
+      up=$((up + 1))
+    else
+      echo "$NAME not running"
+    fi
+  done
+  if ((up == 0)); then return 3; elif ((up < ${#NODES[@]})); then return 1; fi
+}
+
+cluster_brokers() {
+  if [[ -f $CLUSTER_BROKERS_FILE && $(nodes_running) != 0 ]]; then
+    cat "$CLUSTER_BROKERS_FILE"
+  else
+    die "kafka cluster not running; start it with deploy/kafka.sh cluster-start"
+  fi
+}
+
+node_stop() {
+  use_node "$1"
+  stop
+}
+
+node_kill() {
+  use_node "$1"
+  end_with kill_wait killed
+}
+
+node_start() {
+  use_node "$1"
+  [[ -f $CONFIG && -f $DATA/meta.properties ]] ||
+    die "$NAME has no storage; start the cluster with deploy/kafka.sh cluster-start"
+  # Alone, a node waits a minute for a controller majority and then gives up.
+  [[ $(nodes_running) != 0 ]] ||
+    die "no node of the kafka cluster runs; node-start rejoins a running cluster, start it with deploy/kafka.sh cluster-start"
+  if running; then
+    echo "$NAME already running (pid $(<"$PID_FILE"))" >&2
+    if [[ ! -f $BROKERS_FILE ]]; then
+      # An earlier node-start was interrupted while waiting: wait for the node it launched.
+      wait_ready "$(<"$PID_FILE")"
+      echo "127.0.0.1:$PORT" >"$BROKERS_FILE"
+    fi
+  else
+    local port
+    for port in "$PORT" "$CONTROLLER_PORT"; do
+      if port_open "$port"; then die "port 127.0.0.1:$port is taken by another process"; fi
+    done
+    # Keep the log of the run that was stopped or killed; wait_ready looks for the start line of
+    # this run in a fresh one.
+    if [[ -f $LOGS/server.log ]]; then mv "$LOGS/server.log" "$LOGS/server.log.1"; fi
+    rm -f "$BROKERS_FILE"
+    local started=$SECONDS
+    launch 512m
+    wait_ready "$(<"$PID_FILE")"
+    echo "127.0.0.1:$PORT" >"$BROKERS_FILE"
+    echo "$NAME started in $((SECONDS - started))s (pid $(<"$PID_FILE")), log $LOGS/server.log" >&2
+  fi
+  cat "$BROKERS_FILE"
+}
+
+node_pause() {
+  use_node "$1"
+  running || die "$NAME not running"
+  kill -STOP "$(<"$PID_FILE")"
+  echo "$NAME paused"
+}
+
+node_resume() {
+  use_node "$1"
+  running || die "$NAME not running"
+  kill -CONT "$(<"$PID_FILE")"
+  echo "$NAME resumed"
+}
+
+# Serialises the cluster's commands among themselves; the single broker's lock stays free, so the
+# two can start and stop independently.
+cluster_lock() { mkdir -p "$CLUSTER"; exec 8>"$CLUSTER/.lock"; flock 8; }
+
 # Serialise fetch, start and stop, so that two callers (say, parallel CI steps) cannot both
 # format the storage or both launch a broker.
 lock() { mkdir -p "$CACHE"; exec 9>"$CACHE/.lock"; flock 9; }
@@ -232,6 +522,15 @@ case ${1:-} in
   stop) lock; stop ;;
   status) status ;;
   brokers) brokers ;;
+  cluster-start) cluster_lock; cluster_start ;;
+  cluster-stop) cluster_lock; cluster_stop ;;
+  cluster-status) cluster_status ;;
+  cluster-brokers) cluster_brokers ;;
+  node-stop | node-kill | node-start | node-pause | node-resume)
+    [[ $# == 2 ]] || { usage >&2; exit 64; }
+    cluster_lock
+    "${1//-/_}" "$2"
+    ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 64 ;;
 esac

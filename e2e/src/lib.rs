@@ -1,8 +1,11 @@
 //! The harness of the end-to-end tests: the broker they run against, unique names per test, services
 //! started in-process on OS-assigned ports, and polling with a deadline instead of sleeping.
 
+pub mod cluster;
 pub mod oracle;
+pub mod process;
 pub mod services;
+pub mod verify;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
