@@ -44,8 +44,10 @@ pub struct Accumulator {
     max: f64,
     first: (i64, f64),
     last: (i64, f64),
-    /// Times are seconds since this origin, which keeps them small.
+    /// Times are seconds since this origin, and values are taken relative to the first value seen: small
+    /// numbers keep the moments accurate (a line through values near 1e8 keeps its slope to 1e-15, not 1e-9).
     origin_ns: i64,
+    shift_v: f64,
     mean_t: f64,
     mean_v: f64,
     m2_t: f64,
@@ -76,6 +78,7 @@ impl Accumulator {
             first: (i64::MAX, 0.0),
             last: (i64::MIN, 0.0),
             origin_ns,
+            shift_v: 0.0,
             mean_t: 0.0,
             mean_v: 0.0,
             m2_t: 0.0,
@@ -99,16 +102,20 @@ impl Accumulator {
             self.last = (ts, value);
         }
         // Welford's update, extended to the co-moment of time and value.
+        if self.count == 1 {
+            self.shift_v = value;
+        }
+        self.sketch.add(value);
         let t = (ts - self.origin_ns) as f64 / 1e9;
+        let v = value - self.shift_v;
         let n = self.count as f64;
         let dt = t - self.mean_t;
-        let dv = value - self.mean_v;
+        let dv = v - self.mean_v;
         self.mean_t += dt / n;
         self.mean_v += dv / n;
         self.m2_t += dt * (t - self.mean_t);
-        self.m2_v += dv * (value - self.mean_v);
-        self.c_tv += dt * (value - self.mean_v);
-        self.sketch.add(value);
+        self.m2_v += dv * (v - self.mean_v);
+        self.c_tv += dt * (v - self.mean_v);
     }
 
     /// Folds `other` (of the same series) into this one.
@@ -128,7 +135,7 @@ impl Accumulator {
         // Chan et al.'s pairwise update, after moving the other's time mean onto this origin.
         let other_mean_t = other.mean_t + (other.origin_ns - self.origin_ns) as f64 / 1e9;
         let dt = other_mean_t - self.mean_t;
-        let dv = other.mean_v - self.mean_v;
+        let dv = (other.mean_v + other.shift_v) - (self.mean_v + self.shift_v);
         self.m2_t += other.m2_t + dt * dt * na * nb / n;
         self.m2_v += other.m2_v + dv * dv * na * nb / n;
         self.c_tv += other.c_tv + dt * dv * na * nb / n;
@@ -184,7 +191,7 @@ impl Accumulator {
             moments: Some(Moments {
                 origin_ns: self.origin_ns,
                 mean_t: self.mean_t,
-                mean_v: self.mean_v,
+                mean_v: self.mean_v + self.shift_v,
                 m2_t: self.m2_t,
                 m2_v: self.m2_v,
                 c_tv: self.c_tv,
@@ -238,6 +245,18 @@ mod tests {
         let one = accumulate(&[(2 * S, 4.0)], 0, &spec).finish(0, 10 * S, &spec);
         assert_eq!((one.stddev, one.rate_per_second, one.gradient_per_second), (None, None, None));
         assert_eq!(one.quantiles.iter().map(|q| q.value).collect::<Vec<_>>(), vec![4.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn a_line_far_from_zero_keeps_its_slope() {
+        // Values near 1e8, as in the fault tests' load: the slope must be 1 to rounding, not to 1e-9.
+        let spec = SketchSpec::default();
+        let points: Vec<(i64, f64)> = (0..10).map(|s| (s * S, 108_000_050.0 + s as f64)).collect();
+        let stats = accumulate(&points, 0, &spec).finish(0, 10 * S, &spec);
+        assert!((stats.gradient_per_second.unwrap() - 1.0).abs() < 1e-13, "{:?}", stats.gradient_per_second);
+        let expected_sd = (110.0f64 / 12.0).sqrt(); // sample deviation of 0..=9
+        assert!((stats.stddev.unwrap() - expected_sd).abs() < 1e-12, "{:?}", stats.stddev);
+        assert_eq!(stats.moments.unwrap().mean_v, 108_000_054.5);
     }
 
     #[test]

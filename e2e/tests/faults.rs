@@ -1,0 +1,130 @@
+//! Exactly once under faults, with real processes on a real broker: while 200,000 points over 1,000
+//! series flow, one of two processors is SIGKILLed every 10 s and restarted, and every window comes out
+//! exactly once with the count and sum its formula gives.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::oracle::{S, Topics, WINDOW};
+use e2e::process::{Service, bin};
+use e2e::verify::{FormulaData, Options, verify};
+use e2e::{kafka, now_ns, unique};
+use proto::prost::Message as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+
+/// Processor settings every instance shares: a short session timeout, so that the group notices a
+/// killed member in seconds; an idle timeout longer than the test, so that only event time closes
+/// windows (the formula's assumption); and a commit interval long enough that a kill almost always
+/// lands between a window's emission and the next commit, where an at-least-once processor would emit
+/// it again (with `delivery = "at-least-once"` this test finds duplicates).
+const SETTINGS: &str = r#"
+commit_interval = "2s"
+
+[windows]
+idle_timeout = "1h"
+
+[kafka.options]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "1000"
+"#;
+
+fn spawn(config: &Path, topics: &Topics, group: &str, instance: &str) -> Service {
+    let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    Service::spawn_with_args(
+        &bin("processor"),
+        &["--config", &config.display().to_string()],
+        &[
+            env("KAFKA_BROKERS", &kafka().brokers),
+            env("RUNNEL_PROCESSOR__GROUP_ID", group),
+            // Stable per instance: the restarted instance fences the killed one's open transaction.
+            env("RUNNEL_PROCESSOR__TRANSACTIONAL_ID", &format!("{group}-{instance}")),
+            env("RUNNEL_PROCESSOR__TOPICS__POINTS__NAME", &topics.points.name),
+            env("RUNNEL_PROCESSOR__TOPICS__AGGREGATES__NAME", &topics.aggregates.name),
+            env("RUNNEL_PROCESSOR__TOPICS__DEADLETTER__NAME", &topics.deadletter.name),
+        ],
+    )
+}
+
+/// Sends every point of `data` at about `rate` points a second, keyed by series, acks=all, idempotent.
+fn produce(data: &FormulaData, topic: &str, rate: u64) -> u64 {
+    let producer: BaseProducer = kafka().producer("e2e-faults").create().expect("producer");
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for point in data.points() {
+        let (key, payload) = (point.series_key(), point.encode_to_vec());
+        loop {
+            match producer.send(BaseRecord::to(topic).key(&key).payload(&payload)) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((err, _)) => panic!("produce: {err}"),
+            }
+        }
+        sent += 1;
+        producer.poll(Duration::ZERO);
+        // Pace the load so that the kills fall while it flows.
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_processors_emit_every_window_exactly_once() {
+    let topics = Topics::unique(4);
+    let group = unique("e2e-faults");
+    kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
+    let dir = std::env::temp_dir().join(unique("runnel-faults"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("processor.toml");
+    std::fs::write(&config, SETTINGS).unwrap();
+
+    let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
+    let data = FormulaData::new(base, 1_000, 200, 7);
+    assert!(data.len() >= 200_000);
+    let expected = data.expected();
+
+    let mut a = spawn(&config, &topics, &group, "a");
+    let b = spawn(&config, &topics, &group, "b");
+    let points_topic = topics.points.name.clone();
+    let producing = tokio::task::spawn_blocking(move || produce(&data, &points_topic, 6_000));
+
+    // SIGKILL instance a every 10 s while the load flows, and once more after it, restarting it each time.
+    let mut kills = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let status = a.kill();
+        assert!(!status.success(), "a was running when killed");
+        kills += 1;
+        a = spawn(&config, &topics, &group, "a");
+        if producing.is_finished() {
+            break;
+        }
+        assert!(kills < 20, "the load took far longer than planned");
+    }
+    let sent = producing.await.unwrap();
+    assert!(kills >= 3, "only {kills} kills");
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let verdict = loop {
+        let verdict = verify(&kafka(), &topics.aggregates.name, &expected, Options::default(), Duration::from_secs(60));
+        if verdict.is_clean() || Instant::now() > deadline {
+            break verdict;
+        }
+        // Windows still missing may just not have been processed yet; a duplicate or a wrong window
+        // never heals, so there is no point waiting for it.
+        if !verdict.duplicated.is_empty() || !verdict.wrong.is_empty() || !verdict.unexpected.is_empty() {
+            break verdict;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert!(verdict.is_clean(), "after {kills} kills of {sent} points:\n{verdict}\nlog of a:\n{}", a.log_tail(40));
+    eprintln!("{sent} points, {kills} SIGKILLs: {} windows, each exactly once", expected.len());
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
