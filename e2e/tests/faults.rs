@@ -1,6 +1,7 @@
 //! Exactly once under faults, with real processes on a real broker: while 200,000 points over 1,000
-//! series flow, one of two processors is SIGKILLed every 10 s and restarted, and every window comes out
-//! exactly once with the count and sum its formula gives.
+//! series flow, processors are SIGKILLed and restarted, the group is rescaled 1 → 2 → 3 → 1, or a
+//! processor is paused past its session timeout and resumed as a zombie; every window comes out exactly
+//! once with the count, sum and gradient its formula gives.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,25 +75,78 @@ fn produce(data: &FormulaData, topic: &str, rate: u64) -> u64 {
     sent
 }
 
+/// The fault tests run one at a time: each loads both cores, and three at once would measure the
+/// machine rather than the processor.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One fault test's topics, group, settings file and load.
+struct Run {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    topics: Topics,
+    group: String,
+    dir: std::path::PathBuf,
+    data: FormulaData,
+}
+
+impl Run {
+    async fn new() -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let topics = Topics::unique(4);
+        kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
+        let dir = std::env::temp_dir().join(unique("runnel-faults"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("processor.toml"), SETTINGS).unwrap();
+        let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
+        let data = FormulaData::new(base, 1_000, 200, 7);
+        assert!(data.len() >= 200_000);
+        Self { _turn: turn, topics, group: unique("e2e-faults"), dir, data }
+    }
+
+    fn spawn(&self, instance: &str) -> Service {
+        spawn(&self.dir.join("processor.toml"), &self.topics, &self.group, instance)
+    }
+
+    /// Sends the load in the background, at a pace that makes it last about 33 s.
+    fn produce(&self) -> tokio::task::JoinHandle<u64> {
+        let (data, topic) = (self.data, self.topics.points.name.clone());
+        tokio::task::spawn_blocking(move || produce(&data, &topic, 6_000))
+    }
+
+    /// Waits until the aggregates topic holds every expected window, or until it is clear it never will;
+    /// panics with the verdict unless every window is there exactly once and right.
+    async fn assert_exactly_once(&self, what: &str, logs: &[&Service]) {
+        let expected = self.data.expected();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let verdict = loop {
+            let verdict = verify(&kafka(), &self.topics.aggregates.name, &expected, Options::default(), Duration::from_secs(60));
+            if verdict.is_clean() || Instant::now() > deadline {
+                break verdict;
+            }
+            // Windows still missing may just not have been processed yet; a duplicate or a wrong window
+            // never heals, so there is no point waiting for it.
+            if !verdict.duplicated.is_empty() || !verdict.wrong.is_empty() || !verdict.unexpected.is_empty() {
+                break verdict;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        let tails: Vec<String> = logs.iter().map(|s| s.log_tail(30)).collect();
+        assert!(verdict.is_clean(), "{what}:\n{verdict}\nlogs:\n{}", tails.join("\n---\n"));
+        eprintln!("{what}: {} windows, each exactly once", expected.len());
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_processors_emit_every_window_exactly_once() {
-    let topics = Topics::unique(4);
-    let group = unique("e2e-faults");
-    kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
-    let dir = std::env::temp_dir().join(unique("runnel-faults"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("processor.toml");
-    std::fs::write(&config, SETTINGS).unwrap();
-
-    let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
-    let data = FormulaData::new(base, 1_000, 200, 7);
-    assert!(data.len() >= 200_000);
-    let expected = data.expected();
-
-    let mut a = spawn(&config, &topics, &group, "a");
-    let b = spawn(&config, &topics, &group, "b");
-    let points_topic = topics.points.name.clone();
-    let producing = tokio::task::spawn_blocking(move || produce(&data, &points_topic, 6_000));
+    let run = Run::new().await;
+    let mut a = run.spawn("a");
+    let b = run.spawn("b");
+    let producing = run.produce();
 
     // SIGKILL instance a every 10 s while the load flows, and once more after it, restarting it each time.
     let mut kills = 0;
@@ -101,7 +155,7 @@ async fn sigkilled_processors_emit_every_window_exactly_once() {
         let status = a.kill();
         assert!(!status.success(), "a was running when killed");
         kills += 1;
-        a = spawn(&config, &topics, &group, "a");
+        a = run.spawn("a");
         if producing.is_finished() {
             break;
         }
@@ -110,21 +164,39 @@ async fn sigkilled_processors_emit_every_window_exactly_once() {
     let sent = producing.await.unwrap();
     assert!(kills >= 3, "only {kills} kills");
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let verdict = loop {
-        let verdict = verify(&kafka(), &topics.aggregates.name, &expected, Options::default(), Duration::from_secs(60));
-        if verdict.is_clean() || Instant::now() > deadline {
-            break verdict;
-        }
-        // Windows still missing may just not have been processed yet; a duplicate or a wrong window
-        // never heals, so there is no point waiting for it.
-        if !verdict.duplicated.is_empty() || !verdict.wrong.is_empty() || !verdict.unexpected.is_empty() {
-            break verdict;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
-    assert!(verdict.is_clean(), "after {kills} kills of {sent} points:\n{verdict}\nlog of a:\n{}", a.log_tail(40));
-    eprintln!("{sent} points, {kills} SIGKILLs: {} windows, each exactly once", expected.len());
-    drop((a, b));
-    let _ = std::fs::remove_dir_all(&dir);
+    run.assert_exactly_once(&format!("{sent} points, {kills} SIGKILLs"), &[&a, &b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescaling_one_two_three_one_emits_every_window_exactly_once() {
+    let run = Run::new().await;
+    let a = run.spawn("a");
+    let producing = run.produce();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut b = run.spawn("b");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut c = run.spawn("c");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Scale back in: SIGTERM hands the partitions over cleanly (commit on revoke).
+    assert!(b.terminate(Duration::from_secs(30)).success(), "{}", b.log_tail(30));
+    assert!(c.terminate(Duration::from_secs(30)).success(), "{}", c.log_tail(30));
+    let sent = producing.await.unwrap();
+    run.assert_exactly_once(&format!("{sent} points, 1 -> 2 -> 3 -> 1 processors"), &[&a]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_paused_past_its_session_is_fenced() {
+    let run = Run::new().await;
+    let mut a = run.spawn("a");
+    let b = run.spawn("b");
+    let producing = run.produce();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Paused longer than the 6 s session timeout: the group gives a's partitions to b. When a wakes, its
+    // open transaction and its offsets belong to a generation that is gone; they must not commit.
+    a.pause();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    a.resume();
+    let sent = producing.await.unwrap();
+    run.assert_exactly_once(&format!("{sent} points, a paused 12 s"), &[&a, &b]).await;
+    assert!(a.is_running(), "the resumed zombie rejoins rather than dying:\n{}", a.log_tail(30));
 }
