@@ -21,6 +21,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -28,6 +29,10 @@ use crate::error::{Error, Result};
 use crate::txn::{Failed, Transactions};
 use crate::aggregate::SketchSpec;
 use crate::window::{Checkpoint, Outcome, PartitionWindows, WindowRules};
+
+/// The Kafka header on every aggregate that holds the wall-clock time (nanoseconds since the epoch, as
+/// decimal text) at which its window closed.
+pub const CLOSED_AT_HEADER: &str = "runnel-closed-at-ns";
 
 /// Counters a test or an operator can read.
 #[derive(Debug, Default)]
@@ -456,11 +461,16 @@ impl Pipeline {
                 dead.encode_to_vec(),
             ),
         };
+        // When the window closed, so that a reader can tell how long its result took to become visible.
+        let closed_at = now_ns().to_string();
         loop {
+            let mut record = FutureRecord::to(topic.as_str()).key(key.as_str()).payload(payload.as_slice());
+            if matches!(out, Out::Aggregate(_)) {
+                record = record.headers(OwnedHeaders::new().insert(Header { key: CLOSED_AT_HEADER, value: Some(&closed_at) }));
+            }
             let sent = match &mut *lock(&self.shared.output) {
-                Output::ExactlyOnce(txns) => txns.send(topic, &key, &payload),
+                Output::ExactlyOnce(txns) => txns.send(record),
                 Output::AtLeastOnce { producer, .. } => {
-                    let record = FutureRecord::to(topic).key(&key).payload(&payload);
                     producer.send_result(record).map(|delivery| self.pending.push(delivery)).map_err(|(err, _)| err)
                 }
             };

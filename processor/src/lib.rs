@@ -17,7 +17,7 @@ use plumbing::Shutdown;
 
 pub use crate::config::{Delivery, Settings, WindowDef, WindowRule};
 pub use crate::error::{Error, Result};
-pub use crate::kafka::Stats;
+pub use crate::kafka::{CLOSED_AT_HEADER, Stats};
 use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Routing, Shared, Windowing};
 use crate::txn::Transactions;
 

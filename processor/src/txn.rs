@@ -59,12 +59,11 @@ impl Transactions {
     }
 
     /// Sends one record inside the open transaction, opening one if needed.
-    pub(crate) fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+    pub(crate) fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<(), KafkaError> {
         if !self.open {
             self.producer.begin_transaction()?;
             self.open = true;
         }
-        let record = FutureRecord::to(topic).key(key).payload(payload);
         // The delivery future is not needed: commit_transaction fails if any record of the transaction
         // was not delivered.
         self.producer.send_result(record).map(drop).map_err(|(err, _)| err)

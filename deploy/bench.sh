@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The benchmark command: builds the suite in release, starts a Kafka broker unless KAFKA_BROKERS names
+# one, and runs `runnel-bench` with the given arguments, which writes its section of BENCHMARKS.md.
+#
+#   deploy/bench.sh processor                      # the standard processor benchmark
+#   deploy/bench.sh processor --points 200000 --rounds 1   # a short run
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+echo "==> building the benchmark suite (release)"
+cargo build --release --locked -p bench
+
+if [[ -z ${KAFKA_BROKERS:-} ]]; then
+  if ! deploy/kafka.sh status >/dev/null 2>&1; then
+    trap 'deploy/kafka.sh stop' EXIT
+  fi
+  deploy/kafka.sh start >/dev/null
+  KAFKA_BROKERS=$(deploy/kafka.sh brokers)
+  export KAFKA_BROKERS
+fi
+
+echo "==> runnel-bench $* (Kafka at $KAFKA_BROKERS)"
+target/release/runnel-bench "$@"
