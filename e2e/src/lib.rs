@@ -1,5 +1,9 @@
 //! The harness of the end-to-end tests: the broker they run against, unique names per test, services
 //! started in-process on OS-assigned ports, and polling with a deadline instead of sleeping.
+//!
+//! This is test support: a broken precondition is a failed test, so panicking (`expect`) is the way it
+//! reports, and settings are built by assigning to defaults, which reads best in tests.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 pub mod cluster;
 pub mod oracle;

@@ -1,5 +1,8 @@
 //! Bad configuration stops a service with a message naming the key; checked for each service's settings.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::collections::HashMap;
 use std::io::Write as _;
 

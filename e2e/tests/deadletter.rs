@@ -3,6 +3,9 @@
 //! points, which a replay sends back to be judged again. A partition whose input goes quiet still
 //! closes its windows through the idle timeout.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::time::Duration;
 
 use e2e::oracle::{S, Topics, WINDOW, point, series};

@@ -1,15 +1,21 @@
 //! Exactly once under faults, with real processes on a real broker: while 200,000 points over 1,000
 //! series flow, processors are SIGKILLed and restarted, the group is rescaled 1 → 2 → 3 → 1, or a
-//! processor is paused past its session timeout and resumed as a zombie; every window comes out exactly
-//! once with the count, sum and gradient its formula gives.
+//! processor is paused past its session timeout and resumed as a zombie, or, on a three-node cluster,
+//! brokers are SIGKILLed under the processors; every window comes out exactly once with the count, sum
+//! and gradient its formula gives.
+
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::oracle::{S, Topics, WINDOW};
+use e2e::cluster::Cluster;
 use e2e::process::{Service, bin};
 use e2e::verify::{FormulaData, Options, verify};
 use e2e::{kafka, now_ns, unique};
+use plumbing::kafka::KafkaSettings;
 use proto::prost::Message as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
@@ -30,13 +36,13 @@ idle_timeout = "1h"
 "heartbeat.interval.ms" = "1000"
 "#;
 
-fn spawn(config: &Path, topics: &Topics, group: &str, instance: &str) -> Service {
+fn spawn(kafka: &KafkaSettings, config: &Path, topics: &Topics, group: &str, instance: &str) -> Service {
     let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     Service::spawn_with_args(
         &bin("processor"),
         &["--config", &config.display().to_string()],
         &[
-            env("KAFKA_BROKERS", &kafka().brokers),
+            env("KAFKA_BROKERS", &kafka.brokers),
             env("RUNNEL_PROCESSOR__GROUP_ID", group),
             // Stable per instance: the restarted instance fences the killed one's open transaction.
             env("RUNNEL_PROCESSOR__TRANSACTIONAL_ID", &format!("{group}-{instance}")),
@@ -48,8 +54,8 @@ fn spawn(config: &Path, topics: &Topics, group: &str, instance: &str) -> Service
 }
 
 /// Sends every point of `data` at about `rate` points a second, keyed by series, acks=all, idempotent.
-fn produce(data: &FormulaData, topic: &str, rate: u64) -> u64 {
-    let producer: BaseProducer = kafka().producer("e2e-faults").create().expect("producer");
+fn produce(kafka: &KafkaSettings, data: &FormulaData, topic: &str, rate: u64) -> u64 {
+    let producer: BaseProducer = kafka.producer("e2e-faults").create().expect("producer");
     let started = Instant::now();
     let mut sent = 0u64;
     for point in data.points() {
@@ -82,6 +88,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// One fault test's topics, group, settings file and load.
 struct Run {
     _turn: tokio::sync::MutexGuard<'static, ()>,
+    kafka: KafkaSettings,
     topics: Topics,
     group: String,
     dir: std::path::PathBuf,
@@ -89,27 +96,35 @@ struct Run {
 }
 
 impl Run {
+    /// A run on the single broker of `KAFKA_BROKERS`.
     async fn new() -> Self {
-        let turn = ONE_AT_A_TIME.lock().await;
-        let topics = Topics::unique(4);
-        kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
+        Self::on(ONE_AT_A_TIME.lock().await, kafka(), 1).await
+    }
+
+    /// A run on `kafka`, its topics replicated `replication_factor` times.
+    async fn on(turn: tokio::sync::MutexGuard<'static, ()>, kafka: KafkaSettings, replication_factor: i32) -> Self {
+        let mut topics = Topics::unique(4);
+        for topic in [&mut topics.points, &mut topics.aggregates, &mut topics.deadletter] {
+            topic.replication_factor = replication_factor;
+        }
+        kafka.ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
         let dir = std::env::temp_dir().join(unique("runnel-faults"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("processor.toml"), SETTINGS).unwrap();
         let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
         let data = FormulaData::new(base, 1_000, 200, 7);
         assert!(data.len() >= 200_000);
-        Self { _turn: turn, topics, group: unique("e2e-faults"), dir, data }
+        Self { _turn: turn, kafka, topics, group: unique("e2e-faults"), dir, data }
     }
 
     fn spawn(&self, instance: &str) -> Service {
-        spawn(&self.dir.join("processor.toml"), &self.topics, &self.group, instance)
+        spawn(&self.kafka, &self.dir.join("processor.toml"), &self.topics, &self.group, instance)
     }
 
     /// Sends the load in the background, at a pace that makes it last about 33 s.
     fn produce(&self) -> tokio::task::JoinHandle<u64> {
-        let (data, topic) = (self.data, self.topics.points.name.clone());
-        tokio::task::spawn_blocking(move || produce(&data, &topic, 6_000))
+        let (kafka, data, topic) = (self.kafka.clone(), self.data, self.topics.points.name.clone());
+        tokio::task::spawn_blocking(move || produce(&kafka, &data, &topic, 6_000))
     }
 
     /// Waits until the aggregates topic holds every expected window, or until it is clear it never will;
@@ -118,7 +133,7 @@ impl Run {
         let expected = self.data.expected();
         let deadline = Instant::now() + Duration::from_secs(180);
         let verdict = loop {
-            let verdict = verify(&kafka(), &self.topics.aggregates.name, &expected, Options::default(), Duration::from_secs(60));
+            let verdict = verify(&self.kafka, &self.topics.aggregates.name, &expected, Options::default(), Duration::from_secs(60));
             if verdict.is_clean() || Instant::now() > deadline {
                 break verdict;
             }
@@ -199,4 +214,27 @@ async fn a_processor_paused_past_its_session_is_fenced() {
     let sent = producing.await.unwrap();
     run.assert_exactly_once(&format!("{sent} points, a paused 12 s"), &[&a, &b]).await;
     assert!(a.is_running(), "the resumed zombie rejoins rather than dying:\n{}", a.log_tail(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_killed_under_the_processors_lose_and_duplicate_nothing() {
+    let turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    assert!(cluster.controls_nodes(), "this test kills brokers: unset KAFKA_CLUSTER_BROKERS to let it start its own cluster");
+    let run = Run::on(turn, cluster.kafka(), 3).await;
+    let a = run.spawn("a");
+    let b = run.spawn("b");
+    let producing = run.produce();
+    // One broker at a time, so that min.insync.replicas 2 still holds: SIGKILL node 2 mid-load, bring it
+    // back, then node 3. Partition leaders, the group coordinator and the transaction coordinator move.
+    for node in [2, 3] {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        cluster.kill_node(node);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        cluster.start_node(node);
+    }
+    let sent = producing.await.unwrap();
+    run.assert_exactly_once(&format!("{sent} points, brokers 2 and 3 SIGKILLed in turn"), &[&a, &b]).await;
+    drop((a, b, run));
+    cluster.stop();
 }

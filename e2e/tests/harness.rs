@@ -7,6 +7,9 @@
 //! in sequence inside a single test that owns it: a static would never be dropped, and the cluster never
 //! stopped.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;

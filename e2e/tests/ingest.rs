@@ -1,6 +1,9 @@
 //! The collector against a real broker: every validation rule refuses the whole batch with
 //! INVALID_ARGUMENT naming the index and field, and nothing of a refused batch reaches the topic.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;

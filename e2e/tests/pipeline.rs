@@ -3,6 +3,9 @@
 //! an independent fit and rule simulation, the store keeps its rows across a restart, and a processor
 //! that re-delivers every window adds no row.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Two processors in one consumer group, the second joining mid-stream: the rebalance moves partitions
 //! between them, and the store still holds exactly the aggregates computed independently, once each.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

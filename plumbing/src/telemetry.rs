@@ -51,11 +51,10 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(err) = provider.shutdown() {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown() {
                 eprintln!("trace export shutdown failed: {err}");
             }
-        }
     }
 }
 

@@ -201,6 +201,8 @@ impl Accumulator {
 }
 
 #[cfg(test)]
+// `1 * S` reads as one second, beside `2 * S`.
+#[allow(clippy::identity_op)]
 mod tests {
     use proptest::prelude::*;
 

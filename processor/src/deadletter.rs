@@ -85,11 +85,10 @@ pub async fn replay(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed>
         // the next replay: a replay never chases its own output.
         let position = consumer.position()?;
         for &(partition, end) in &ends {
-            if let Some(Offset::Offset(at)) = position.find_partition(&request.deadletter_topic, partition).map(|e| e.offset()) {
-                if at >= end {
+            if let Some(Offset::Offset(at)) = position.find_partition(&request.deadletter_topic, partition).map(|e| e.offset())
+                && at >= end {
                     finished.insert(partition);
                 }
-            }
         }
         let message = match consumer.poll(Duration::from_millis(100)) {
             None => continue,

@@ -297,7 +297,7 @@ impl std::fmt::Debug for Pipeline {
 /// One record for the output topics.
 #[derive(Debug)]
 enum Out {
-    Aggregate(Aggregate),
+    Aggregate(Box<Aggregate>),
     Dead(Box<DeadLetter>),
 }
 
@@ -384,7 +384,7 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
     if let Some(max_event_ns) = windows.max_event() {
         arrivals.insert(partition, Arrival { at: Instant::now(), max_event_ns });
     }
-    out.extend(windows.close_ready().into_iter().map(Out::Aggregate));
+    out.extend(windows.close_ready().into_iter().map(|a| Out::Aggregate(Box::new(a))));
     out
 }
 
@@ -441,7 +441,7 @@ impl Pipeline {
             windows.advance(arrival.max_event_ns.saturating_add(quiet_ns));
             let closed = windows.close_ready();
             self.shared.stats.idle_advances.fetch_add(closed.len() as u64, Ordering::Relaxed);
-            out.extend(closed.into_iter().map(Out::Aggregate));
+            out.extend(closed.into_iter().map(|a| Out::Aggregate(Box::new(a))));
         }
         out
     }
@@ -505,11 +505,10 @@ impl Pipeline {
         let exactly_once = matches!(&*lock(&self.shared.output), Output::ExactlyOnce(_));
         if !exactly_once {
             self.drain().await?;
-            if let Output::AtLeastOnce { health, .. } = &*lock(&self.shared.output) {
-                if health.is_fatal() {
+            if let Output::AtLeastOnce { health, .. } = &*lock(&self.shared.output)
+                && health.is_fatal() {
                     return Err(Error::Delivery(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)));
                 }
-            }
             let offsets = self.shared.checkpoints()?;
             if offsets.count() > 0 {
                 self.consumer.commit(&offsets, CommitMode::Sync)?;

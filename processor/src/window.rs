@@ -153,13 +153,13 @@ impl PartitionWindows {
     ) -> Outcome {
         self.next_offset = self.next_offset.max(offset + 1);
         let watermark = self.watermark();
-        let mut windows = kind.windows_of(ts).peekable();
+        let windows = kind.windows_of(ts);
         let closed = |end: i64| watermark.is_some_and(|w| end <= w);
         let mut latest = None;
         let mut series = Some(series);
         let mut template: Option<Series> = None;
         let mut accepted = false;
-        while let Some((start, end)) = windows.next() {
+        for (start, end) in windows {
             latest = Some((start, end));
             if closed(end) {
                 continue;
@@ -237,6 +237,8 @@ impl PartitionWindows {
 }
 
 #[cfg(test)]
+// `1 * S` reads as one second, beside `2 * S`.
+#[allow(clippy::identity_op)]
 mod tests {
     use super::*;
 
@@ -284,7 +286,7 @@ mod tests {
     fn a_hopping_point_joins_the_windows_still_open() {
         let hopping = WindowKind::Hopping { size_ns: 20 * S, advance_ns: 10 * S };
         let mut w = fresh();
-        let mut add = |w: &mut PartitionWindows, ts: i64, v: f64, o: i64| w.push("a", || series("a"), hopping, ts, v, o);
+        let add = |w: &mut PartitionWindows, ts: i64, v: f64, o: i64| w.push("a", || series("a"), hopping, ts, v, o);
         assert_eq!(add(&mut w, 5 * S, 1.0, 0), Outcome::Accepted);
         assert_eq!(add(&mut w, 15 * S, 2.0, 1), Outcome::Accepted);
         assert_eq!(add(&mut w, 26 * S, 4.0, 2), Outcome::Accepted);

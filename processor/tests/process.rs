@@ -1,6 +1,9 @@
 //! The processor binary as an operator runs it: bad settings exit 64 naming the key, and SIGTERM
 //! commits the final offsets, with the checkpoint that makes a resume exact, and exits 0.
 
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -134,7 +134,7 @@ mod tests {
     fn aggregate(metric: &str, host: &str, start: i64, sum: f64) -> Aggregate {
         Aggregate {
             series: Some(Series { metric: metric.into(), tags: [("host".to_owned(), host.to_owned())].into() }),
-            window: Some(WindowStats { start_ns: start, end_ns: start + 10, count: 1, sum, mean: sum, min: sum, max: sum, gradient_per_second: None }),
+            window: Some(WindowStats { start_ns: start, end_ns: start + 10, count: 1, sum, mean: sum, min: sum, max: sum, ..WindowStats::default() }),
         }
     }
 
