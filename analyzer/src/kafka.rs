@@ -44,7 +44,7 @@ impl Consume {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => self.commit(&mut pending, &mut offsets, CommitMode::Async).await?,
                 message = self.consumer.recv() => {
-                    let message = message?;
+                    let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
                     offsets.insert(message.partition(), message.offset() + 1);
                     let Some(Ok(aggregate)) = message.payload().map(Aggregate::decode) else {
                         tracing::warn!(partition = message.partition(), offset = message.offset(), "not an aggregate; skipped");

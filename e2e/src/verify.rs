@@ -411,6 +411,12 @@ impl FormulaData {
         data.chain(closing)
     }
 
+    /// One late point for every `every`-th series, to send after `points`: at second 0, whose window the
+    /// closing points have closed, so the processor must dead-letter each and change no window.
+    pub fn late_points(&self, every: u32) -> impl Iterator<Item = Point> + '_ {
+        (0..self.series).filter(move |i| i % every.max(1) == 0).map(move |i| Point { value: -1.0, ..self.point(i, 0) })
+    }
+
     fn point(&self, i: u32, s: u32) -> Point {
         let series = Self::series_of(i);
         Point {

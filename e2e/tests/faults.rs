@@ -55,10 +55,14 @@ fn spawn(kafka: &KafkaSettings, config: &Path, topics: &Topics, group: &str, ins
 
 /// Sends every point of `data` at about `rate` points a second, keyed by series, acks=all, idempotent.
 fn produce(kafka: &KafkaSettings, data: &FormulaData, topic: &str, rate: u64) -> u64 {
+    produce_points(kafka, data.points(), topic, rate)
+}
+
+fn produce_points(kafka: &KafkaSettings, points: impl Iterator<Item = proto::v1::Point>, topic: &str, rate: u64) -> u64 {
     let producer: BaseProducer = kafka.producer("e2e-faults").create().expect("producer");
     let started = Instant::now();
     let mut sent = 0u64;
-    for point in data.points() {
+    for point in points {
         let (key, payload) = (point.series_key(), point.encode_to_vec());
         loop {
             match producer.send(BaseRecord::to(topic).key(&key).payload(&payload)) {
@@ -237,4 +241,50 @@ async fn brokers_killed_under_the_processors_lose_and_duplicate_nothing() {
     run.assert_exactly_once(&format!("{sent} points, brokers 2 and 3 SIGKILLed in turn"), &[&a, &b]).await;
     drop((a, b, run));
     cluster.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_points_are_dead_lettered_once_each_under_kills_and_replay_to_the_same_fate() {
+    use proto::v1::DeadLetter;
+    use proto::v1::dead_letter::Reason;
+
+    let run = Run::new().await;
+    let mut a = run.spawn("a");
+    let b = run.spawn("b");
+    let producing = run.produce();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    a.kill();
+    a = run.spawn("a");
+    producing.await.unwrap();
+    // After the closing points: 100 points whose windows have closed.
+    let late: Vec<proto::v1::Point> = run.data.late_points(10).collect();
+    assert_eq!(late.len(), 100);
+    let sent = produce_points(&run.kafka, late.iter().cloned(), &run.topics.points.name, 6_000);
+    run.assert_exactly_once(&format!("{sent} late points after the load"), &[&a, &b]).await;
+
+    let letters = |want: usize| {
+        let records = e2e::read_committed(&run.kafka, &run.topics.deadletter.name, want + 1, Duration::from_secs(30));
+        records.iter().map(|r| DeadLetter::decode(r.payload.as_slice()).unwrap()).collect::<Vec<_>>()
+    };
+    let dead = letters(100);
+    assert_eq!(dead.len(), 100, "one dead letter per late point, none twice despite the kill");
+    assert!(dead.iter().all(|d| d.reason == Reason::Late as i32));
+    let mut got: Vec<String> = dead.iter().map(|d| d.point.as_ref().unwrap().series_key()).collect();
+    let mut want: Vec<String> = late.iter().map(proto::v1::Point::series_key).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // Replayed, they meet the same closed windows: late again, and still no window changes.
+    let request = processor::deadletter::Replay {
+        deadletter_topic: run.topics.deadletter.name.clone(),
+        points_topic: run.topics.points.name.clone(),
+        group: unique("e2e-faults-replay"),
+        reasons: vec![Reason::Late],
+        timeout: Duration::from_secs(60),
+    };
+    let replayed = processor::deadletter::replay(&run.kafka, &request).await.unwrap();
+    assert_eq!(replayed, processor::deadletter::Replayed { sent: 100, skipped: 0 });
+    assert_eq!(letters(200).len(), 200);
+    run.assert_exactly_once("after the replay", &[&a, &b]).await;
 }

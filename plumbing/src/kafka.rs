@@ -183,6 +183,21 @@ pub mod topics {
     pub const DEADLETTER: &str = "runnel.deadletter.v1";
 }
 
+/// Sorts what a consumer's poll returned: a message, nothing (`None`: a passing error, logged), or a
+/// fatal error, which ends the consumer. Only a fatal one does: the others (a broker down, a partition
+/// moving) are librdkafka reporting what it is already recovering from, and a service that stopped on
+/// them would turn a broker restart into an outage.
+pub fn unless_transient<T>(polled: Result<T, KafkaError>) -> Result<Option<T>, KafkaError> {
+    match polled {
+        Ok(message) => Ok(Some(message)),
+        Err(err @ KafkaError::MessageConsumptionFatal(_)) => Err(err),
+        Err(err) => {
+            tracing::warn!(error = %err, "consumer error; librdkafka recovers");
+            Ok(None)
+        }
+    }
+}
+
 /// Waits up to `timeout` for the delivery of `futures`, in order; the first failure is returned.
 pub async fn await_deliveries(
     futures: impl IntoIterator<Item = rdkafka::producer::DeliveryFuture>,

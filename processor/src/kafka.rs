@@ -76,8 +76,10 @@ impl ClientContext for ProducerHealth {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.fatal.store(true, Ordering::SeqCst);
+            tracing::error!(error = %error, reason, "fatal producer error");
+        } else {
+            tracing::warn!(error = %error, reason, "producer error; librdkafka recovers");
         }
-        tracing::error!(error = %error, reason, "producer error");
     }
 }
 
@@ -412,7 +414,8 @@ impl Pipeline {
                     self.commit().await?;
                 }
                 message = self.consumer.recv() => {
-                    let outs = handle(&self.shared, &mut self.arrivals, &message?);
+                    let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
+                    let outs = handle(&self.shared, &mut self.arrivals, &message);
                     for out in outs {
                         self.emit(out).await?;
                     }

@@ -63,7 +63,7 @@ impl Ingest {
                     self.flush(std::mem::take(&mut batch), CommitMode::Async).await?;
                 }
                 message = self.consumer.recv() => {
-                    let message = message?;
+                    let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
                     if batch.next_offsets.is_empty() {
                         deadline = Instant::now() + self.max_batch_delay;
                     }
