@@ -1,5 +1,5 @@
 //! What the processor cannot use goes to the dead-letter topic with its provenance, exactly once:
-//! malformed messages, points too far in the future (which must not move the watermark), and late
+//! malformed messages, invalid points, points too far in the future (which must not move the watermark), and late
 //! points, which a replay sends back to be judged again. A partition whose input goes quiet still
 //! closes its windows through the idle timeout.
 
@@ -45,7 +45,8 @@ async fn unusable_points_are_dead_lettered_once_and_late_ones_replay() {
         produce(&topics.points.name, &key, &p.encode_to_vec()).await;
     }
     produce(&topics.points.name, &key, b"\x08garbage").await;
-    for p in [&future, &b, &closer, &late] {
+    let not_a_number = point(&m, base + 5 * S, f64::NAN);
+    for p in [&future, &b, &closer, &late, &not_a_number] {
         produce(&topics.points.name, &key, &p.encode_to_vec()).await;
     }
 
@@ -56,16 +57,18 @@ async fn unusable_points_are_dead_lettered_once_and_late_ones_replay() {
     assert_eq!((w.start_ns, w.count, w.sum), (base, 2, 3.0));
 
     // Asking for one more than expected shows there is no other (within a short wait).
-    let dead = letters(&read_committed(&kafka(), &topics.deadletter.name, 4, Duration::from_secs(3)));
+    let dead = letters(&read_committed(&kafka(), &topics.deadletter.name, 5, Duration::from_secs(3)));
     let reasons: Vec<i32> = dead.iter().map(|d| d.reason).collect();
-    assert_eq!(reasons, vec![Reason::Malformed as i32, Reason::Future as i32, Reason::Late as i32]);
+    assert_eq!(reasons, vec![Reason::Malformed as i32, Reason::Future as i32, Reason::Late as i32, Reason::Invalid as i32]);
+    assert_eq!(dead[3].source_offset, 6);
+    assert!(dead[3].detail.starts_with("value NaN must be finite"), "{}", dead[3].detail);
     assert_eq!((dead[0].raw.as_slice(), dead[0].point.as_ref(), dead[0].source_offset), (&b"\x08garbage"[..], None, 1));
     assert!(dead[0].detail.starts_with("not a runnel.v1.Point"), "{}", dead[0].detail);
     assert_eq!((dead[1].point.as_ref(), dead[1].source_offset), (Some(&future), 2));
-    assert!(dead[1].detail.contains("ahead of the processor's clock"), "{}", dead[1].detail);
+    assert!(dead[1].detail.contains("ahead of the time it was written"), "{}", dead[1].detail);
     assert_eq!((dead[2].point.as_ref(), dead[2].source_offset), (Some(&late), 5));
     assert_eq!((dead[2].window_start_ns, dead[2].window_end_ns), (base, base + WINDOW));
-    assert_eq!(stats.dead_letters.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(stats.dead_letters.load(std::sync::atomic::Ordering::SeqCst), 4);
 
     // Replaying the late ones sends the late point back; its window is closed, so it is late again, now
     // with the offset of its second arrival. Malformed and future letters are left alone.
@@ -77,10 +80,10 @@ async fn unusable_points_are_dead_lettered_once_and_late_ones_replay() {
         timeout: Duration::from_secs(30),
     };
     let replayed = processor::deadletter::replay(&kafka(), &request).await.unwrap();
-    assert_eq!(replayed, processor::deadletter::Replayed { sent: 1, skipped: 2 });
-    let dead = letters(&read_committed(&kafka(), &topics.deadletter.name, 5, Duration::from_secs(3)));
-    assert_eq!(dead.len(), 4);
-    assert_eq!((dead[3].reason, dead[3].point.as_ref(), dead[3].source_offset), (Reason::Late as i32, Some(&late), 6));
+    assert_eq!(replayed, processor::deadletter::Replayed { sent: 1, skipped: 3 });
+    let dead = letters(&read_committed(&kafka(), &topics.deadletter.name, 6, Duration::from_secs(3)));
+    assert_eq!(dead.len(), 5);
+    assert_eq!((dead[4].reason, dead[4].point.as_ref(), dead[4].source_offset), (Reason::Late as i32, Some(&late), 7));
 
     // The group remembers: a second replay sends only the dead letter that arrived since.
     let again = processor::deadletter::replay(&kafka(), &request).await.unwrap();

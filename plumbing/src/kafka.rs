@@ -20,8 +20,8 @@ use crate::config::{FieldError, check};
 pub struct KafkaSettings {
     /// Bootstrap brokers, `host:port[,host:port...]`. `KAFKA_BROKERS` overrides it.
     pub brokers: String,
-    /// Raw librdkafka options (e.g. `security.protocol`), applied after Runnel's own; the options that
-    /// would weaken delivery guarantees are refused at startup.
+    /// Raw librdkafka options (e.g. `security.protocol`). The settings a guarantee rests on are applied
+    /// after them and win, and setting one here is refused at startup.
     // An empty table does not survive the defaults layer, hence the serde default.
     #[serde(default)]
     pub options: BTreeMap<String, String>,

@@ -240,6 +240,12 @@ impl ServiceSettings for Settings {
             );
         }
         check(&mut errors, self.transaction_timeout >= Duration::from_secs(1), "transaction_timeout", "must be at least 1s");
+        check(
+            &mut errors,
+            !self.kafka.options.contains_key("group.protocol"),
+            "kafka.options.group.protocol",
+            "the consumer protocol rebalances incrementally, which the processor does not support",
+        );
         let strategy = self.kafka.options.get("partition.assignment.strategy");
         check(
             &mut errors,

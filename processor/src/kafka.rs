@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     pub(crate) timeout: Duration,
     output: Mutex<Output>,
     partitions: Mutex<HashMap<i32, PartitionWindows>>,
+    /// Set by a rebalance callback that could not restore its partitions; the loop then stops the
+    /// service (a restart retries) instead of processing them without their checkpoint.
+    broken: Mutex<Option<KafkaError>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -151,6 +154,7 @@ impl Shared {
             timeout,
             output: Mutex::new(output),
             partitions: Mutex::default(),
+            broken: Mutex::default(),
         }
     }
 
@@ -171,25 +175,30 @@ impl Shared {
     }
 
     /// Rebuilds the windows of `owned` partitions from their committed checkpoints; returns the offsets to
-    /// read from.
-    fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> TopicPartitionList {
-        let committed = consumer.committed_offsets(owned.clone(), self.timeout).unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "committed offsets unavailable; partitions start without history");
-            TopicPartitionList::new()
-        });
+    /// read from. Fails rather than guess: starting a partition without its checkpoint would emit windows
+    /// again, built from part of their points.
+    fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> KafkaResult<TopicPartitionList> {
+        let committed = consumer.committed_offsets(owned.clone(), self.timeout)?;
         let mut positions = TopicPartitionList::new();
-        let mut partitions = lock(&self.partitions);
+        let mut restored_windows = Vec::new();
         for elem in owned.elements_for_topic(&self.points_topic) {
             let partition = elem.partition();
             let found = committed.find_partition(&self.points_topic, partition);
+            if let Some(found) = &found {
+                found.error()?;
+            }
+            let offset = found.as_ref().map(|c| c.offset());
             let restored = found.as_ref().and_then(|c| match c.offset() {
                 Offset::Offset(resume) => Checkpoint::parse(resume, c.metadata()),
                 _ => None,
             });
-            let position = restored.map_or(Offset::Beginning, |c| Offset::Offset(c.resume_offset));
-            // A partition is only ever absent from `positions` if the list refuses it, which it does not for
-            // these offsets.
-            let _ = positions.add_partition_offset(&self.points_topic, partition, position);
+            // A committed offset without our metadata (reset by an operator) is still where to start.
+            let position = match (restored, offset) {
+                (Some(checkpoint), _) => Offset::Offset(checkpoint.resume_offset),
+                (None, Some(Offset::Offset(at))) => Offset::Offset(at),
+                _ => Offset::Beginning,
+            };
+            positions.add_partition_offset(&self.points_topic, partition, position)?;
             tracing::info!(partition, checkpoint = ?restored, "partition restored");
             let windows = match restored {
                 Some(checkpoint) => {
@@ -197,10 +206,12 @@ impl Shared {
                 }
                 None => self.windowing.fresh(),
             };
-            partitions.insert(partition, windows);
+            restored_windows.push((partition, windows));
         }
+        let mut partitions = lock(&self.partitions);
+        partitions.extend(restored_windows);
         self.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
-        positions
+        Ok(positions)
     }
 
     fn forget(&self, revoked: &[i32]) {
@@ -275,7 +286,10 @@ impl ConsumerContext for RebalanceContext {
         let Rebalance::Assign(tpl) = rebalance else { return };
         // The assignment itself positions each partition at its committed offset; only the windows need
         // rebuilding.
-        self.shared.restore(consumer, tpl);
+        if let Err(err) = self.shared.restore(consumer, tpl) {
+            tracing::error!(error = %err, "partitions could not be restored; stopping");
+            *lock(&self.shared.broken) = Some(err);
+        }
     }
 }
 
@@ -302,6 +316,9 @@ enum Out {
     Aggregate(Box<Aggregate>),
     Dead(Box<DeadLetter>),
 }
+
+/// The latest event time a point may carry (year 2262 is far, but windows near i64::MAX overflow).
+const MAX_TIMESTAMP_NS: i64 = i64::MAX / 2;
 
 /// Wall-clock time in nanoseconds since the epoch.
 fn now_ns() -> i64 {
@@ -333,33 +350,54 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
         refused_at_ns: now_ns(),
         ..DeadLetter::default()
     };
+    let mut partitions = lock(&shared.partitions);
+    let Some(windows) = partitions.get_mut(&partition) else {
+        // Only between a revoke and the queue's purge: the partition belongs to another member now.
+        tracing::debug!(partition, offset, "message of a partition not owned; skipped");
+        return Vec::new();
+    };
+    // A record that no window takes is dead-lettered once: a replay of it from before the checkpoint was
+    // dead-lettered already.
+    let mut refuse = |reason: Reason, detail: String, point: Option<Point>| {
+        if windows.skip(offset) {
+            return Vec::new();
+        }
+        tracing::warn!(partition, offset, detail, "dead-lettered");
+        vec![Out::Dead(Box::new(dead(reason, detail, point)))]
+    };
     let point = match message.payload().map(Point::decode) {
         Some(Ok(point)) => point,
         Some(Err(err)) => {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(partition, offset, error = %err, "not a point; dead-lettered");
-            return vec![Out::Dead(Box::new(dead(Reason::Malformed, format!("not a runnel.v1.Point: {err}"), None)))];
+            return refuse(Reason::Malformed, format!("not a runnel.v1.Point: {err}"), None);
         }
         None => {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(partition, offset, "empty message; dead-lettered");
-            return vec![Out::Dead(Box::new(dead(Reason::Malformed, "empty message".to_owned(), None)))];
+            return refuse(Reason::Malformed, "empty message".to_owned(), None);
         }
     };
     let (ts, value) = (point.timestamp_ns, point.value);
-    let ahead = ts.saturating_sub(now_ns());
+    // The points topic may be written by other producers than the collector: the rules that keep the
+    // arithmetic sound are checked again.
+    if !value.is_finite() || !(0..=MAX_TIMESTAMP_NS).contains(&ts) {
+        stats.malformed.fetch_add(1, Ordering::Relaxed);
+        let detail = format!("value {value} must be finite and timestamp_ns {ts} within [0, {MAX_TIMESTAMP_NS}]");
+        return refuse(Reason::Invalid, detail, Some(point));
+    }
+    // "Ahead" is measured from the record's Kafka timestamp, not this clock, so that a replay judges
+    // the point as its first reading did.
+    let written_ns = message.timestamp().to_millis().map_or_else(now_ns, |ms| ms.saturating_mul(1_000_000));
+    let ahead = ts.saturating_sub(written_ns);
     if ahead > shared.routing.max_future_ns {
         stats.future_points.fetch_add(1, Ordering::Relaxed);
         let detail = format!(
-            "timestamp_ns {ts} is {} ahead of the processor's clock, beyond the allowed {}",
+            "timestamp_ns {ts} is {} ahead of the time it was written, beyond the allowed {}",
             humantime::format_duration(Duration::from_nanos(u64::try_from(ahead).unwrap_or(0))),
             humantime::format_duration(Duration::from_nanos(u64::try_from(shared.routing.max_future_ns).unwrap_or(0))),
         );
-        return vec![Out::Dead(Box::new(dead(Reason::Future, detail, Some(point))))];
+        return refuse(Reason::Future, detail, Some(point));
     }
     let key = point.series_key();
-    let mut partitions = lock(&shared.partitions);
-    let windows = partitions.entry(partition).or_insert_with(|| shared.windowing.fresh());
     let kind = shared.windowing.rules.kind_for(&point.metric);
     let mut out = Vec::new();
     let kept = point.clone();
@@ -409,15 +447,22 @@ impl Pipeline {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     for out in self.advance_quiet_partitions() {
-                        self.emit(out).await?;
+                        if !self.emit(out).await? {
+                            break;
+                        }
                     }
                     self.commit().await?;
                 }
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
+                    if let Some(err) = lock(&self.shared.broken).take() {
+                        return Err(err.into());
+                    }
                     let outs = handle(&self.shared, &mut self.arrivals, &message);
                     for out in outs {
-                        self.emit(out).await?;
+                        if !self.emit(out).await? {
+                            break;
+                        }
                     }
                 }
             }
@@ -449,7 +494,9 @@ impl Pipeline {
         out
     }
 
-    async fn emit(&mut self, out: Out) -> Result<()> {
+    /// Sends one record. `Ok(false)` means the transaction failed and the partitions were rewound: the
+    /// caller drops the rest of what it was emitting, which the replay produces again.
+    async fn emit(&mut self, out: Out) -> Result<bool> {
         let shared = Arc::clone(&self.shared);
         let routing = &shared.routing;
         let (topic, key, payload) = match &out {
@@ -484,7 +531,7 @@ impl Pipeline {
                         Out::Dead(_) => &self.shared.stats.dead_letters,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(true);
                 }
                 // The local queue is full: give the producer time to deliver, then try again.
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
@@ -494,7 +541,17 @@ impl Pipeline {
                         self.drain().await?;
                     }
                 }
-                Err(err) => return Err(Error::Delivery(err)),
+                Err(err) => {
+                    let failed = match &mut *lock(&self.shared.output) {
+                        // A send refused inside a transaction (say, after a delivery failed while a broker
+                        // was away) dooms the transaction, not the service.
+                        Output::ExactlyOnce(txns) => txns.fail(err),
+                        Output::AtLeastOnce { .. } => return Err(Error::Delivery(err)),
+                    };
+                    tracing::warn!(%failed, "send failed; rewinding to the last committed checkpoint");
+                    self.rewind()?;
+                    return Ok(false);
+                }
             }
         }
     }
@@ -546,9 +603,13 @@ impl Pipeline {
     /// from the checkpoint's offset. Used after a transaction that did not commit.
     fn rewind(&self) -> Result<()> {
         let owned = self.consumer.assignment()?;
-        let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned));
+        let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned))?;
         if positions.count() > 0 {
-            self.consumer.seek_partitions(positions, self.shared.timeout)?;
+            // seek_partitions reports each partition's failure inside the list it returns.
+            let sought = self.consumer.seek_partitions(positions, self.shared.timeout)?;
+            for elem in sought.elements() {
+                elem.error()?;
+            }
         }
         self.shared.stats.rewinds.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -61,8 +61,9 @@ impl Transactions {
     /// Sends one record inside the open transaction, opening one if needed.
     pub(crate) fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<(), KafkaError> {
         if !self.open {
-            self.producer.begin_transaction()?;
+            // Open before the call: if it fails, `fail` aborts or replaces whatever state it left.
             self.open = true;
+            self.producer.begin_transaction()?;
         }
         // The delivery future is not needed: commit_transaction fails if any record of the transaction
         // was not delivered.
@@ -113,7 +114,7 @@ impl Transactions {
     }
 
     /// After a failed call: abort when the error allows it, otherwise replace the producer.
-    fn fail(&mut self, err: KafkaError) -> Failed {
+    pub(crate) fn fail(&mut self, err: KafkaError) -> Failed {
         let abortable = matches!(&err, KafkaError::Transaction(e) if e.txn_requires_abort() && !e.is_fatal());
         if abortable && self.producer.abort_transaction(self.timeout).is_ok() {
             self.open = false;
@@ -124,7 +125,7 @@ impl Transactions {
         self.open = false;
         match Self::create(&self.config, self.timeout) {
             Ok(producer) => self.producer = producer,
-            // The old producer stays; the next call fails again and retries the replacement.
+            // The old producer stays; the next transactional call fails and comes back here to try again.
             Err(create) => tracing::error!(error = %create, "transactional producer could not be recreated"),
         }
         Failed::Replaced(err)

@@ -189,6 +189,14 @@ impl PartitionWindows {
         Outcome::Accepted
     }
 
+    /// Records that the input at `offset` was read but merged into no window (a malformed or refused
+    /// record); returns whether it is a replay of one handled before the checkpoint, whose dead letter
+    /// was therefore already written.
+    pub fn skip(&mut self, offset: i64) -> bool {
+        self.next_offset = self.next_offset.max(offset + 1);
+        offset < self.replay_until
+    }
+
     /// The highest event time seen (or advanced to).
     pub fn max_event(&self) -> Option<i64> {
         self.max_event_ns
@@ -383,6 +391,16 @@ mod tests {
         let text = w.checkpoint().metadata();
         assert_eq!(Checkpoint::parse(101, &text), Some(w.checkpoint()));
         assert_eq!(Checkpoint::parse(0, "something else"), None);
+    }
+
+    #[test]
+    fn skipped_records_move_the_position_and_are_known_on_replay() {
+        let mut w = fresh();
+        assert!(!w.skip(0));
+        assert_eq!(w.checkpoint(), Checkpoint { resume_offset: 1, max_event_ns: None, next_offset: 1 });
+        let mut again = restored(Checkpoint { resume_offset: 0, max_event_ns: None, next_offset: 1 });
+        assert!(again.skip(0), "offset 0 was handled before the checkpoint");
+        assert!(!again.skip(1));
     }
 
     #[test]
