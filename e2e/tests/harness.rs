@@ -200,10 +200,10 @@ fn a_service_process_is_paused_resumed_killed_and_terminated() {
     let mut sleeper = Service::spawn_with_args(Path::new("sleep"), &["30"], &[]);
     assert!(sleeper.is_running());
     sleeper.pause();
-    assert_eq!(state(sleeper.pid()), 'T', "SIGSTOP stops the process");
+    assert_eq!(state(sleeper.pid(), 'T'), 'T', "SIGSTOP stops the process");
     assert!(sleeper.is_running(), "a stopped process still runs");
     sleeper.resume();
-    assert_eq!(state(sleeper.pid()), 'S', "SIGCONT lets it sleep on");
+    assert_eq!(state(sleeper.pid(), 'S'), 'S', "SIGCONT lets it sleep on");
     let status = sleeper.kill();
     assert_eq!(status.signal(), Some(9), "{status}");
     assert!(!sleeper.is_running());
@@ -215,15 +215,16 @@ fn a_service_process_is_paused_resumed_killed_and_terminated() {
     assert_eq!(status.signal(), Some(15), "{status}");
 }
 
-/// The state letter of process `pid` (R, S, T, Z, ...) from /proc.
-fn state(pid: u32) -> char {
+/// The state letter of process `pid` (R, S, D, T, Z, ...) from /proc, once it is `want` or 5 s passed.
+/// A signal is delivered asynchronously, and a process just started may still be running (R) or
+/// waiting on the disk (D) while it loads, so the state is polled until it settles.
+fn state(pid: u32, want: char) -> char {
     let deadline = Instant::now() + Duration::from_secs(5);
-    // A signal is delivered asynchronously: poll until the state settles out of R (running).
     loop {
         let stat = ok(std::fs::read_to_string(format!("/proc/{pid}/stat")), "read /proc/<pid>/stat");
         let state = stat.rsplit(") ").next().and_then(|rest| rest.chars().next());
         let state = state.unwrap_or_else(|| panic!("no state in {stat:?}"));
-        if state != 'R' || Instant::now() > deadline {
+        if state == want || Instant::now() > deadline {
             return state;
         }
         std::thread::sleep(Duration::from_millis(10));
