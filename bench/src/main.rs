@@ -231,21 +231,26 @@ fn load(kafka: &KafkaSettings, topic: &str, points: u64, series: u64) -> anyhow:
                 value: (i + s) as f64,
             };
             let (key, payload) = (point.series_key(), point.encode_to_vec());
-            loop {
-                match producer.send(BaseRecord::to(topic).key(&key).payload(&payload)) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((err, _)) => return Err(err.into()),
-                }
-            }
+            send(&producer, topic, key.as_bytes(), &payload)?;
             sent += 1;
         }
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(sent)
+}
+
+/// Enqueues one record, waiting for room while the producer's queue is full.
+fn send(producer: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
 }
 
 /// Runs the processor over the whole input; returns its throughput and the close-to-visible latency of
@@ -375,15 +380,7 @@ fn run_passthrough(kafka: &KafkaSettings, input: &TopicSettings, output: &str, p
             }
             let key = message.key().unwrap_or_default();
             let payload = message.payload().unwrap_or_default();
-            loop {
-                match producer.send(BaseRecord::to(output).key(key).payload(payload)) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((err, _)) => return Err(err.into()),
-                }
-            }
+            send(&producer, output, key, payload)?;
             forwarded += 1;
         }
         producer.poll(Duration::ZERO);
