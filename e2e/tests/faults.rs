@@ -36,7 +36,7 @@ idle_timeout = "1h"
 "heartbeat.interval.ms" = "1000"
 "#;
 
-fn spawn(kafka: &KafkaSettings, config: &Path, topics: &Topics, group: &str, instance: &str) -> Service {
+fn spawn(kafka: &KafkaSettings, config: &Path, topics: &Topics, group: &str, instance: &str, replication_factor: i32) -> Service {
     let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     Service::spawn_with_args(
         &bin("processor"),
@@ -49,6 +49,7 @@ fn spawn(kafka: &KafkaSettings, config: &Path, topics: &Topics, group: &str, ins
             env("RUNNEL_PROCESSOR__TOPICS__POINTS__NAME", &topics.points.name),
             env("RUNNEL_PROCESSOR__TOPICS__AGGREGATES__NAME", &topics.aggregates.name),
             env("RUNNEL_PROCESSOR__TOPICS__DEADLETTER__NAME", &topics.deadletter.name),
+            env("RUNNEL_PROCESSOR__CHANGELOG__REPLICATION_FACTOR", &replication_factor.to_string()),
         ],
     )
 }
@@ -97,6 +98,7 @@ struct Run {
     group: String,
     dir: std::path::PathBuf,
     data: FormulaData,
+    replication_factor: i32,
 }
 
 impl Run {
@@ -118,11 +120,11 @@ impl Run {
         let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
         let data = FormulaData::new(base, 1_000, 200, 7);
         assert!(data.len() >= 200_000);
-        Self { _turn: turn, kafka, topics, group: unique("e2e-faults"), dir, data }
+        Self { _turn: turn, kafka, topics, group: unique("e2e-faults"), dir, data, replication_factor }
     }
 
     fn spawn(&self, instance: &str) -> Service {
-        spawn(&self.kafka, &self.dir.join("processor.toml"), &self.topics, &self.group, instance)
+        spawn(&self.kafka, &self.dir.join("processor.toml"), &self.topics, &self.group, instance, self.replication_factor)
     }
 
     /// Sends the load in the background, at a pace that makes it last about 33 s.

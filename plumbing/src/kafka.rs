@@ -116,10 +116,19 @@ impl KafkaSettings {
     /// Creates each topic that does not exist yet. A topic that exists is left as it is: its partition
     /// count may differ from the settings, which is logged, since repartitioning moves series.
     pub async fn ensure_topics(&self, topics: &[&TopicSettings]) -> Result<(), KafkaError> {
+        let topics: Vec<(&TopicSettings, &[(&str, &str)])> = topics.iter().map(|t| (*t, &[][..])).collect();
+        self.ensure_topics_with(&topics).await
+    }
+
+    /// [`KafkaSettings::ensure_topics`] with topic-level configs for the topics created (e.g.
+    /// `cleanup.policy=compact`).
+    pub async fn ensure_topics_with(&self, topics: &[(&TopicSettings, &[(&str, &str)])]) -> Result<(), KafkaError> {
         let admin: AdminClient<DefaultClientContext> = self.base("runnel-admin").create()?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)))
+            .map(|(t, configs)| {
+                configs.iter().fold(NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)), |topic, (k, v)| topic.set(k, v))
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(self.request_timeout));
         for result in admin.create_topics(&new, &options).await? {
@@ -134,16 +143,26 @@ impl KafkaSettings {
                 }
             }
         }
-        let metadata = admin.inner().fetch_metadata(None, self.request_timeout)?;
-        for topic in topics {
-            if let Some(found) = metadata.topics().iter().find(|m| m.name() == topic.name) {
-                let partitions = i32::try_from(found.partitions().len()).unwrap_or(i32::MAX);
-                if partitions != topic.partitions {
-                    tracing::warn!(topic = %topic.name, partitions, configured = topic.partitions, "topic has a different partition count than configured");
-                }
+        for (topic, _) in topics {
+            let partitions = self.partition_count(&topic.name)?;
+            if partitions != topic.partitions {
+                tracing::warn!(topic = %topic.name, partitions, configured = topic.partitions, "topic has a different partition count than configured");
             }
         }
         Ok(())
+    }
+
+    /// How many partitions `topic` has; an error when it does not exist.
+    pub fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
+        use rdkafka::consumer::Consumer as _;
+        let consumer: rdkafka::consumer::BaseConsumer = self.base("runnel-admin").create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), self.request_timeout)?;
+        let found = metadata.topics().iter().find(|m| m.name() == topic);
+        match found {
+            Some(t) if t.error().is_none() => Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)),
+            Some(t) => Err(KafkaError::MetadataFetch(t.error().map_or(RDKafkaErrorCode::UnknownTopicOrPartition, Into::into))),
+            None => Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)),
+        }
     }
 }
 

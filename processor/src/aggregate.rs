@@ -5,7 +5,7 @@
 //! deviations, from which the standard deviation and the least-squares gradient follow), or within the
 //! sketch's stated relative accuracy (quantiles, from a DDSketch).
 
-use proto::v1::{Moments, Quantile, Series, WindowStats};
+use proto::v1::{Moments, Quantile, Series, WindowState, WindowStats};
 use sketches_ddsketch::{Config, DDSketch};
 
 /// The quantile sketch every window carries.
@@ -36,8 +36,6 @@ impl SketchSpec {
 #[derive(Clone)]
 pub struct Accumulator {
     pub(crate) series: Series,
-    /// The smallest input offset merged in: where a replay must start to rebuild this window.
-    pub(crate) first_offset: i64,
     count: u64,
     sum: f64,
     min: f64,
@@ -54,6 +52,8 @@ pub struct Accumulator {
     m2_v: f64,
     c_tv: f64,
     sketch: DDSketch,
+    /// The sketch's relative accuracy: the configured one, or a restored window's own.
+    relative_accuracy: f64,
 }
 
 impl std::fmt::Debug for Accumulator {
@@ -67,10 +67,9 @@ impl std::fmt::Debug for Accumulator {
 }
 
 impl Accumulator {
-    pub fn new(series: Series, origin_ns: i64, offset: i64, spec: &SketchSpec) -> Self {
+    pub fn new(series: Series, origin_ns: i64, spec: &SketchSpec) -> Self {
         Self {
             series,
-            first_offset: offset,
             count: 0,
             sum: 0.0,
             min: f64::INFINITY,
@@ -85,11 +84,11 @@ impl Accumulator {
             m2_v: 0.0,
             c_tv: 0.0,
             sketch: spec.new_sketch(),
+            relative_accuracy: spec.relative_accuracy,
         }
     }
 
-    pub fn add(&mut self, ts: i64, value: f64, offset: i64) {
-        self.first_offset = self.first_offset.min(offset);
+    pub fn add(&mut self, ts: i64, value: f64) {
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
@@ -129,7 +128,6 @@ impl Accumulator {
             self.series = series;
             return;
         }
-        self.first_offset = self.first_offset.min(other.first_offset);
         let (na, nb) = (self.count as f64, other.count as f64);
         let n = na + nb;
         // Chan et al.'s pairwise update, after moving the other's time mean onto this origin.
@@ -151,12 +149,85 @@ impl Accumulator {
         if other.last.0 >= self.last.0 {
             self.last = other.last;
         }
-        // Same spec on both sides, so the sketches always merge.
-        let _ = self.sketch.merge(&other.sketch);
+        if self.sketch.merge(&other.sketch).is_err() {
+            // Only a session restored from before a change of the sketch configuration meets another:
+            // the other's values are folded in as its quantiles at evenly spaced ranks, each within the
+            // coarser of the two accuracies.
+            let n = other.count;
+            for i in 0..n {
+                if let Ok(Some(v)) = other.sketch.quantile((i as f64 + 0.5) / n as f64) {
+                    self.sketch.add(v);
+                }
+            }
+            self.relative_accuracy = self.relative_accuracy.max(other.relative_accuracy);
+        }
     }
 
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// The event time of the latest point.
+    pub fn last_ns(&self) -> i64 {
+        self.last.0
+    }
+
+    /// The event time of the earliest point.
+    pub fn first_ns(&self) -> i64 {
+        self.first.0
+    }
+
+    /// Everything this accumulator holds, for the changelog; `[start_ns, end_ns)` are its window's bounds.
+    pub fn to_state(&self, start_ns: i64, end_ns: i64, session_id: Option<u64>) -> WindowState {
+        WindowState {
+            series: Some(self.series.clone()),
+            start_ns,
+            end_ns,
+            session_id,
+            count: self.count,
+            sum: self.sum,
+            min: self.min,
+            max: self.max,
+            first_ns: self.first.0,
+            first: self.first.1,
+            last_ns: self.last.0,
+            last: self.last.1,
+            origin_ns: self.origin_ns,
+            shift: self.shift_v,
+            mean_t: self.mean_t,
+            mean_v: self.mean_v,
+            m2_t: self.m2_t,
+            m2_v: self.m2_v,
+            c_tv: self.c_tv,
+            // A sketch of plain numbers and vectors always serializes.
+            sketch: postcard::to_allocvec(&self.sketch).unwrap_or_default(),
+            sketch_relative_accuracy: self.relative_accuracy,
+        }
+    }
+
+    /// The accumulator [`Accumulator::to_state`] saved, exactly; `None` when its sketch does not decode.
+    /// A window saved under another sketch configuration than today's keeps its own sketch and reports
+    /// that sketch's accuracy, so that changing the configuration never fails a restore.
+    pub fn from_state(state: WindowState) -> Option<Self> {
+        let sketch: DDSketch = postcard::from_bytes(&state.sketch).ok()?;
+        Some(Self {
+            series: state.series.unwrap_or_default(),
+            count: state.count,
+            sum: state.sum,
+            min: state.min,
+            max: state.max,
+            first: (state.first_ns, state.first),
+            last: (state.last_ns, state.last),
+            origin_ns: state.origin_ns,
+            shift_v: state.shift,
+            mean_t: state.mean_t,
+            mean_v: state.mean_v,
+            m2_t: state.m2_t,
+            m2_v: state.m2_v,
+            c_tv: state.c_tv,
+            sketch,
+            relative_accuracy: state.sketch_relative_accuracy,
+        })
     }
 
     /// The window's statistics; `[start_ns, end_ns)` are its bounds.
@@ -187,7 +258,7 @@ impl Accumulator {
             rate_per_second: (elapsed > 0.0).then(|| (self.last.1 - self.first.1) / elapsed),
             quantiles,
             sketch: self.sketch.to_java_bytes(),
-            sketch_relative_accuracy: spec.relative_accuracy,
+            sketch_relative_accuracy: self.relative_accuracy,
             moments: Some(Moments {
                 origin_ns: self.origin_ns,
                 mean_t: self.mean_t,
@@ -231,9 +302,9 @@ mod tests {
     }
 
     fn accumulate(points: &[(i64, f64)], origin: i64, spec: &SketchSpec) -> Accumulator {
-        let mut acc = Accumulator::new(Series::default(), origin, 0, spec);
-        for (i, &(ts, v)) in points.iter().enumerate() {
-            acc.add(ts, v, i as i64);
+        let mut acc = Accumulator::new(Series::default(), origin, spec);
+        for &(ts, v) in points {
+            acc.add(ts, v);
         }
         acc
     }
@@ -309,6 +380,27 @@ mod tests {
                 }
             }
             prop_assert_eq!(&a.quantiles, &b.quantiles);
+        }
+
+        /// A window saved to the changelog (through its protobuf bytes) and restored continues bit for bit
+        /// as if it had never stopped, with a non-default sketch configuration too.
+        #[test]
+        fn a_saved_window_continues_exactly(
+            points in prop::collection::vec((0i64..20_000, -1000i32..1000), 1..80),
+            split in any::<prop::sample::Index>(),
+        ) {
+            use proto::prost::Message as _;
+            let spec = SketchSpec { relative_accuracy: 0.02, max_bins: 256, quantiles: vec![0.1, 0.5, 0.99] };
+            let points: Vec<(i64, f64)> = points.into_iter().map(|(ms, v)| (ms * 1_000_000, f64::from(v) / 3.0)).collect();
+            let cut = split.index(points.len()).max(1);
+            let mut whole = accumulate(&points[..cut], 0, &spec);
+            let bytes = whole.to_state(0, 20 * S, None).encode_to_vec();
+            let mut restored = Accumulator::from_state(WindowState::decode(bytes.as_slice()).unwrap()).unwrap();
+            for &(ts, v) in &points[cut..] {
+                whole.add(ts, v);
+                restored.add(ts, v);
+            }
+            prop_assert_eq!(restored.finish(0, 20 * S, &spec), whole.finish(0, 20 * S, &spec));
         }
 
         /// Merging the accumulators of two halves (with different origins) equals accumulating the union,

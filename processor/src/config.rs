@@ -34,7 +34,26 @@ pub struct Settings {
     /// crashed instance (which holds back `read_committed` readers until then).
     #[serde(with = "humantime_serde")]
     pub transaction_timeout: Duration,
+    pub changelog: Changelog,
     pub telemetry: TelemetrySettings,
+}
+
+/// The changelog topic `<group_id>.changelog`, where every open window is checkpointed in the same
+/// commit as the input offsets. The processor creates it compacted, with as many partitions as the points
+/// topic (changelog partition p holds the windows of points partition p).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Changelog {
+    pub replication_factor: i32,
+    /// Segment size of the topic: smaller segments are compacted sooner, so a restore reads less.
+    pub segment_bytes: u64,
+}
+
+impl Settings {
+    /// The changelog topic's name.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}.changelog", self.group_id)
+    }
 }
 
 /// How aggregates are delivered.
@@ -95,6 +114,12 @@ pub enum WindowDef {
         #[serde(with = "humantime_serde")]
         advance: Duration,
     },
+    /// Per series, a run of points each less than `gap` after the one before; the window ends `gap`
+    /// after its last point.
+    Session {
+        #[serde(with = "humantime_serde")]
+        gap: Duration,
+    },
 }
 
 /// Windows for the metrics matching a glob (`latency_*`).
@@ -138,6 +163,7 @@ impl Default for Settings {
             delivery: Delivery::ExactlyOnce,
             transactional_id: format!("runnel-processor-{}", hostname()),
             transaction_timeout: Duration::from_secs(10),
+            changelog: Changelog { replication_factor: 1, segment_bytes: 16 * 1024 * 1024 },
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -158,17 +184,22 @@ impl WindowDef {
         match *self {
             Self::Tumbling { size } => WindowKind::Tumbling { size_ns: nanos(size) },
             Self::Hopping { size, advance } => WindowKind::Hopping { size_ns: nanos(size), advance_ns: nanos(advance) },
+            Self::Session { gap } => WindowKind::Session { gap_ns: nanos(gap) },
         }
     }
 
     fn validate(&self, key: &str, errors: &mut Vec<FieldError>) {
-        let (size, advance) = match *self {
-            Self::Tumbling { size } => (size, size),
-            Self::Hopping { size, advance } => (size, advance),
-        };
         let ms = Duration::from_millis(1);
         let year = Duration::from_secs(366 * 24 * 3600);
         let text = humantime::format_duration;
+        let (size, advance) = match *self {
+            Self::Tumbling { size } => (size, size),
+            Self::Hopping { size, advance } => (size, advance),
+            Self::Session { gap } => {
+                check(errors, gap >= ms && gap <= year, &format!("{key}.gap"), format!("{} must be between 1ms and a year", text(gap)));
+                return;
+            }
+        };
         check(errors, size >= ms && size <= year, &format!("{key}.size"), format!("{} must be between 1ms and a year", text(size)));
         check(errors, advance >= ms && advance <= size, &format!("{key}.advance"), format!("{} must be between 1ms and the size {}", text(advance), text(size)));
         // Each point is added to size/advance windows: bound the fan-out.
@@ -205,7 +236,17 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.deadletter.validate("topics.deadletter"));
         check(&mut errors, !self.windows.idle_timeout.is_zero(), "windows.idle_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
-        check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
+        let legal = !self.group_id.is_empty()
+            && self.group_id.len() <= 200
+            && self.group_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        check(
+            &mut errors,
+            legal,
+            "group_id",
+            format!("{:?} must be 1 to 200 of [a-zA-Z0-9._-]: it names the changelog topic", self.group_id),
+        );
+        check(&mut errors, self.changelog.replication_factor >= 1, "changelog.replication_factor", format!("{} must be at least 1", self.changelog.replication_factor));
+        check(&mut errors, self.changelog.segment_bytes >= 1024 * 1024, "changelog.segment_bytes", format!("{} must be at least 1 MiB", self.changelog.segment_bytes));
         self.windows.default.validate("windows.default", &mut errors);
         for (i, rule) in self.windows.rules.iter().enumerate() {
             rule.window.validate(&format!("windows.rules[{i}].window"), &mut errors);

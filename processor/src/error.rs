@@ -12,6 +12,9 @@ pub enum Error {
     /// so the next owner of the partitions produces it again.
     #[error("aggregate delivery failed: {0}")]
     Delivery(KafkaError),
+    /// A partition's windows could not be read back from the changelog.
+    #[error("restore: {0}")]
+    Restore(String),
     #[error("settings: {0}")]
     Config(String),
     #[error("processor task failed: {0}")]

@@ -1,34 +1,42 @@
 //! The processor's Kafka side: consume points, feed each partition's windows, produce the aggregates of
-//! closed windows, and commit input offsets with the checkpoint metadata of `window`.
+//! closed windows, checkpoint the open windows to the changelog topic, and commit input offsets with the
+//! checkpoint metadata of `window`.
+//!
+//! Changelog partition p holds the open windows of points partition p. A partition's new owner (after a
+//! crash, a rebalance or a restart) reads its changelog partition to the end its last commit recorded,
+//! and resumes reading points right after the last committed offset: nothing is read twice.
 //!
 //! Two delivery modes share this loop:
-//! - exactly once (the default): aggregates and input offsets commit together in one Kafka transaction
-//!   (`send_offsets_to_transaction` with the consumer's group metadata, so a zombie is fenced). When a
-//!   transaction fails, the partitions rewind to their last committed checkpoint, which rebuilds the
-//!   windows exactly as they were then;
-//! - at least once: offsets are committed once every aggregate produced so far is acknowledged; a
-//!   window emitted after the last commit is emitted again, identically, after a crash.
+//! - exactly once (the default): aggregates, dead letters, changelog records and input offsets commit
+//!   together in one Kafka transaction (`send_offsets_to_transaction` with the consumer's group
+//!   metadata, so a zombie is fenced). When a transaction fails, the partitions rewind to their last
+//!   commit: windows restored from the changelog, reading resumed from the committed offset;
+//! - at least once: offsets are committed once every record produced so far is acknowledged; after a
+//!   crash, what was read since the last commit is read again, so a window may be emitted twice and the
+//!   points between the changelog's acknowledgement and the offset commit may count twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::prost::Message as _;
 use proto::v1::dead_letter::Reason;
-use proto::v1::{Aggregate, DeadLetter, Point, Series};
+use proto::v1::{Aggregate, DeadLetter, Point, Series, WindowState};
+use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::aggregate::SketchSpec;
 use crate::error::{Error, Result};
 use crate::txn::{Failed, Transactions};
-use crate::aggregate::SketchSpec;
-use crate::window::{Checkpoint, Outcome, PartitionWindows, WindowRules};
+use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, WindowRules};
 
 /// The Kafka header on every aggregate that holds the wall-clock time (nanoseconds since the epoch, as
 /// decimal text) at which its window closed.
@@ -57,6 +65,10 @@ pub struct Stats {
     pub transactions: AtomicU64,
     /// Rewinds to the last committed checkpoint after a failed transaction.
     pub rewinds: AtomicU64,
+    /// Changelog records produced (window states and tombstones), including aborted ones.
+    pub changelog_records: AtomicU64,
+    /// Open windows read back from the changelog when partitions were assigned (or rewound).
+    pub restored_windows: AtomicU64,
 }
 
 /// Marks a producer broken when librdkafka reports a fatal error, so that no offset is committed for
@@ -89,6 +101,62 @@ pub(crate) enum Output {
     AtLeastOnce { producer: FutureProducer<ProducerHealth>, health: ProducerHealth },
 }
 
+impl Output {
+    /// Sends one record: inside the open transaction, or on its own.
+    fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture, KafkaError> {
+        match self {
+            Self::ExactlyOnce(txns) => txns.send(record),
+            Self::AtLeastOnce { producer, .. } => producer.send_result(record).map_err(|(err, _)| err),
+        }
+    }
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommitError {
+    /// The transaction is gone (aborted, or fenced by a fresh producer): rewind to the last commit.
+    #[error("transaction {0}")]
+    Failed(Failed),
+    /// At least once, or outside a transaction: the service stops.
+    #[error(transparent)]
+    Fatal(Error),
+}
+
+/// Sends the record `make` builds, waiting (blocking) for room while the producer's queue is full,
+/// until `deadline`.
+fn send_blocking<'a>(
+    output: &mut Output,
+    make: impl Fn() -> FutureRecord<'a, str, [u8]>,
+    deadline: Instant,
+) -> Result<DeliveryFuture, KafkaError> {
+    loop {
+        match output.send(make()) {
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) if Instant::now() < deadline => {
+                std::thread::sleep(QUEUE_FULL_BACKOFF);
+            }
+            sent => return sent,
+        }
+    }
+}
+
+/// The outcome of deliveries that a flush has settled: one past the highest offset written to each
+/// partition, or the first failure.
+fn settled(deliveries: Vec<(i32, DeliveryFuture)>) -> Result<HashMap<i32, i64>, KafkaError> {
+    let mut ends = HashMap::new();
+    for (partition, delivery) in deliveries {
+        // Settled by the flush: the wait is for the callback that carries the result over.
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(delivered)) => {
+                let end = ends.entry(partition).or_insert(0);
+                *end = (*end).max(delivered.offset + 1);
+            }
+            Ok(Err((err, _))) => return Err(err),
+            Err(_canceled) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(ends)
+}
+
 /// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
 /// Where each kind of output goes, and the limits that decide it.
 #[derive(Debug, Clone)]
@@ -96,6 +164,7 @@ pub(crate) struct Routing {
     pub(crate) points_topic: String,
     pub(crate) aggregates_topic: String,
     pub(crate) deadletter_topic: String,
+    pub(crate) changelog_topic: String,
     /// Points further ahead of the wall clock than this are dead-lettered.
     pub(crate) max_future_ns: i64,
     /// Quiet this long, a partition's event time follows the wall clock.
@@ -110,23 +179,22 @@ pub(crate) struct Windowing {
     pub(crate) sketch: SketchSpec,
 }
 
-impl Windowing {
-    fn fresh(&self) -> PartitionWindows {
-        PartitionWindows::new(self.allowed_lateness_ns, self.sketch.clone())
-    }
-}
-
 pub(crate) struct Shared {
     pub(crate) windowing: Windowing,
     pub(crate) points_topic: String,
+    pub(crate) changelog_topic: String,
     pub(crate) routing: Routing,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timeout: Duration,
+    /// A consumer's settings for reading the changelog (read_committed, partition EOF events).
+    changelog_reader: ClientConfig,
     output: Mutex<Output>,
     partitions: Mutex<HashMap<i32, PartitionWindows>>,
+    /// At least once: deliveries to check before the next offset commit.
+    pending: Mutex<Vec<DeliveryFuture>>,
     /// Set by a rebalance callback that could not restore its partitions; the loop then stops the
     /// service (a restart retries) instead of processing them without their checkpoint.
-    broken: Mutex<Option<KafkaError>>,
+    broken: Mutex<Option<Error>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -144,18 +212,140 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A committed offset's metadata; `None` when it is not UTF-8 (rdkafka would panic on it), which only
+/// another tool could have written.
+fn metadata(elem: &TopicPartitionListElem<'_>) -> Option<String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| elem.metadata().to_owned())).ok()
+}
+
+/// Reads the `changelog` partitions of `wanted` (partition, end) from the beginning: the latest window
+/// state of each key that no tombstone removed. Waits first until each partition's stable end reaches
+/// its `end` (the last commit's markers may still be on their way), then reads to that stable end.
+fn read_changelog(
+    reader: &ClientConfig,
+    changelog: &str,
+    wanted: &[(i32, i64)],
+    timeout: Duration,
+) -> Result<HashMap<i32, BTreeMap<String, WindowState>>> {
+    let mut logs: HashMap<i32, BTreeMap<String, WindowState>> = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(logs);
+    }
+    let deadline = Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let consumer: BaseConsumer = reader.create()?;
+    let mut assignment = TopicPartitionList::new();
+    for &(partition, end) in wanted {
+        // A read_committed consumer's high watermark is the last stable offset.
+        while consumer.fetch_watermarks(changelog, partition, left())?.1 < end {
+            if left().is_zero() {
+                return Err(Error::Restore(format!("{changelog}[{partition}] has not reached its committed end {end}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let mut reading: HashSet<i32> = wanted.iter().map(|(p, _)| *p).collect();
+    while !reading.is_empty() {
+        if left().is_zero() {
+            return Err(Error::Restore(format!("{changelog} partitions {reading:?} not read to their end in {timeout:?}")));
+        }
+        let message = match consumer.poll(left().min(Duration::from_millis(100))) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                reading.remove(&partition);
+                continue;
+            }
+            Some(polled) => match plumbing::kafka::unless_transient(polled)? {
+                Some(message) => message,
+                None => continue,
+            },
+        };
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let log = logs.entry(message.partition()).or_default();
+        match message.payload() {
+            None => {
+                log.remove(&key);
+            }
+            Some(bytes) => {
+                let state = WindowState::decode(bytes).map_err(|err| {
+                    Error::Restore(format!("{changelog}[{}] offset {}: {err}", message.partition(), message.offset()))
+                })?;
+                log.insert(key, state);
+            }
+        }
+    }
+    Ok(logs)
+}
+
 impl Shared {
-    pub(crate) fn new(windowing: Windowing, routing: Routing, output: Output, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        windowing: Windowing,
+        routing: Routing,
+        output: Output,
+        changelog_reader: ClientConfig,
+        timeout: Duration,
+    ) -> Self {
         Self {
             windowing,
             points_topic: routing.points_topic.clone(),
+            changelog_topic: routing.changelog_topic.clone(),
             routing,
             stats: Arc::default(),
             timeout,
+            changelog_reader,
             output: Mutex::new(output),
             partitions: Mutex::default(),
+            pending: Mutex::default(),
             broken: Mutex::default(),
         }
+    }
+
+    /// Sends every owned partition's changelog changes since the last call; returns their deliveries.
+    fn send_changes(&self, output: &mut Output) -> Result<Vec<(i32, DeliveryFuture)>, KafkaError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut partitions = lock(&self.partitions);
+        let mut deliveries = Vec::new();
+        for (&partition, windows) in partitions.iter_mut() {
+            for change in windows.take_changes() {
+                let (key, payload) = match &change {
+                    Change::Put { key, state } => (key, Some(state.encode_to_vec())),
+                    Change::Delete { key } => (key, None),
+                };
+                let make = || {
+                    let record = FutureRecord::to(&self.changelog_topic).partition(partition).key(key.as_str());
+                    match &payload {
+                        Some(bytes) => record.payload(bytes.as_slice()),
+                        None => record, // a tombstone
+                    }
+                };
+                deliveries.push((partition, send_blocking(output, make, deadline)?));
+                self.stats.changelog_records.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Records how far each changelog partition was written, once those records are acknowledged.
+    fn changelog_written(&self, ends: &HashMap<i32, i64>) {
+        let mut partitions = lock(&self.partitions);
+        for (partition, end) in ends {
+            if let Some(windows) = partitions.get_mut(partition) {
+                windows.changelog_written(*end);
+            }
+        }
+    }
+
+    /// Flushes `output`, checks every delivery of `changelog` (and, at least once, every pending one),
+    /// and records the changelog's new ends: what must hold before input offsets are committed.
+    fn settle(&self, flush: impl FnOnce() -> KafkaResult<()>, changelog: Vec<(i32, DeliveryFuture)>) -> Result<(), KafkaError> {
+        flush()?;
+        let pending: Vec<(i32, DeliveryFuture)> = lock(&self.pending).drain(..).map(|d| (-1, d)).collect();
+        settled(pending)?;
+        let ends = settled(changelog)?;
+        self.changelog_written(&ends);
+        Ok(())
     }
 
     /// The offsets and checkpoint metadata of every owned partition that has read something.
@@ -168,50 +358,103 @@ impl Shared {
                 continue; // nothing read yet: keep whatever is committed
             }
             let mut elem = tpl.add_partition(&self.points_topic, partition);
-            elem.set_offset(Offset::Offset(checkpoint.resume_offset))?;
+            elem.set_offset(Offset::Offset(checkpoint.next_offset))?;
             elem.set_metadata(checkpoint.metadata());
         }
         Ok(tpl)
     }
 
-    /// Rebuilds the windows of `owned` partitions from their committed checkpoints; returns the offsets to
-    /// read from. Fails rather than guess: starting a partition without its checkpoint would emit windows
-    /// again, built from part of their points.
-    fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> KafkaResult<TopicPartitionList> {
+    /// Rebuilds the windows of `owned` partitions from their committed checkpoints and their changelog;
+    /// returns the offsets to read from. Fails rather than guess: starting a partition without its
+    /// windows would emit them again, built from part of their points.
+    fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> Result<TopicPartitionList> {
         let committed = consumer.committed_offsets(owned.clone(), self.timeout)?;
-        let mut positions = TopicPartitionList::new();
-        let mut restored_windows = Vec::new();
+        let mut plans = Vec::new();
         for elem in owned.elements_for_topic(&self.points_topic) {
             let partition = elem.partition();
             let found = committed.find_partition(&self.points_topic, partition);
             if let Some(found) = &found {
                 found.error()?;
             }
-            let offset = found.as_ref().map(|c| c.offset());
-            let restored = found.as_ref().and_then(|c| match c.offset() {
-                Offset::Offset(resume) => Checkpoint::parse(resume, c.metadata()),
+            let offset = found.as_ref().map(TopicPartitionListElem::offset);
+            // Ours only if the metadata parses and names the committed offset itself: an offset moved by
+            // an operator (a reset) keeps the old metadata or none.
+            let checkpoint = found.as_ref().and_then(|c| match c.offset() {
+                Offset::Offset(at) => metadata(c).as_deref().and_then(Checkpoint::parse).filter(|cp| cp.next_offset == at),
                 _ => None,
             });
-            // A committed offset without our metadata (reset by an operator) is still where to start.
-            let position = match (restored, offset) {
-                (Some(checkpoint), _) => Offset::Offset(checkpoint.resume_offset),
-                (None, Some(Offset::Offset(at))) => Offset::Offset(at),
-                _ => Offset::Beginning,
-            };
-            positions.add_partition_offset(&self.points_topic, partition, position)?;
-            tracing::info!(partition, checkpoint = ?restored, "partition restored");
-            let windows = match restored {
+            plans.push((partition, checkpoint, offset));
+        }
+        let wanted: Vec<(i32, i64)> = plans.iter().map(|(p, cp, _)| (*p, cp.map_or(0, |cp| cp.changelog_end))).collect();
+        let mut logs = read_changelog(&self.changelog_reader, &self.changelog_topic, &wanted, self.timeout)?;
+        let mut positions = TopicPartitionList::new();
+        let mut restored_windows = Vec::new();
+        let (lateness, sketch) = (self.windowing.allowed_lateness_ns, &self.windowing.sketch);
+        for (partition, checkpoint, offset) in plans {
+            let states = logs.remove(&partition).unwrap_or_default();
+            let found = states.len();
+            let (windows, position) = match checkpoint {
                 Some(checkpoint) => {
-                    PartitionWindows::restore(self.windowing.allowed_lateness_ns, self.windowing.sketch.clone(), checkpoint)
+                    let windows = PartitionWindows::restore(lateness, sketch.clone(), checkpoint, states)
+                        .map_err(|err| Error::Restore(format!("{}[{partition}]: {err}", self.changelog_topic)))?;
+                    (windows, Offset::Offset(checkpoint.next_offset))
                 }
-                None => self.windowing.fresh(),
+                None => {
+                    if found > 0 {
+                        tracing::warn!(partition, windows = found, "committed offset was moved outside the processor; its windows are dropped");
+                    }
+                    let position = match offset {
+                        Some(Offset::Offset(at)) => Offset::Offset(at),
+                        _ => Offset::Beginning,
+                    };
+                    (PartitionWindows::discard(lateness, sketch.clone(), states.into_keys()), position)
+                }
             };
+            tracing::info!(partition, ?checkpoint, windows = windows.open_windows(), "partition restored");
+            self.stats.restored_windows.fetch_add(windows.open_windows() as u64, Ordering::Relaxed);
+            positions.add_partition_offset(&self.points_topic, partition, position)?;
             restored_windows.push((partition, windows));
         }
         let mut partitions = lock(&self.partitions);
         partitions.extend(restored_windows);
         self.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
         Ok(positions)
+    }
+
+    /// Makes everything produced so far durable together with every owned partition's changelog
+    /// changes and checkpoint: one transaction (exactly once), or acknowledged output then an offset
+    /// commit (at least once).
+    fn commit_all<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> Result<(), CommitError> {
+        let mut output = lock(&self.output);
+        let prepared = self.send_changes(&mut output);
+        match &mut *output {
+            Output::ExactlyOnce(txns) => {
+                if !txns.is_open() {
+                    return prepared.map(drop).map_err(|err| CommitError::Failed(txns.fail(err)));
+                }
+                let offsets = prepared
+                    .and_then(|changelog| self.settle(|| txns.flush(), changelog))
+                    .and_then(|()| self.checkpoints());
+                let offsets = offsets.map_err(|err| CommitError::Failed(txns.fail(err)))?;
+                let group = consumer.group_metadata().ok_or(CommitError::Fatal(Error::Kafka(KafkaError::NoMessageReceived)))?;
+                txns.commit(&offsets, &group).map_err(CommitError::Failed)?;
+                self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Output::AtLeastOnce { producer, health } => {
+                let fatal = |err: KafkaError| CommitError::Fatal(Error::Delivery(err));
+                let changelog = prepared.map_err(fatal)?;
+                self.settle(|| producer.flush(self.timeout), changelog).map_err(fatal)?;
+                if health.is_fatal() {
+                    return Err(fatal(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)));
+                }
+                let offsets = self.checkpoints().map_err(|err| CommitError::Fatal(err.into()))?;
+                if offsets.count() > 0 {
+                    consumer.commit(&offsets, CommitMode::Sync).map_err(|err| CommitError::Fatal(err.into()))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn forget(&self, revoked: &[i32]) {
@@ -238,46 +481,15 @@ impl ConsumerContext for RebalanceContext {
         let shared = &self.shared;
         let revoked: Vec<i32> = tpl.elements_for_topic(&shared.points_topic).iter().map(|e| e.partition()).collect();
         let lost = consumer.assignment_lost();
-        let mut output = lock(&shared.output);
-        match &mut *output {
-            Output::ExactlyOnce(txns) if lost => {
-                // Another member may own these partitions already: nothing of ours may commit.
-                if let Err(failed) = txns.abort() {
+        if lost {
+            // Another member may own these partitions already: nothing of ours may commit.
+            if let Output::ExactlyOnce(txns) = &mut *lock(&shared.output)
+                && let Err(failed) = txns.abort() {
                     tracing::warn!(%failed, "abort on lost partitions failed");
                 }
-            }
-            Output::ExactlyOnce(txns) => {
-                let committed = shared.checkpoints().map_err(|err| format!("{err}")).and_then(|offsets| {
-                    let group = consumer.group_metadata().ok_or("no group metadata")?;
-                    txns.commit(&offsets, &group).map_err(|failed| failed.to_string())
-                });
-                match committed {
-                    Ok(()) => shared.stats.transactions.fetch_add(1, Ordering::Relaxed),
-                    Err(why) => {
-                        tracing::warn!(why, "commit on revoke failed; the next owner resumes from the last commit");
-                        0
-                    }
-                };
-            }
-            Output::AtLeastOnce { producer, health } => {
-                // Everything emitted so far must be acknowledged before its input offsets are committed.
-                let flushed = producer.flush(shared.timeout);
-                if lost || flushed.is_err() || health.is_fatal() {
-                    tracing::warn!(partitions = ?revoked, lost, "revoked without commit; the next owner replays");
-                } else {
-                    match shared.checkpoints() {
-                        Ok(offsets) if offsets.count() > 0 => {
-                            if let Err(err) = consumer.commit(&offsets, CommitMode::Sync) {
-                                tracing::warn!(error = %err, "commit on revoke failed; the next owner replays");
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(err) => tracing::warn!(error = %err, "checkpoint on revoke failed"),
-                    }
-                }
-            }
+        } else if let Err(err) = shared.commit_all(consumer) {
+            tracing::warn!(error = %err, "commit on revoke failed; the next owner resumes from the last commit");
         }
-        drop(output);
         shared.forget(&revoked);
         tracing::info!(partitions = ?revoked, lost, "partitions revoked");
     }
@@ -300,7 +512,6 @@ pub(crate) struct Pipeline {
     pub(crate) consumer: PointConsumer,
     pub(crate) shared: Arc<Shared>,
     pub(crate) commit_interval: Duration,
-    pending: Vec<DeliveryFuture>,
     arrivals: HashMap<i32, Arrival>,
 }
 
@@ -356,12 +567,8 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
         tracing::debug!(partition, offset, "message of a partition not owned; skipped");
         return Vec::new();
     };
-    // A record that no window takes is dead-lettered once: a replay of it from before the checkpoint was
-    // dead-lettered already.
     let mut refuse = |reason: Reason, detail: String, point: Option<Point>| {
-        if windows.skip(offset) {
-            return Vec::new();
-        }
+        windows.skip(offset);
         tracing::warn!(partition, offset, detail, "dead-lettered");
         vec![Out::Dead(Box::new(dead(reason, detail, point)))]
     };
@@ -419,7 +626,6 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
                 ..dead(Reason::Late, detail, Some(kept))
             })));
         }
-        Outcome::Replayed => {}
     }
     if let Some(max_event_ns) = windows.max_event() {
         arrivals.insert(partition, Arrival { at: Instant::now(), max_event_ns });
@@ -433,7 +639,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 impl Pipeline {
     pub(crate) fn new(consumer: PointConsumer, shared: Arc<Shared>, commit_interval: Duration) -> Self {
-        Self { consumer, shared, commit_interval, pending: Vec::new(), arrivals: HashMap::new() }
+        Self { consumer, shared, commit_interval, arrivals: HashMap::new() }
     }
 
     /// Runs until `shutdown`, then commits what is durable and leaves the group.
@@ -456,7 +662,7 @@ impl Pipeline {
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
                     if let Some(err) = lock(&self.shared.broken).take() {
-                        return Err(err.into());
+                        return Err(err);
                     }
                     let outs = handle(&self.shared, &mut self.arrivals, &message);
                     for out in outs {
@@ -474,24 +680,52 @@ impl Pipeline {
     }
 
     /// Moves the event time of every partition quiet for longer than the idle timeout forward by the
-    /// wall-clock time since its last point; returns the windows that closes.
+    /// wall-clock time since its last point; returns the windows that closes. A partition with points
+    /// still waiting to be read (the processor fell behind, or a fetch is slow) is not quiet: advancing
+    /// it would make those points late.
     fn advance_quiet_partitions(&mut self) -> Vec<Out> {
         let idle_timeout = self.shared.routing.idle_timeout;
-        let mut partitions = lock(&self.shared.partitions);
+        let quiet: Vec<(i32, Arrival)> = {
+            let partitions = lock(&self.shared.partitions);
+            self.arrivals
+                .iter()
+                .filter(|(p, arrival)| arrival.at.elapsed() >= idle_timeout && partitions.get(p).is_some_and(|w| w.open_windows() > 0))
+                .map(|(p, arrival)| (*p, *arrival))
+                .collect()
+        };
         let mut out = Vec::new();
-        for (partition, windows) in partitions.iter_mut() {
-            let Some(arrival) = self.arrivals.get(partition) else { continue };
-            let quiet = arrival.at.elapsed();
-            if quiet < idle_timeout || windows.open_windows() == 0 {
+        for (partition, arrival) in quiet {
+            if !self.caught_up(partition) {
                 continue;
             }
-            let quiet_ns = i64::try_from(quiet.as_nanos()).unwrap_or(i64::MAX);
+            let mut partitions = lock(&self.shared.partitions);
+            let Some(windows) = partitions.get_mut(&partition) else { continue };
+            let quiet_ns = i64::try_from(arrival.at.elapsed().as_nanos()).unwrap_or(i64::MAX);
             windows.advance(arrival.max_event_ns.saturating_add(quiet_ns));
             let closed = windows.close_ready();
             self.shared.stats.idle_advances.fetch_add(closed.len() as u64, Ordering::Relaxed);
             out.extend(closed.into_iter().map(|a| Out::Aggregate(Box::new(a))));
         }
         out
+    }
+
+    /// Whether this consumer has read `partition` up to its end as the broker sees it now.
+    fn caught_up(&self, partition: i32) -> bool {
+        let topic = &self.shared.points_topic;
+        let position = self.consumer.position().ok().and_then(|tpl| match tpl.find_partition(topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(at)) => Some(at),
+            _ => None,
+        });
+        let Some(position) = position else { return false };
+        // A metadata round trip, made only for a partition that has looked quiet for the idle timeout.
+        let end = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, partition, self.shared.timeout));
+        match end {
+            Ok((_, high)) => position >= high,
+            Err(err) => {
+                tracing::debug!(error = %err, partition, "end of partition unknown; not advancing it");
+                false
+            }
+        }
     }
 
     /// Sends one record. `Ok(false)` means the transaction failed and the partitions were rewound: the
@@ -518,11 +752,14 @@ impl Pipeline {
             if matches!(out, Out::Aggregate(_)) {
                 record = record.headers(OwnedHeaders::new().insert(Header { key: CLOSED_AT_HEADER, value: Some(&closed_at) }));
             }
-            let sent = match &mut *lock(&self.shared.output) {
-                Output::ExactlyOnce(txns) => txns.send(record),
-                Output::AtLeastOnce { producer, .. } => {
-                    producer.send_result(record).map(|delivery| self.pending.push(delivery)).map_err(|(err, _)| err)
-                }
+            let sent = {
+                let mut output = lock(&self.shared.output);
+                let exactly_once = matches!(*output, Output::ExactlyOnce(_));
+                output.send(record).map(|delivery| {
+                    if !exactly_once {
+                        lock(&self.shared.pending).push(delivery);
+                    }
+                })
             };
             match sent {
                 Ok(()) => {
@@ -535,11 +772,7 @@ impl Pipeline {
                 }
                 // The local queue is full: give the producer time to deliver, then try again.
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                    if self.pending.is_empty() {
-                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-                    } else {
-                        self.drain().await?;
-                    }
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err(err) => {
                     let failed = match &mut *lock(&self.shared.output) {
@@ -556,53 +789,25 @@ impl Pipeline {
         }
     }
 
-    async fn drain(&mut self) -> Result<()> {
-        plumbing::kafka::await_deliveries(self.pending.drain(..)).await.map_err(Error::Delivery)
-    }
-
-    /// Makes what was produced so far durable together with every owned partition's checkpoint.
+    /// Makes what was produced so far durable together with every owned partition's checkpoint; after
+    /// a transaction that did not commit, rewinds to the last one that did.
     async fn commit(&mut self) -> Result<()> {
-        let exactly_once = matches!(&*lock(&self.shared.output), Output::ExactlyOnce(_));
-        if !exactly_once {
-            self.drain().await?;
-            if let Output::AtLeastOnce { health, .. } = &*lock(&self.shared.output)
-                && health.is_fatal() {
-                    return Err(Error::Delivery(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)));
-                }
-            let offsets = self.shared.checkpoints()?;
-            if offsets.count() > 0 {
-                self.consumer.commit(&offsets, CommitMode::Sync)?;
+        // Commits block for up to their deadline: keep them off the async workers.
+        match tokio::task::block_in_place(|| self.shared.commit_all(&self.consumer)) {
+            Ok(()) => Ok(()),
+            Err(CommitError::Failed(failed)) => {
+                tracing::warn!(%failed, "transaction failed; rewinding to the last committed checkpoint");
+                self.rewind()
             }
-            return Ok(());
+            Err(CommitError::Fatal(err)) => Err(err),
         }
-        // Transactional calls block for up to their deadline: keep them off the async workers.
-        let failed = tokio::task::block_in_place(|| -> Result<Option<Failed>> {
-            let mut output = lock(&self.shared.output);
-            let Output::ExactlyOnce(txns) = &mut *output else { return Ok(None) };
-            if !txns.is_open() {
-                return Ok(None);
-            }
-            let offsets = self.shared.checkpoints()?;
-            let group = self.consumer.group_metadata().ok_or(Error::Kafka(KafkaError::NoMessageReceived))?;
-            match txns.commit(&offsets, &group) {
-                Ok(()) => {
-                    self.shared.stats.transactions.fetch_add(1, Ordering::Relaxed);
-                    Ok(None)
-                }
-                Err(failed) => Ok(Some(failed)),
-            }
-        })?;
-        if let Some(failed) = failed {
-            tracing::warn!(%failed, "transaction failed; rewinding to the last committed checkpoint");
-            self.rewind()?;
-        }
-        Ok(())
     }
 
-    /// Puts every owned partition back to its last committed checkpoint: windows rebuilt, reading resumed
-    /// from the checkpoint's offset. Used after a transaction that did not commit.
+    /// Puts every owned partition back to its last commit: windows restored from the changelog, reading
+    /// resumed from the committed offset. Used after a transaction that did not commit.
     fn rewind(&self) -> Result<()> {
         let owned = self.consumer.assignment()?;
+        lock(&self.shared.partitions).clear();
         let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned))?;
         if positions.count() > 0 {
             // seek_partitions reports each partition's failure inside the list it returns.

@@ -30,9 +30,27 @@ pub struct App {
 impl App {
     /// Creates the topics if needed and connects the consumer and the producer.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, .. } =
+        let changelog_topic = settings.changelog_topic();
+        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, changelog, .. } =
             settings;
         kafka.ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await?;
+        // One changelog partition per points partition, compacted: it holds the open windows, not history.
+        let changelog_settings = plumbing::kafka::TopicSettings {
+            name: changelog_topic.clone(),
+            partitions: kafka.partition_count(&topics.points.name)?,
+            replication_factor: changelog.replication_factor,
+        };
+        let segment_bytes = changelog.segment_bytes.to_string();
+        let changelog_configs =
+            [("cleanup.policy", "compact"), ("segment.bytes", segment_bytes.as_str()), ("min.cleanable.dirty.ratio", "0.1")];
+        kafka.ensure_topics_with(&[(&changelog_settings, &changelog_configs[..])]).await?;
+        let changelog_partitions = kafka.partition_count(&changelog_topic)?;
+        if changelog_partitions < changelog_settings.partitions {
+            return Err(Error::Config(format!(
+                "changelog topic {changelog_topic} has {changelog_partitions} partitions, fewer than the {} of {}; add partitions to it",
+                changelog_settings.partitions, topics.points.name
+            )));
+        }
         let output = match delivery {
             Delivery::ExactlyOnce => {
                 let config = kafka.transactional_producer("runnel-processor", &transactional_id, transaction_timeout);
@@ -49,6 +67,7 @@ impl App {
             points_topic: topics.points.name,
             aggregates_topic: topics.aggregates.name,
             deadletter_topic: topics.deadletter.name,
+            changelog_topic,
             max_future_ns: config::nanos(windows.max_future),
             idle_timeout: windows.idle_timeout,
         };
@@ -58,7 +77,10 @@ impl App {
             allowed_lateness_ns: config::nanos(windows.allowed_lateness),
             sketch: windows.sketch(),
         };
-        let shared = Arc::new(Shared::new(windowing, routing, output, transaction_timeout.max(kafka.request_timeout)));
+        let mut changelog_reader = kafka.consumer("runnel-processor-restore", &format!("{group_id}-restore"));
+        changelog_reader.set("enable.partition.eof", "true");
+        let timeout = transaction_timeout.max(kafka.request_timeout);
+        let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout));
         let consumer = kafka
             .consumer("runnel-processor", &group_id)
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;

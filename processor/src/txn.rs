@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::TopicPartitionList;
 
 use crate::error::Result;
@@ -58,16 +58,20 @@ impl Transactions {
         Ok(producer)
     }
 
-    /// Sends one record inside the open transaction, opening one if needed.
-    pub(crate) fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<(), KafkaError> {
+    /// Sends one record inside the open transaction, opening one if needed. Its delivery need not be
+    /// awaited: commit_transaction fails if any record of the transaction was not delivered.
+    pub(crate) fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture, KafkaError> {
         if !self.open {
             // Open before the call: if it fails, `fail` aborts or replaces whatever state it left.
             self.open = true;
             self.producer.begin_transaction()?;
         }
-        // The delivery future is not needed: commit_transaction fails if any record of the transaction
-        // was not delivered.
-        self.producer.send_result(record).map(drop).map_err(|(err, _)| err)
+        self.producer.send_result(record).map_err(|(err, _)| err)
+    }
+
+    /// Waits until every record of the open transaction is acknowledged or failed.
+    pub(crate) fn flush(&self) -> Result<(), KafkaError> {
+        self.producer.flush(self.timeout)
     }
 
     pub(crate) fn is_open(&self) -> bool {
