@@ -1,7 +1,8 @@
 //! Replaying dead letters: the points of chosen dead letters go back to the points topic, where the
 //! processor judges them again by its rules (a point whose window is still open joins it; one whose
 //! window has closed is dead-lettered again). Progress is kept in a consumer group, so a second replay
-//! sends only what arrived since the first.
+//! sends only what arrived since the first. The points and the group's new offsets commit in one Kafka
+//! transaction: a replay that fails half-way sends nothing, and running it again sends everything once.
 
 use std::time::{Duration, Instant};
 
@@ -9,9 +10,9 @@ use plumbing::kafka::KafkaSettings;
 use proto::prost::Message as _;
 use proto::v1::DeadLetter;
 use proto::v1::dead_letter::Reason;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
@@ -41,10 +42,34 @@ pub struct Replay {
 /// Replays the dead letters that arrived since the group's last replay, up to the topic's end as it was
 /// when the replay started.
 pub async fn replay(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed> {
+    let (kafka, request) = (kafka.clone(), request.clone());
+    // Transactional calls block: off the async workers (and fine on a current-thread runtime).
+    tokio::task::spawn_blocking(move || replay_blocking(&kafka, &request)).await?
+}
+
+fn replay_blocking(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed> {
     // Partition EOF events tell when a partition with nothing (more) to read is done.
     let consumer: BaseConsumer =
         kafka.consumer("runnel-replay", &request.group).set("enable.partition.eof", "true").create()?;
-    let producer: FutureProducer = kafka.producer("runnel-replay").create()?;
+    // One transactional id per replay group: a second replay of the same group fences a stuck first one.
+    let transactional_id = format!("runnel-replay-{}", request.group);
+    let producer: BaseProducer =
+        kafka.transactional_producer("runnel-replay", &transactional_id, request.timeout).create()?;
+    producer.init_transactions(request.timeout)?;
+    producer.begin_transaction()?;
+    match send_and_commit(kafka, request, &consumer, &producer) {
+        Ok(done) => Ok(done),
+        Err(err) => {
+            if let Err(abort) = producer.abort_transaction(request.timeout) {
+                tracing::warn!(error = %abort, "replay transaction not aborted; the broker times it out");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Sends the points of the wanted dead letters and commits them with the group's new offsets.
+fn send_and_commit(kafka: &KafkaSettings, request: &Replay, consumer: &BaseConsumer, producer: &BaseProducer) -> Result<Replayed> {
     let metadata = consumer.fetch_metadata(Some(&request.deadletter_topic), kafka.request_timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -73,7 +98,6 @@ pub async fn replay(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed>
     consumer.assign(&start)?;
 
     let mut done = Replayed::default();
-    let mut deliveries = Vec::new();
     let mut finished: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let deadline = Instant::now() + request.timeout;
     let end_of = |partition: i32| ends.iter().find(|(p, _)| *p == partition).map_or(0, |(_, end)| *end);
@@ -113,15 +137,20 @@ pub async fn replay(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed>
             continue;
         }
         let (key, payload) = (point.series_key(), point.encode_to_vec());
-        deliveries.push(
-            producer
-                .send_result(FutureRecord::to(&request.points_topic).key(&key).payload(&payload))
-                .map_err(|(err, _)| Error::Delivery(err))?,
-        );
+        loop {
+            match producer.send(BaseRecord::to(&request.points_topic).key(&key).payload(&payload)) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((err, _)) => return Err(Error::Delivery(err)),
+            }
+        }
+        producer.poll(Duration::ZERO);
         done.sent += 1;
     }
-    // The group's offsets move only once every replayed point is acknowledged.
-    plumbing::kafka::await_deliveries(deliveries).await.map_err(Error::Delivery)?;
     let position = consumer.position()?;
     let mut commit = TopicPartitionList::new();
     for elem in position.elements() {
@@ -131,8 +160,11 @@ pub async fn replay(kafka: &KafkaSettings, request: &Replay) -> Result<Replayed>
             commit.add_partition_offset(elem.topic(), elem.partition(), Offset::Offset(at))?;
         }
     }
+    // The group's offsets move with the points, or neither does.
     if commit.count() > 0 {
-        consumer.commit(&commit, CommitMode::Sync)?;
+        let group = consumer.group_metadata().ok_or(Error::Kafka(rdkafka::error::KafkaError::NoMessageReceived))?;
+        producer.send_offsets_to_transaction(&commit, &group, request.timeout)?;
     }
+    producer.commit_transaction(request.timeout)?;
     Ok(done)
 }
