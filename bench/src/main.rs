@@ -111,12 +111,20 @@ async fn processor_bench(kafka: &KafkaSettings, points: u64, series: u64, rounds
     let mut passthrough = Vec::new();
     let mut latencies_eos = Vec::new();
     let mut latencies_alo = Vec::new();
+    let mut commits = Vec::new();
     for round in 0..rounds {
-        let (run, mut lat) = run_processor(kafka, &input, loaded, processor::Delivery::ExactlyOnce).await?;
-        eprintln!("round {round}: exactly once {:.0} points/s", run.rate());
+        let (run, mut lat, commit) = run_processor(kafka, &input, loaded, processor::Delivery::ExactlyOnce).await?;
+        eprintln!(
+            "round {round}: exactly once {:.0} points/s, {:.0} transactions of {:.0} changelog records and {:.1} ms",
+            run.rate(),
+            commit.transactions,
+            commit.records,
+            commit.millis
+        );
+        commits.push(commit);
         exactly.push(run);
         latencies_eos.append(&mut lat);
-        let (run, mut lat) = run_processor(kafka, &input, loaded, processor::Delivery::AtLeastOnce).await?;
+        let (run, mut lat, _) = run_processor(kafka, &input, loaded, processor::Delivery::AtLeastOnce).await?;
         eprintln!("round {round}: at least once {:.0} points/s", run.rate());
         at_least.push(run);
         latencies_alo.append(&mut lat);
@@ -172,6 +180,15 @@ async fn processor_bench(kafka: &KafkaSettings, points: u64, series: u64, rounds
         pct(&mut latencies_alo, 0.5),
         pct(&mut latencies_alo, 0.99),
         latencies_alo.len()
+    ));
+    let mean = |f: fn(&Commits) -> f64| commits.iter().map(f).sum::<f64>() / commits.len().max(1) as f64;
+    out.push_str(&format!(
+        "\nExactly once, each transaction carried on average {:.0} changelog records (the state of every window \
+         that changed since the last one) and took {:.1} ms from the first changelog write to the commit \
+         ({:.0} transactions per round).\n",
+        mean(|c| c.records),
+        mean(|c| c.millis),
+        mean(|c| c.transactions)
     ));
     Ok(out)
 }
@@ -262,7 +279,7 @@ async fn run_processor(
     input: &TopicSettings,
     points: u64,
     delivery: processor::Delivery,
-) -> anyhow::Result<(Run, Vec<f64>)> {
+) -> anyhow::Result<(Run, Vec<f64>, Commits)> {
     let mut settings = processor::Settings::default();
     settings.kafka = kafka.clone();
     settings.group_id = unique("bench-processor");
@@ -307,11 +324,27 @@ async fn run_processor(
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     task.await?.context("processor run")?;
+    let transactions = stats.transactions.load(Ordering::SeqCst).max(1) as f64;
+    let commits = Commits {
+        transactions,
+        records: stats.changelog_records.load(Ordering::SeqCst) as f64 / transactions,
+        millis: stats.commit_micros.load(Ordering::SeqCst) as f64 / transactions / 1000.0,
+    };
     // Give the reader time to see the last commit.
     tokio::time::sleep(Duration::from_secs(1)).await;
     reading.store(false, Ordering::SeqCst);
     let latencies = reader.await??;
-    Ok((Run { seconds, points }, latencies))
+    Ok((Run { seconds, points }, latencies, commits))
+}
+
+/// What an exactly-once run's transactions carried, on average.
+#[derive(Debug, Clone, Copy)]
+struct Commits {
+    transactions: f64,
+    /// Changelog records per transaction.
+    records: f64,
+    /// Time per commit (changelog writes, flush, offsets, commit).
+    millis: f64,
 }
 
 /// Reads `topic` with `read_committed` while `reading`, recording for each aggregate the milliseconds

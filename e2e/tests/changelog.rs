@@ -62,7 +62,10 @@ fn phases(base: i64) -> (Vec<Point>, Vec<Point>) {
 /// (series key, start) → (end, count, sum, min, max) of every window that ends by 55 s: tumbling
 /// windows by grouping on the 10 s bucket, sessions by sorting each series' points and cutting where
 /// neighbours are a gap apart or more.
-fn oracle(points: &[Point], base: i64) -> BTreeMap<(String, i64), (i64, u64, f64, f64, f64)> {
+/// (end, count, sum, min, max) of a window.
+type Stats = (i64, u64, f64, f64, f64);
+
+fn oracle(points: &[Point], base: i64) -> BTreeMap<(String, i64), Stats> {
     let mut by_series: BTreeMap<String, Vec<&Point>> = BTreeMap::new();
     for p in points {
         by_series.entry(p.series_key()).or_default().push(p);

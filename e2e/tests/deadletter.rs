@@ -1,7 +1,6 @@
 //! What the processor cannot use goes to the dead-letter topic with its provenance, exactly once:
 //! malformed messages, invalid points, points too far in the future (which must not move the watermark), and late
-//! points, which a replay sends back to be judged again. A partition whose input goes quiet still
-//! closes its windows through the idle timeout.
+//! points, which a replay sends back to be judged again.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
@@ -10,10 +9,10 @@ use std::time::Duration;
 
 use e2e::oracle::{S, Topics, WINDOW, point, series};
 use e2e::services::start_processor;
-use e2e::{Record, eventually, kafka, now_ns, read_committed, unique};
+use e2e::{Record, kafka, now_ns, read_committed, unique};
 use proto::prost::Message as _;
 use proto::v1::dead_letter::Reason;
-use proto::v1::{Aggregate, DeadLetter, Point};
+use proto::v1::{Aggregate, DeadLetter};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 async fn produce(topic: &str, key: &str, payload: &[u8]) {
@@ -88,35 +87,5 @@ async fn unusable_points_are_dead_lettered_once_and_late_ones_replay() {
     // The group remembers: a second replay sends only the dead letter that arrived since.
     let again = processor::deadletter::replay(&kafka(), &request).await.unwrap();
     assert_eq!(again, processor::deadletter::Replayed { sent: 1, skipped: 0 });
-    processor.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quiet_partition_closes_its_windows_after_the_idle_timeout() {
-    let topics = Topics::unique(1);
-    let mut settings = e2e::services::processor_settings(&topics, &unique("e2e-quiet"));
-    settings.windows.idle_timeout = Duration::from_millis(500);
-    settings.windows.default = processor::WindowDef::Tumbling { size: Duration::from_secs(1) };
-    settings.windows.allowed_lateness = Duration::ZERO;
-    let app = processor::App::build(settings).await.unwrap();
-    let stats = app.stats();
-    let processor = e2e::Running::spawn(|shutdown| app.run(shutdown));
-
-    // Three points in one window, then silence: no later point will ever move the watermark.
-    let m = series("quiet", &[]);
-    let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
-    let points: Vec<Point> = (0..3).map(|i| point(&m, base + i * S / 5, i as f64)).collect();
-    for p in &points {
-        produce(&topics.points.name, &m.key(), &p.encode_to_vec()).await;
-    }
-    let windows = aggregates(&read_committed(&kafka(), &topics.aggregates.name, 1, Duration::from_secs(60)));
-    assert_eq!(windows.len(), 1, "the window closed without further input");
-    let w = windows[0].window.clone().unwrap();
-    assert_eq!((w.start_ns, w.count, w.sum, w.min, w.max), (base, 3, 3.0, 0.0, 2.0));
-    eventually("the idle advance to be counted", Duration::from_secs(5), || {
-        let advanced = stats.idle_advances.load(std::sync::atomic::Ordering::SeqCst);
-        async move { (advanced == 1).then_some(()) }
-    })
-    .await;
     processor.stop().await;
 }

@@ -54,7 +54,12 @@ pub struct Accumulator {
     sketch: DDSketch,
     /// The sketch's relative accuracy: the configured one, or a restored window's own.
     relative_accuracy: f64,
+    /// The sketch's bin limit.
+    max_bins: u32,
 }
+
+/// The bin limit that sketches-ddsketch's decoder of DataDog's encoding assumes.
+const DEFAULT_MAX_BINS: u32 = 2048;
 
 impl std::fmt::Debug for Accumulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +90,7 @@ impl Accumulator {
             c_tv: 0.0,
             sketch: spec.new_sketch(),
             relative_accuracy: spec.relative_accuracy,
+            max_bins: spec.max_bins,
         }
     }
 
@@ -179,6 +185,10 @@ impl Accumulator {
 
     /// Everything this accumulator holds, for the changelog; `[start_ns, end_ns)` are its window's bounds.
     pub fn to_state(&self, start_ns: i64, end_ns: i64, session_id: Option<u64>) -> WindowState {
+        // DataDog's encoding keeps only the non-empty bins (a quarter of the size for a typical window),
+        // but its decoder assumes the default bin limit and no collapsed bins: exact only then. Fewer
+        // bins than the limit means none ever collapsed.
+        let java_exact = self.max_bins == DEFAULT_MAX_BINS && self.sketch.length() < DEFAULT_MAX_BINS as usize;
         WindowState {
             series: Some(self.series.clone()),
             start_ns,
@@ -199,9 +209,10 @@ impl Accumulator {
             m2_t: self.m2_t,
             m2_v: self.m2_v,
             c_tv: self.c_tv,
-            // A sketch of plain numbers and vectors always serializes.
-            sketch: postcard::to_allocvec(&self.sketch).unwrap_or_default(),
+            sketch: if java_exact { Vec::new() } else { postcard::to_allocvec(&self.sketch).unwrap_or_default() },
+            sketch_java: if java_exact { self.sketch.to_java_bytes() } else { Vec::new() },
             sketch_relative_accuracy: self.relative_accuracy,
+            sketch_max_bins: self.max_bins,
         }
     }
 
@@ -209,7 +220,11 @@ impl Accumulator {
     /// A window saved under another sketch configuration than today's keeps its own sketch and reports
     /// that sketch's accuracy, so that changing the configuration never fails a restore.
     pub fn from_state(state: WindowState) -> Option<Self> {
-        let sketch: DDSketch = postcard::from_bytes(&state.sketch).ok()?;
+        let sketch = if state.sketch_java.is_empty() {
+            postcard::from_bytes(&state.sketch).ok()?
+        } else {
+            DDSketch::from_java_bytes(&state.sketch_java).ok()?
+        };
         Some(Self {
             series: state.series.unwrap_or_default(),
             count: state.count,
@@ -227,6 +242,7 @@ impl Accumulator {
             c_tv: state.c_tv,
             sketch,
             relative_accuracy: state.sketch_relative_accuracy,
+            max_bins: state.sketch_max_bins,
         })
     }
 
@@ -388,13 +404,18 @@ mod tests {
         fn a_saved_window_continues_exactly(
             points in prop::collection::vec((0i64..20_000, -1000i32..1000), 1..80),
             split in any::<prop::sample::Index>(),
+            default_bins in any::<bool>(),
         ) {
             use proto::prost::Message as _;
-            let spec = SketchSpec { relative_accuracy: 0.02, max_bins: 256, quantiles: vec![0.1, 0.5, 0.99] };
+            // The default bin limit travels in DataDog's encoding, another one in the exact serde form.
+            let max_bins = if default_bins { DEFAULT_MAX_BINS } else { 256 };
+            let spec = SketchSpec { relative_accuracy: 0.02, max_bins, quantiles: vec![0.1, 0.5, 0.99] };
             let points: Vec<(i64, f64)> = points.into_iter().map(|(ms, v)| (ms * 1_000_000, f64::from(v) / 3.0)).collect();
             let cut = split.index(points.len()).max(1);
             let mut whole = accumulate(&points[..cut], 0, &spec);
-            let bytes = whole.to_state(0, 20 * S, None).encode_to_vec();
+            let state = whole.to_state(0, 20 * S, None);
+            prop_assert_eq!(state.sketch_java.is_empty(), !default_bins);
+            let bytes = state.encode_to_vec();
             let mut restored = Accumulator::from_state(WindowState::decode(bytes.as_slice()).unwrap()).unwrap();
             for &(ts, v) in &points[cut..] {
                 whole.add(ts, v);

@@ -29,7 +29,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -69,6 +69,8 @@ pub struct Stats {
     pub changelog_records: AtomicU64,
     /// Open windows read back from the changelog when partitions were assigned (or rewound).
     pub restored_windows: AtomicU64,
+    /// Wall-clock time spent committing (changelog writes, flush, offsets, commit), in microseconds.
+    pub commit_micros: AtomicU64,
 }
 
 /// Marks a producer broken when librdkafka reports a fatal error, so that no offset is committed for
@@ -139,12 +141,12 @@ fn send_blocking<'a>(
     }
 }
 
-/// The outcome of deliveries that a flush has settled: one past the highest offset written to each
+/// Waits for `deliveries`: one past the highest offset written to each
 /// partition, or the first failure.
 fn settled(deliveries: Vec<(i32, DeliveryFuture)>) -> Result<HashMap<i32, i64>, KafkaError> {
     let mut ends = HashMap::new();
     for (partition, delivery) in deliveries {
-        // Settled by the flush: the wait is for the callback that carries the result over.
+        // Bounded by the producer's message timeout (the transaction timeout, when transactional).
         match futures::executor::block_on(delivery) {
             Ok(Ok(delivered)) => {
                 let end = ends.entry(partition).or_insert(0);
@@ -337,10 +339,11 @@ impl Shared {
         }
     }
 
-    /// Flushes `output`, checks every delivery of `changelog` (and, at least once, every pending one),
-    /// and records the changelog's new ends: what must hold before input offsets are committed.
-    fn settle(&self, flush: impl FnOnce() -> KafkaResult<()>, changelog: Vec<(i32, DeliveryFuture)>) -> Result<(), KafkaError> {
-        flush()?;
+    /// Waits for every delivery of `changelog` (and, at least once, every pending one) and records the
+    /// changelog's new ends: what must hold before input offsets are committed. (Not a producer flush:
+    /// rdkafka's flush polls in steps of 100 ms when a background thread serves the events, so it
+    /// would add up to 100 ms to every commit; a delivery future resolves as soon as its ack arrives.)
+    fn settle(&self, changelog: Vec<(i32, DeliveryFuture)>) -> Result<(), KafkaError> {
         let pending: Vec<(i32, DeliveryFuture)> = lock(&self.pending).drain(..).map(|d| (-1, d)).collect();
         settled(pending)?;
         let ends = settled(changelog)?;
@@ -425,6 +428,14 @@ impl Shared {
     /// changes and checkpoint: one transaction (exactly once), or acknowledged output then an offset
     /// commit (at least once).
     fn commit_all<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> Result<(), CommitError> {
+        let started = Instant::now();
+        let committed = self.commit_locked(consumer);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        committed
+    }
+
+    fn commit_locked<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> Result<(), CommitError> {
         let mut output = lock(&self.output);
         let prepared = self.send_changes(&mut output);
         match &mut *output {
@@ -433,7 +444,7 @@ impl Shared {
                     return prepared.map(drop).map_err(|err| CommitError::Failed(txns.fail(err)));
                 }
                 let offsets = prepared
-                    .and_then(|changelog| self.settle(|| txns.flush(), changelog))
+                    .and_then(|changelog| self.settle(changelog))
                     .and_then(|()| self.checkpoints());
                 let offsets = offsets.map_err(|err| CommitError::Failed(txns.fail(err)))?;
                 let group = consumer.group_metadata().ok_or(CommitError::Fatal(Error::Kafka(KafkaError::NoMessageReceived)))?;
@@ -441,10 +452,10 @@ impl Shared {
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Output::AtLeastOnce { producer, health } => {
+            Output::AtLeastOnce { health, .. } => {
                 let fatal = |err: KafkaError| CommitError::Fatal(Error::Delivery(err));
                 let changelog = prepared.map_err(fatal)?;
-                self.settle(|| producer.flush(self.timeout), changelog).map_err(fatal)?;
+                self.settle(changelog).map_err(fatal)?;
                 if health.is_fatal() {
                     return Err(fatal(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)));
                 }

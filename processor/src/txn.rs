@@ -69,10 +69,6 @@ impl Transactions {
         self.producer.send_result(record).map_err(|(err, _)| err)
     }
 
-    /// Waits until every record of the open transaction is acknowledged or failed.
-    pub(crate) fn flush(&self) -> Result<(), KafkaError> {
-        self.producer.flush(self.timeout)
-    }
 
     pub(crate) fn is_open(&self) -> bool {
         self.open
