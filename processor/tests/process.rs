@@ -94,32 +94,43 @@ async fn sigterm_commits_the_final_checkpoint_and_exits_cleanly() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(read(&kafka, &aggregates.name, "read_committed", Duration::from_secs(30), 1), 1, "committed at shutdown");
 
-    // The open window holds offset 2, so a successor resumes there, knowing the watermark and that offsets
-    // below 3 were handled.
+    // A successor resumes after the last point read, with the watermark, and reads the changelog up to
+    // the one record of the commit: the open window [30 s, 40 s) (the closed one opened and closed within
+    // the transaction, so it never reached the changelog).
     let group_view: BaseConsumer = kafka.consumer("sigterm-check", &group).create().unwrap();
     let mut wanted = TopicPartitionList::new();
     wanted.add_partition(&points.name, 0);
     let committed = group_view.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
     let elem = committed.find_partition(&points.name, 0).unwrap();
-    assert_eq!(elem.offset(), Offset::Offset(2));
-    assert_eq!(elem.metadata(), format!("max={};next=3", 1_030 * S));
+    assert_eq!(elem.offset(), Offset::Offset(3));
+    assert_eq!(elem.metadata(), format!("max={};next=3;log=1", 1_030 * S));
+    let changelog = read_all(&kafka, &format!("{group}.changelog"), "read_committed", 2, Duration::from_secs(3));
+    assert_eq!(changelog.len(), 1, "one open window");
+    let state = proto::v1::WindowState::decode(changelog[0].as_slice()).unwrap();
+    assert_eq!((state.start_ns, state.end_ns, state.count, state.sum), (1_030 * S, 1_040 * S, 1, 3.0));
 }
 
-/// Reads partition 0 of `topic` from the start at `isolation` until `want` messages or `limit`; returns
-/// how many arrived.
+/// How many messages partition 0 of `topic` holds at `isolation`, counting up to `want` for at most
+/// `limit`.
 fn read(kafka: &KafkaSettings, topic: &str, isolation: &str, limit: Duration, want: usize) -> usize {
+    read_all(kafka, topic, isolation, want, limit).len()
+}
+
+/// The payloads of partition 0 of `topic` at `isolation`, until `want` or `limit`.
+fn read_all(kafka: &KafkaSettings, topic: &str, isolation: &str, want: usize, limit: Duration) -> Vec<Vec<u8>> {
+    use rdkafka::message::Message as _;
     let consumer: BaseConsumer =
         kafka.consumer("sigterm-probe", &unique("sigterm-probe")).set("isolation.level", isolation).create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + limit;
-    let mut seen = 0;
-    while seen < want && Instant::now() < deadline {
+    let mut payloads = Vec::new();
+    while payloads.len() < want && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            message.unwrap();
-            seen += 1;
+            payloads.push(message.unwrap().payload().unwrap_or_default().to_vec());
         }
     }
-    seen
+    payloads
 }
+
