@@ -47,6 +47,11 @@ pub struct Changelog {
     pub replication_factor: i32,
     /// Segment size of the topic: smaller segments are compacted sooner, so a restore reads less.
     pub segment_bytes: u64,
+    /// How long a partition's new owner keeps trying to read its committed offsets and its changelog
+    /// (a broker failing over leaves partitions without a leader for seconds) before the processor
+    /// gives up and exits.
+    #[serde(with = "humantime_serde")]
+    pub restore_timeout: Duration,
 }
 
 impl Settings {
@@ -163,7 +168,7 @@ impl Default for Settings {
             delivery: Delivery::ExactlyOnce,
             transactional_id: format!("runnel-processor-{}", hostname()),
             transaction_timeout: Duration::from_secs(10),
-            changelog: Changelog { replication_factor: 1, segment_bytes: 16 * 1024 * 1024 },
+            changelog: Changelog { replication_factor: 1, segment_bytes: 16 * 1024 * 1024, restore_timeout: Duration::from_secs(120) },
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -246,6 +251,7 @@ impl ServiceSettings for Settings {
             format!("{:?} must be 1 to 200 of [a-zA-Z0-9._-]: it names the changelog topic", self.group_id),
         );
         check(&mut errors, self.changelog.replication_factor >= 1, "changelog.replication_factor", format!("{} must be at least 1", self.changelog.replication_factor));
+        check(&mut errors, !self.changelog.restore_timeout.is_zero(), "changelog.restore_timeout", "must be positive");
         check(&mut errors, self.changelog.segment_bytes >= 1024 * 1024, "changelog.segment_bytes", format!("{} must be at least 1 MiB", self.changelog.segment_bytes));
         self.windows.default.validate("windows.default", &mut errors);
         for (i, rule) in self.windows.rules.iter().enumerate() {

@@ -188,6 +188,8 @@ pub(crate) struct Shared {
     pub(crate) routing: Routing,
     pub(crate) stats: Arc<Stats>,
     pub(crate) timeout: Duration,
+    /// How long a restore keeps trying.
+    pub(crate) restore_timeout: Duration,
     /// A consumer's settings for reading the changelog (read_committed, partition EOF events).
     changelog_reader: ClientConfig,
     output: Mutex<Output>,
@@ -220,6 +222,21 @@ fn metadata(elem: &TopicPartitionListElem<'_>) -> Option<String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| elem.metadata().to_owned())).ok()
 }
 
+/// The changelog reader's context: reaching a partition's end is what it waits for, not an error.
+#[derive(Debug, Clone, Copy)]
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if let KafkaError::PartitionEOF(_) = error {
+            return;
+        }
+        tracing::warn!(error = %error, reason, "changelog reader error; librdkafka recovers");
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
 /// Reads the `changelog` partitions of `wanted` (partition, end) from the beginning: the latest window
 /// state of each key that no tombstone removed. Waits first until each partition's stable end reaches
 /// its `end` (the last commit's markers may still be on their way), then reads to that stable end.
@@ -235,13 +252,13 @@ fn read_changelog(
     }
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let consumer: BaseConsumer = reader.create()?;
+    let consumer: BaseConsumer<QuietEof> = reader.create_with_context(QuietEof)?;
     let mut assignment = TopicPartitionList::new();
     for &(partition, end) in wanted {
         // A read_committed consumer's high watermark is the last stable offset.
         while consumer.fetch_watermarks(changelog, partition, left())?.1 < end {
             if left().is_zero() {
-                return Err(Error::Restore(format!("{changelog}[{partition}] has not reached its committed end {end}")));
+                return Err(Error::RestoreTimeout(format!("{changelog}[{partition}] has not reached its committed end {end}")));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -251,7 +268,7 @@ fn read_changelog(
     let mut reading: HashSet<i32> = wanted.iter().map(|(p, _)| *p).collect();
     while !reading.is_empty() {
         if left().is_zero() {
-            return Err(Error::Restore(format!("{changelog} partitions {reading:?} not read to their end in {timeout:?}")));
+            return Err(Error::RestoreTimeout(format!("{changelog} partitions {reading:?} not read to their end in {timeout:?}")));
         }
         let message = match consumer.poll(left().min(Duration::from_millis(100))) {
             None => continue,
@@ -288,6 +305,7 @@ impl Shared {
         output: Output,
         changelog_reader: ClientConfig,
         timeout: Duration,
+        restore_timeout: Duration,
     ) -> Self {
         Self {
             windowing,
@@ -296,6 +314,7 @@ impl Shared {
             routing,
             stats: Arc::default(),
             timeout,
+            restore_timeout,
             changelog_reader,
             output: Mutex::new(output),
             partitions: Mutex::default(),
@@ -370,7 +389,22 @@ impl Shared {
     /// Rebuilds the windows of `owned` partitions from their committed checkpoints and their changelog;
     /// returns the offsets to read from. Fails rather than guess: starting a partition without its
     /// windows would emit them again, built from part of their points.
+    /// Retries while the failure is transient (a broker failing over leaves a partition without a leader
+    /// for several seconds), for up to the restore timeout.
     fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> Result<TopicPartitionList> {
+        let deadline = Instant::now() + self.restore_timeout;
+        loop {
+            match self.try_restore(consumer, owned) {
+                Err(err) if err.is_transient() && Instant::now() + RESTORE_BACKOFF < deadline => {
+                    tracing::warn!(error = %err, "restore failed; trying again");
+                    std::thread::sleep(RESTORE_BACKOFF);
+                }
+                restored => return restored,
+            }
+        }
+    }
+
+    fn try_restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, owned: &TopicPartitionList) -> Result<TopicPartitionList> {
         let committed = consumer.committed_offsets(owned.clone(), self.timeout)?;
         let mut plans = Vec::new();
         for elem in owned.elements_for_topic(&self.points_topic) {
@@ -644,6 +678,9 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
     out.extend(windows.close_ready().into_iter().map(|a| Out::Aggregate(Box::new(a))));
     out
 }
+
+/// How long to wait before trying a failed restore again.
+const RESTORE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long to wait for room in a full producer queue before trying again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);

@@ -80,7 +80,7 @@ impl App {
         let mut changelog_reader = kafka.consumer("runnel-processor-restore", &format!("{group_id}-restore"));
         changelog_reader.set("enable.partition.eof", "true");
         let timeout = transaction_timeout.max(kafka.request_timeout);
-        let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout));
+        let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout, changelog.restore_timeout));
         let consumer = kafka
             .consumer("runnel-processor", &group_id)
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;
