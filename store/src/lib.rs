@@ -5,6 +5,8 @@ pub mod config;
 pub mod error;
 mod grpc;
 mod kafka;
+pub mod manifest;
+pub mod segment;
 pub mod select;
 pub mod storage;
 
