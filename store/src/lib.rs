@@ -6,6 +6,7 @@ pub mod error;
 mod grpc;
 mod kafka;
 pub mod manifest;
+pub mod objects;
 pub mod segment;
 pub mod select;
 pub mod storage;

@@ -2,8 +2,8 @@
 //! object beside them. No IO here: the manifest is plain data with the rules that keep it whole.
 //!
 //! Only what the manifest lists is readable, and the store commits a partition's Kafka offset only after
-//! the manifest that covers it is written: a segment written before a crash but not yet listed is written
-//! again (under the same name) by the replay, never read twice. Segments are listed in offset order and
+//! the manifest that covers it is written: a segment written before a crash but not yet listed is never
+//! read (the replay lists its own), so no record is read twice. Segments are listed in offset order and
 //! never overlap, so a reader sees every record once.
 
 use serde::{Deserialize, Serialize};

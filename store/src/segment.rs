@@ -1,9 +1,11 @@
 //! The columnar form of the store's data, with no IO: aggregates as Arrow record batches and Parquet
 //! bytes, and back, exactly; and the names of segments.
 //!
-//! A segment holds the records of one Kafka partition from one offset on, and is named by that partition
-//! and first offset, so a replay after a crash writes the same name again instead of a second copy.
-//! Every row keeps the partition and offset it came from.
+//! A segment holds the records of one offset range of one Kafka partition and is named by that range.
+//! Records at an offset never change, and the conversion is deterministic, so a segment's content is a
+//! function of its name: a replay after a crash (or a fenced former owner) that writes the same range
+//! writes the same records under the same name, never a second copy. Every row keeps the partition
+//! and offset it came from.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,10 +41,11 @@ pub enum SegmentError {
     Column(&'static str),
 }
 
-/// The object name of the segment of `partition` of `topic` whose first record is at `first_offset`:
-/// `aggregates/<topic>/p<partition>/<first offset, 20 digits>.parquet`, so names sort by offset.
-pub fn segment_name(kind: &str, topic: &str, partition: i32, first_offset: i64) -> String {
-    format!("{kind}/{topic}/p{partition:05}/{first_offset:020}.parquet")
+/// The object name of the segment of `partition` of `topic` holding offsets `[first_offset,
+/// next_offset)`: `<kind>/<topic>/p<partition>/<first>-<next>.parquet`, 20 digits each, so names sort
+/// by offset.
+pub fn segment_name(kind: &str, topic: &str, partition: i32, first_offset: i64, next_offset: i64) -> String {
+    format!("{kind}/{topic}/p{partition:05}/{first_offset:020}-{next_offset:020}.parquet")
 }
 
 /// The aggregates table's columns, in order.
@@ -317,8 +320,11 @@ mod tests {
 
     #[test]
     fn segment_names_sort_by_offset() {
-        assert_eq!(segment_name("aggregates", "runnel.aggregates.v1", 3, 42), "aggregates/runnel.aggregates.v1/p00003/00000000000000000042.parquet");
-        let (a, b) = (segment_name("a", "t", 1, 999), segment_name("a", "t", 1, 1000));
+        assert_eq!(
+            segment_name("aggregates", "runnel.aggregates.v1", 3, 42, 50),
+            "aggregates/runnel.aggregates.v1/p00003/00000000000000000042-00000000000000000050.parquet"
+        );
+        let (a, b) = (segment_name("a", "t", 1, 999, 1000), segment_name("a", "t", 1, 1000, 1001));
         assert!(a < b);
     }
 

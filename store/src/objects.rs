@@ -1,0 +1,125 @@
+//! The store's objects in an object store (a local folder by default, any `object_store` backend by
+//! design): segments, and each partition's manifest as a log of versions.
+//!
+//! A manifest version is a new object, `manifests/<kind>/<topic>/p<partition>/<version>.json`, created
+//! only if it does not exist yet (`PutMode::Create`, which a local folder and S3 both support, unlike
+//! conditional overwrites). Two writers that both read version n cannot both publish n + 1: the one that
+//! loses (a fenced former owner of the partition) is told so and writes nothing more. Readers take the
+//! highest version.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+
+use crate::manifest::Manifest;
+
+/// Why an object could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("manifest {name}: {source}")]
+    Manifest { name: String, source: serde_json::Error },
+    /// Another writer published this version first: this one no longer owns the partition.
+    #[error("manifest version {version} of {partition} was published by another writer")]
+    Fenced { partition: String, version: u64 },
+}
+
+/// Segments and manifests of one store (shared by every instance that reads it).
+#[derive(Debug, Clone)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Objects {
+    /// Objects in the folder `dir`, created if needed.
+    pub fn local(dir: &Path) -> Result<Self, ObjectsError> {
+        std::fs::create_dir_all(dir).map_err(|err| object_store::Error::Generic { store: "local", source: Box::new(err) })?;
+        Ok(Self { store: Arc::new(LocalFileSystem::new_with_prefix(dir)?) })
+    }
+
+    /// Writes a segment; the same name always carries the same records, so overwriting is harmless.
+    pub async fn put_segment(&self, name: &str, bytes: Bytes) -> Result<(), ObjectsError> {
+        self.store.put(&ObjectPath::from(name), PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Bytes, ObjectsError> {
+        Ok(self.store.get(&ObjectPath::from(name)).await?.bytes().await?)
+    }
+
+    fn manifest_prefix(kind: &str, topic: &str, partition: i32) -> String {
+        format!("manifests/{kind}/{topic}/p{partition:05}")
+    }
+
+    /// The highest published manifest version of a partition; an empty one when there is none.
+    pub async fn latest_manifest(&self, kind: &str, topic: &str, partition: i32) -> Result<Manifest, ObjectsError> {
+        let prefix = ObjectPath::from(Self::manifest_prefix(kind, topic, partition));
+        let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        // Names are zero-padded versions: the greatest name is the latest.
+        let Some(latest) = listed.iter().map(|meta| &meta.location).filter(|p| p.as_ref().ends_with(".json")).max_by_key(|p| p.as_ref().to_owned())
+        else {
+            return Ok(Manifest::default());
+        };
+        let bytes = self.store.get(latest).await?.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|source| ObjectsError::Manifest { name: latest.to_string(), source })
+    }
+
+    /// Publishes `manifest` as its version, unless another writer published that version first.
+    pub async fn publish_manifest(&self, kind: &str, topic: &str, partition: i32, manifest: &Manifest) -> Result<(), ObjectsError> {
+        let prefix = Self::manifest_prefix(kind, topic, partition);
+        let name = format!("{prefix}/{:020}.json", manifest.version);
+        let json = serde_json::to_vec(manifest).map_err(|source| ObjectsError::Manifest { name: name.clone(), source })?;
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&ObjectPath::from(name), PutPayload::from(json), options).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(ObjectsError::Fenced { partition: prefix, version: manifest.version }),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::SegmentMeta;
+
+    fn segment(first: i64, next: i64) -> SegmentMeta {
+        SegmentMeta { name: format!("s{first}"), first_offset: first, next_offset: next, rows: 1, bytes: 1, min_time_ns: 0, max_time_ns: 0 }
+    }
+
+    #[tokio::test]
+    async fn the_latest_manifest_wins_and_a_second_writer_of_a_version_is_fenced() {
+        let dir = std::env::temp_dir().join(format!("runnel-objects-{}-{:?}", std::process::id(), std::time::SystemTime::now()));
+        let objects = Objects::local(&dir).unwrap();
+        assert_eq!(objects.latest_manifest("aggregates", "t", 0).await.unwrap(), Manifest::default());
+
+        objects.put_segment("aggregates/t/p00000/a.parquet", Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(objects.get("aggregates/t/p00000/a.parquet").await.unwrap(), Bytes::from_static(b"abc"));
+
+        // Two writers read the empty manifest and both prepare version 1: one wins.
+        let (mut first, mut second) = (Manifest::default(), Manifest::default());
+        first.append(segment(0, 10)).unwrap();
+        second.append(segment(0, 12)).unwrap();
+        objects.publish_manifest("aggregates", "t", 0, &first).await.unwrap();
+        let fenced = objects.publish_manifest("aggregates", "t", 0, &second).await;
+        assert!(matches!(fenced, Err(ObjectsError::Fenced { version: 1, .. })), "{fenced:?}");
+        assert_eq!(objects.latest_manifest("aggregates", "t", 0).await.unwrap(), first);
+
+        // Versions past 9 still sort: the names are zero-padded.
+        let mut next = first.clone();
+        for offset in (10..120).step_by(10) {
+            next.append(segment(offset, offset + 10)).unwrap();
+            objects.publish_manifest("aggregates", "t", 0, &next).await.unwrap();
+        }
+        assert_eq!(objects.latest_manifest("aggregates", "t", 0).await.unwrap(), next);
+        assert_eq!(next.version, 12);
+        assert_eq!(objects.latest_manifest("aggregates", "t", 1).await.unwrap(), Manifest::default(), "partitions are apart");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
