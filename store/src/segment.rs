@@ -22,6 +22,8 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use proto::v1::{Aggregate, Moments, Quantile, Series, WindowStats};
 
+use crate::manifest::SegmentMeta;
+
 /// An aggregate as read from Kafka: where it came from, and what it says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located {
@@ -272,6 +274,50 @@ pub fn from_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, SegmentError> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// The records of one partition read since its last segment, in offset order: what queries see before
+/// it is durable, and the next segment once flushed.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    rows: Vec<Located>,
+    /// One past the last offset read (records between may be transaction markers or other writers').
+    next_offset: Option<i64>,
+}
+
+impl Pending {
+    pub fn push(&mut self, row: Located) {
+        self.next_offset = Some(row.offset + 1);
+        self.rows.push(row);
+    }
+
+    pub fn rows(&self) -> &[Located] {
+        &self.rows
+    }
+
+    /// Takes everything read as the segment of offsets `[first_offset, next offset read)`: its name,
+    /// Parquet bytes and listing. `first_offset` is where the last segment ended (or where reading
+    /// began), so consecutive segments leave no gap for a reader to wonder about. `None` when nothing
+    /// was read.
+    pub fn take(&mut self, kind: &str, topic: &str, partition: i32, first_offset: i64) -> Result<Option<(Bytes, SegmentMeta)>, SegmentError> {
+        let Some(next_offset) = self.next_offset else { return Ok(None) };
+        let batch = aggregates_to_batch(&self.rows)?;
+        let bytes = to_parquet(&batch)?;
+        let starts = self.rows.iter().filter_map(|r| r.aggregate.window.as_ref().map(|w| w.start_ns));
+        let (min_time_ns, max_time_ns) = starts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        let meta = SegmentMeta {
+            name: segment_name(kind, topic, partition, first_offset, next_offset),
+            first_offset,
+            next_offset,
+            rows: self.rows.len() as u64,
+            bytes: bytes.len() as u64,
+            min_time_ns,
+            max_time_ns,
+        };
+        self.rows.clear();
+        self.next_offset = None;
+        Ok(Some((bytes, meta)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +362,32 @@ mod tests {
         assert_eq!(batch_to_aggregates(&read[0]).unwrap(), rows);
         let series = read[0].column_by_name("series").unwrap().as_string::<i32>().value(0).to_owned();
         assert_eq!(series, r#"cpu{host="a",zone="eu\"1"}"#);
+    }
+
+    #[test]
+    fn pending_rows_become_a_segment_of_their_offset_range() {
+        let mut pending = Pending::default();
+        assert!(pending.take("aggregates", "t", 2, 0).unwrap().is_none());
+        for (offset, start) in [(5, 300), (7, 100), (8, 200)] {
+            pending.push(located(2, offset, "m", &[], start, false));
+        }
+        assert_eq!(pending.rows().len(), 3);
+        let (bytes, meta) = pending.take("aggregates", "t", 2, 4).unwrap().unwrap();
+        assert_eq!(
+            meta,
+            SegmentMeta {
+                name: segment_name("aggregates", "t", 2, 4, 9),
+                first_offset: 4,
+                next_offset: 9,
+                rows: 3,
+                bytes: bytes.len() as u64,
+                min_time_ns: 100,
+                max_time_ns: 300,
+            }
+        );
+        let read = batch_to_aggregates(&from_parquet(bytes).unwrap()[0]).unwrap();
+        assert_eq!(read.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![5, 7, 8]);
+        assert!(pending.take("aggregates", "t", 2, 9).unwrap().is_none(), "taken once");
     }
 
     #[test]
