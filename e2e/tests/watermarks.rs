@@ -1,6 +1,6 @@
 //! Watermarks that never stall and never lie: each partition has its own, so a quiet partition holds no
 //! other back; and when a partition's input goes quiet, its event time follows the wall clock after the
-//! idle timeout, so its windows still close.
+//! idle timeout, so its windows still close, also after it moved to another processor.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
@@ -86,4 +86,41 @@ async fn a_quiet_partition_closes_its_windows_after_the_idle_timeout() {
     })
     .await;
     processor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_taken_over_still_closes_its_windows() {
+    let topics = Topics::unique(1);
+    let group = unique("e2e-quiet-moved");
+    let settings = |idle_timeout: Duration| {
+        let mut s = e2e::services::processor_settings(&topics, &group);
+        s.windows.idle_timeout = idle_timeout;
+        s
+    };
+    // The first owner reads the points, keeps the window open (no idle advance), and stops.
+    let app = processor::App::build(settings(Duration::from_secs(3600))).await.unwrap();
+    let stats = app.stats();
+    let first = e2e::Running::spawn(|shutdown| app.run(shutdown));
+    let m = series("moved", &[]);
+    let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
+    let points: Vec<Point> = (0..3).map(|i| point(&m, base + i * S, i as f64)).collect();
+    produce(&topics.points.name, 0, &points).await;
+    eventually("the first owner to read the points", Duration::from_secs(60), || {
+        let read = stats.points.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (read == 3).then_some(()) }
+    })
+    .await;
+    first.stop().await;
+
+    // The next owner restores the window and sees no point at all: the idle advance must close it.
+    let app = processor::App::build(settings(Duration::from_millis(500))).await.unwrap();
+    let stats = app.stats();
+    let second = e2e::Running::spawn(|shutdown| app.run(shutdown));
+    let windows = aggregates(&read_committed(&kafka(), &topics.aggregates.name, 1, Duration::from_secs(60)));
+    assert_eq!(windows.len(), 1, "the restored window closed without further input");
+    let w = windows[0].window.clone().unwrap();
+    assert_eq!((w.start_ns, w.count, w.sum), (base, 3, 3.0));
+    assert_eq!(stats.points.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing read again");
+    assert_eq!(stats.restored_windows.load(std::sync::atomic::Ordering::SeqCst), 1);
+    second.stop().await;
 }

@@ -196,6 +196,11 @@ pub(crate) struct Shared {
     partitions: Mutex<HashMap<i32, PartitionWindows>>,
     /// At least once: deliveries to check before the next offset commit.
     pending: Mutex<Vec<DeliveryFuture>>,
+    /// When each owned partition last received a point (or was restored), for the idle advance.
+    arrivals: Mutex<HashMap<i32, Arrival>>,
+    /// Set once output was lost (at least once): no offset may be committed after it, not even by the
+    /// revoke that closing the consumer runs.
+    poisoned: AtomicBool,
     /// Set by a rebalance callback that could not restore its partitions; the loop then stops the
     /// service (a restart retries) instead of processing them without their checkpoint.
     broken: Mutex<Option<Error>>,
@@ -319,6 +324,8 @@ impl Shared {
             output: Mutex::new(output),
             partitions: Mutex::default(),
             pending: Mutex::default(),
+            arrivals: Mutex::default(),
+            poisoned: AtomicBool::new(false),
             broken: Mutex::default(),
         }
     }
@@ -452,6 +459,16 @@ impl Shared {
             positions.add_partition_offset(&self.points_topic, partition, position)?;
             restored_windows.push((partition, windows));
         }
+        // A restored partition is as quiet as a point arriving now would make it: if nothing more comes,
+        // its windows close through the idle advance like any other's.
+        let mut arrivals = lock(&self.arrivals);
+        for (partition, windows) in &restored_windows {
+            match windows.max_event() {
+                Some(max_event_ns) => arrivals.insert(*partition, Arrival { at: Instant::now(), max_event_ns }),
+                None => arrivals.remove(partition),
+            };
+        }
+        drop(arrivals);
         let mut partitions = lock(&self.partitions);
         partitions.extend(restored_windows);
         self.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
@@ -462,8 +479,14 @@ impl Shared {
     /// changes and checkpoint: one transaction (exactly once), or acknowledged output then an offset
     /// commit (at least once).
     fn commit_all<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> Result<(), CommitError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(CommitError::Fatal(Error::Delivery(KafkaError::Canceled)));
+        }
         let started = Instant::now();
         let committed = self.commit_locked(consumer);
+        if let Err(CommitError::Fatal(_)) = &committed {
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
         committed
@@ -503,6 +526,11 @@ impl Shared {
     }
 
     fn forget(&self, revoked: &[i32]) {
+        let mut arrivals = lock(&self.arrivals);
+        for partition in revoked {
+            arrivals.remove(partition);
+        }
+        drop(arrivals);
         let mut partitions = lock(&self.partitions);
         for partition in revoked {
             partitions.remove(partition);
@@ -522,18 +550,31 @@ impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
         let shared = &self.shared;
-        let revoked: Vec<i32> = tpl.elements_for_topic(&shared.points_topic).iter().map(|e| e.partition()).collect();
-        let lost = consumer.assignment_lost();
-        if lost {
-            // Another member may own these partitions already: nothing of ours may commit.
+        let (revoked, lost): (Vec<i32>, bool) = match rebalance {
+            Rebalance::Revoke(tpl) => {
+                (tpl.elements_for_topic(&shared.points_topic).iter().map(|e| e.partition()).collect(), consumer.assignment_lost())
+            }
+            // librdkafka unassigns everything after a rebalance error: treat it as a loss.
+            Rebalance::Error(err) => {
+                tracing::warn!(error = %err, "rebalance failed; every partition is dropped");
+                (lock(&shared.partitions).keys().copied().collect(), true)
+            }
+            Rebalance::Assign(_) => return,
+        };
+        let abort = || {
             if let Output::ExactlyOnce(txns) = &mut *lock(&shared.output)
                 && let Err(failed) = txns.abort() {
-                    tracing::warn!(%failed, "abort on lost partitions failed");
+                    tracing::warn!(%failed, "abort failed; the broker times the transaction out");
                 }
+        };
+        if lost {
+            // Another member may own these partitions already: nothing of ours may commit.
+            abort();
         } else if let Err(err) = shared.commit_all(consumer) {
             tracing::warn!(error = %err, "commit on revoke failed; the next owner resumes from the last commit");
+            // Whatever the open transaction holds belongs to partitions that are going: never commit it.
+            abort();
         }
         shared.forget(&revoked);
         tracing::info!(partitions = ?revoked, lost, "partitions revoked");
@@ -557,7 +598,6 @@ pub(crate) struct Pipeline {
     pub(crate) consumer: PointConsumer,
     pub(crate) shared: Arc<Shared>,
     pub(crate) commit_interval: Duration,
-    arrivals: HashMap<i32, Arrival>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -591,7 +631,7 @@ struct Arrival {
 
 /// Merges one message into its partition's windows; returns the windows it closed and, for a point
 /// it cannot use, the dead letter.
-fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &BorrowedMessage<'_>) -> Vec<Out> {
+fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
     let stats = &shared.stats;
     let (partition, offset) = (message.partition(), message.offset());
     let dead = |reason: Reason, detail: String, point: Option<Point>| DeadLetter {
@@ -673,7 +713,7 @@ fn handle(shared: &Shared, arrivals: &mut HashMap<i32, Arrival>, message: &Borro
         }
     }
     if let Some(max_event_ns) = windows.max_event() {
-        arrivals.insert(partition, Arrival { at: Instant::now(), max_event_ns });
+        lock(&shared.arrivals).insert(partition, Arrival { at: Instant::now(), max_event_ns });
     }
     out.extend(windows.close_ready().into_iter().map(|a| Out::Aggregate(Box::new(a))));
     out
@@ -687,7 +727,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
 impl Pipeline {
     pub(crate) fn new(consumer: PointConsumer, shared: Arc<Shared>, commit_interval: Duration) -> Self {
-        Self { consumer, shared, commit_interval, arrivals: HashMap::new() }
+        Self { consumer, shared, commit_interval }
     }
 
     /// Runs until `shutdown`, then commits what is durable and leaves the group.
@@ -712,7 +752,7 @@ impl Pipeline {
                     if let Some(err) = lock(&self.shared.broken).take() {
                         return Err(err);
                     }
-                    let outs = handle(&self.shared, &mut self.arrivals, &message);
+                    let outs = handle(&self.shared, &message);
                     for out in outs {
                         if !self.emit(out).await? {
                             break;
@@ -735,7 +775,8 @@ impl Pipeline {
         let idle_timeout = self.shared.routing.idle_timeout;
         let quiet: Vec<(i32, Arrival)> = {
             let partitions = lock(&self.shared.partitions);
-            self.arrivals
+            let arrivals = lock(&self.shared.arrivals);
+            arrivals
                 .iter()
                 .filter(|(p, arrival)| arrival.at.elapsed() >= idle_timeout && partitions.get(p).is_some_and(|w| w.open_windows() > 0))
                 .map(|(p, arrival)| (*p, *arrival))
@@ -760,11 +801,14 @@ impl Pipeline {
     /// Whether this consumer has read `partition` up to its end as the broker sees it now.
     fn caught_up(&self, partition: i32) -> bool {
         let topic = &self.shared.points_topic;
-        let position = self.consumer.position().ok().and_then(|tpl| match tpl.find_partition(topic, partition).map(|e| e.offset()) {
+        let consumed = self.consumer.position().ok().and_then(|tpl| match tpl.find_partition(topic, partition).map(|e| e.offset()) {
             Some(Offset::Offset(at)) => Some(at),
             _ => None,
         });
-        let Some(position) = position else { return false };
+        // A partition restored and not read since has no consumer position yet: its windows' next offset
+        // (the committed one) says how far it got.
+        let handled = lock(&self.shared.partitions).get(&partition).map(|w| w.checkpoint().next_offset);
+        let Some(position) = consumed.max(handled) else { return false };
         // A metadata round trip, made only for a partition that has looked quiet for the idle timeout.
         let end = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, partition, self.shared.timeout));
         match end {
@@ -827,7 +871,10 @@ impl Pipeline {
                         // A send refused inside a transaction (say, after a delivery failed while a broker
                         // was away) dooms the transaction, not the service.
                         Output::ExactlyOnce(txns) => txns.fail(err),
-                        Output::AtLeastOnce { .. } => return Err(Error::Delivery(err)),
+                        Output::AtLeastOnce { .. } => {
+                            self.shared.poisoned.store(true, Ordering::SeqCst);
+                            return Err(Error::Delivery(err));
+                        }
                     };
                     tracing::warn!(%failed, "send failed; rewinding to the last committed checkpoint");
                     self.rewind()?;

@@ -1,4 +1,4 @@
-//! The processor: per-series event-time windows (tumbling or hopping, per metric) over the points
+//! The processor: per-series event-time windows (tumbling, hopping or session, per metric) over the points
 //! topic, with count, sum, mean, min, max, first, last, standard deviation, gradient, rate and
 //! quantiles from a mergeable sketch, produced to the aggregates topic when a partition's watermark
 //! closes them, exactly once by default (Kafka transactions).
