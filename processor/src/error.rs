@@ -25,8 +25,41 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying again later may succeed.
+    /// Whether trying again later may succeed: not for a refused authorization or a client that cannot be
+    /// built, which only a change of settings cures.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Kafka(_) | Self::RestoreTimeout(_))
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self {
+            Self::RestoreTimeout(_) => true,
+            Self::Kafka(KafkaError::ClientCreation(_) | KafkaError::ClientConfig(..)) => false,
+            Self::Kafka(err) => !matches!(
+                err.rdkafka_error_code(),
+                Some(
+                    Code::TopicAuthorizationFailed
+                        | Code::GroupAuthorizationFailed
+                        | Code::ClusterAuthorizationFailed
+                        | Code::TransactionalIdAuthorizationFailed
+                        | Code::SaslAuthenticationFailed
+                        | Code::Authentication
+                )
+            ),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn only_what_time_can_cure_is_transient() {
+        assert!(Error::RestoreTimeout("x".into()).is_transient());
+        assert!(Error::Kafka(KafkaError::MetadataFetch(RDKafkaErrorCode::LeaderNotAvailable)).is_transient());
+        assert!(!Error::Kafka(KafkaError::MetadataFetch(RDKafkaErrorCode::TopicAuthorizationFailed)).is_transient());
+        assert!(!Error::Kafka(KafkaError::ClientCreation("bad".into())).is_transient());
+        assert!(!Error::Restore("bad record".into()).is_transient());
     }
 }

@@ -263,7 +263,10 @@ fn read_changelog(
         // A read_committed consumer's high watermark is the last stable offset.
         while consumer.fetch_watermarks(changelog, partition, left())?.1 < end {
             if left().is_zero() {
-                return Err(Error::RestoreTimeout(format!("{changelog}[{partition}] has not reached its committed end {end}")));
+                return Err(Error::RestoreTimeout(format!(
+                    "{changelog}[{partition}] has not reached its committed end {end} (if the topic was deleted and \
+                     created again, reset the group's offsets: its windows are gone)"
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
