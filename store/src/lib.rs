@@ -7,6 +7,7 @@ mod grpc;
 mod kafka;
 pub mod manifest;
 pub mod objects;
+pub mod range;
 pub mod segment;
 pub mod select;
 pub mod storage;
