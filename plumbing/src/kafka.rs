@@ -144,24 +144,38 @@ impl KafkaSettings {
             }
         }
         for (topic, _) in topics {
-            let partitions = self.partition_count(&topic.name)?;
-            if partitions != topic.partitions {
-                tracing::warn!(topic = %topic.name, partitions, configured = topic.partitions, "topic has a different partition count than configured");
+            match self.partition_count(&topic.name) {
+                Ok(partitions) if partitions != topic.partitions => {
+                    tracing::warn!(topic = %topic.name, partitions, configured = topic.partitions, "topic has a different partition count than configured");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(topic = %topic.name, error = %err, "partition count not known yet"),
             }
         }
         Ok(())
     }
 
-    /// How many partitions `topic` has; an error when it does not exist.
+    /// How many partitions `topic` has; an error when it does not exist. A topic created a moment ago may
+    /// not be known to every broker yet: that is waited out for up to the request timeout.
     pub fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
         use rdkafka::consumer::Consumer as _;
         let consumer: rdkafka::consumer::BaseConsumer = self.base("runnel-admin").create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), self.request_timeout)?;
-        let found = metadata.topics().iter().find(|m| m.name() == topic);
-        match found {
-            Some(t) if t.error().is_none() => Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)),
-            Some(t) => Err(KafkaError::MetadataFetch(t.error().map_or(RDKafkaErrorCode::UnknownTopicOrPartition, Into::into))),
-            None => Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)),
+        let deadline = std::time::Instant::now() + self.request_timeout;
+        loop {
+            let metadata = consumer.fetch_metadata(Some(topic), self.request_timeout)?;
+            let found = metadata.topics().iter().find(|m| m.name() == topic);
+            let code = match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    return Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX));
+                }
+                Some(t) => t.error().map_or(RDKafkaErrorCode::UnknownTopicOrPartition, Into::into),
+                None => RDKafkaErrorCode::UnknownTopicOrPartition,
+            };
+            let propagating = matches!(code, RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::LeaderNotAvailable);
+            if !propagating || std::time::Instant::now() >= deadline {
+                return Err(KafkaError::MetadataFetch(code));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
