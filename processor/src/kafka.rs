@@ -143,13 +143,13 @@ fn send_blocking<'a>(
 
 /// Waits for `deliveries`: one past the highest offset written to each
 /// partition, or the first failure.
-fn settled(deliveries: Vec<(i32, DeliveryFuture)>) -> Result<HashMap<i32, i64>, KafkaError> {
+fn settled(deliveries: impl IntoIterator<Item = DeliveryFuture>) -> Result<HashMap<i32, i64>, KafkaError> {
     let mut ends = HashMap::new();
-    for (partition, delivery) in deliveries {
+    for delivery in deliveries {
         // Bounded by the producer's message timeout (the transaction timeout, when transactional).
         match futures::executor::block_on(delivery) {
             Ok(Ok(delivered)) => {
-                let end = ends.entry(partition).or_insert(0);
+                let end = ends.entry(delivered.partition).or_insert(0);
                 *end = (*end).max(delivered.offset + 1);
             }
             Ok(Err((err, _))) => return Err(err),
@@ -334,7 +334,7 @@ impl Shared {
     }
 
     /// Sends every owned partition's changelog changes since the last call; returns their deliveries.
-    fn send_changes(&self, output: &mut Output) -> Result<Vec<(i32, DeliveryFuture)>, KafkaError> {
+    fn send_changes(&self, output: &mut Output) -> Result<Vec<DeliveryFuture>, KafkaError> {
         let deadline = Instant::now() + self.timeout;
         let mut partitions = lock(&self.partitions);
         let mut deliveries = Vec::new();
@@ -351,7 +351,7 @@ impl Shared {
                         None => record, // a tombstone
                     }
                 };
-                deliveries.push((partition, send_blocking(output, make, deadline)?));
+                deliveries.push(send_blocking(output, make, deadline)?);
                 self.stats.changelog_records.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -372,8 +372,8 @@ impl Shared {
     /// changelog's new ends: what must hold before input offsets are committed. (Not a producer flush:
     /// rdkafka's flush polls in steps of 100 ms when a background thread serves the events, so it
     /// would add up to 100 ms to every commit; a delivery future resolves as soon as its ack arrives.)
-    fn settle(&self, changelog: Vec<(i32, DeliveryFuture)>) -> Result<(), KafkaError> {
-        let pending: Vec<(i32, DeliveryFuture)> = lock(&self.pending).drain(..).map(|d| (-1, d)).collect();
+    fn settle(&self, changelog: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
+        let pending: Vec<DeliveryFuture> = lock(&self.pending).drain(..).collect();
         settled(pending)?;
         let ends = settled(changelog)?;
         self.changelog_written(&ends);
