@@ -186,7 +186,8 @@ async fn range(
 ) -> anyhow::Result<()> {
     let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
     let end = now_ns() + 60_000_000_000;
-    let request = RangeRequest { selector: Some(selector(metric, tags)), start_ns: end - nanos(since), end_ns: end };
+    let request =
+        RangeRequest { selector: Some(selector(metric, tags)), start_ns: end - nanos(since), end_ns: end, ..RangeRequest::default() };
     let reply = client.range(request).await?.into_inner();
     if reply.series.is_empty() {
         println!("no windows stored yet");
@@ -210,10 +211,19 @@ async fn range(
 async fn series(url: &str, metric: Option<String>) -> anyhow::Result<()> {
     let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
     let selector = SeriesSelector { metric: metric.unwrap_or_default(), matchers: vec![] };
-    for series in client.list_series(ListSeriesRequest { selector: Some(selector) }).await?.into_inner().series {
-        println!("{}", series.key());
+    let mut page_token = String::new();
+    // Page by page; bounded by the store, which returns an empty token on the last page.
+    loop {
+        let request = ListSeriesRequest { selector: Some(selector.clone()), page_size: 0, page_token };
+        let page = client.list_series(request).await?.into_inner();
+        for series in page.series {
+            println!("{}", series.key());
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
     }
-    Ok(())
 }
 
 async fn forecast(url: &str, metric: String, tags: Vec<(String, String)>, horizon: Duration) -> anyhow::Result<()> {

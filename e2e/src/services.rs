@@ -25,6 +25,7 @@ pub async fn start_store(
     s.group_id = group.to_owned();
     s.topics.aggregates = topics.aggregates.clone();
     s.storage.path = path.to_path_buf();
+    s.storage.flush_interval = Duration::from_millis(200);
     let app = store::App::build(s).await.expect("store starts");
     let (addr, stats) = (app.grpc_addr(), app.stats());
     (addr, stats, Running::spawn(|shutdown| app.run(shutdown)))
@@ -59,6 +60,7 @@ pub async fn range(addr: SocketAddr, metric: &str, base: i64) -> BTreeMap<String
         selector: Some(SeriesSelector { metric: metric.into(), matchers: vec![] }),
         start_ns: base - 3600 * S,
         end_ns: base + 3600 * S,
+        ..RangeRequest::default()
     };
     let reply = client.range(request).await.unwrap().into_inner();
     reply.series.into_iter().map(|s| (s.series.unwrap().key(), s.windows)).collect()

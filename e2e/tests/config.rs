@@ -38,8 +38,8 @@ fn a_malformed_value_is_named_with_its_key() {
     assert!(err.contains("grpc.listen"), "{err}");
     let err = error_of::<processor::Settings>("processor", &[("RUNNEL_PROCESSOR__WINDOWS__DEFAULT__SIZE", "ten seconds")]);
     assert!(err.contains("windows.default"), "{err}");
-    let err = error_of::<store::Settings>("store", &[("RUNNEL_STORE__STORAGE__MAX_BATCH", "-3")]);
-    assert!(err.contains("storage.max_batch"), "{err}");
+    let err = error_of::<store::Settings>("store", &[("RUNNEL_STORE__STORAGE__MAX_PENDING_ROWS", "0")]);
+    assert!(err.contains("storage.max_pending_rows"), "{err}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub struct Settings {
     pub group_id: String,
     pub topics: Topics,
     pub storage: Storage,
+    pub query: QueryLimits,
     pub telemetry: TelemetrySettings,
 }
 
@@ -39,13 +40,32 @@ pub struct Topics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// The folder holding the database; created if missing.
+    /// The folder holding segments and manifests (the object store); created if missing. Every store
+    /// instance of a pipeline points at the same one.
     pub path: PathBuf,
-    /// Most aggregates written in one transaction.
-    pub max_batch: usize,
-    /// Longest an aggregate waits in memory before its batch is written.
+    /// How often rows read from Kafka are written as segments: how stale another instance's answers
+    /// can be, and how much a crash makes the store read again.
     #[serde(with = "humantime_serde")]
-    pub max_batch_delay: Duration,
+    pub flush_interval: Duration,
+    /// Most rows held in memory before reading from Kafka pauses for a flush to catch up.
+    pub max_pending_rows: usize,
+    /// Memory for decoded segments, in bytes.
+    pub cache_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryLimits {
+    /// Most series one `Range`, `Latest` or `ListSeries` page may return.
+    pub max_series: u64,
+    /// Most windows one `Range` may read (before merging them into steps).
+    pub max_windows: u64,
+    /// Longest time range of one `Range`.
+    #[serde(with = "humantime_serde")]
+    pub max_range: Duration,
+    /// Longest a query may run.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for Settings {
@@ -57,8 +77,15 @@ impl Default for Settings {
             topics: Topics { aggregates: TopicSettings::new(topics::AGGREGATES) },
             storage: Storage {
                 path: PathBuf::from("data/store"),
-                max_batch: 5_000,
-                max_batch_delay: Duration::from_millis(50),
+                flush_interval: Duration::from_secs(1),
+                max_pending_rows: 2_000_000,
+                cache_bytes: 1 << 30,
+            },
+            query: QueryLimits {
+                max_series: 10_000,
+                max_windows: 5_000_000,
+                max_range: Duration::from_secs(400 * 86_400),
+                timeout: Duration::from_secs(30),
             },
             telemetry: TelemetrySettings::default(),
         }
@@ -72,7 +99,13 @@ impl ServiceSettings for Settings {
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
         check(&mut errors, !self.storage.path.as_os_str().is_empty(), "storage.path", "must not be empty");
-        check(&mut errors, self.storage.max_batch >= 1, "storage.max_batch", format!("{} must be at least 1", self.storage.max_batch));
+        check(&mut errors, !self.storage.flush_interval.is_zero(), "storage.flush_interval", "must be positive");
+        check(&mut errors, self.storage.max_pending_rows >= 1, "storage.max_pending_rows", "must be at least 1");
+        let q = &self.query;
+        check(&mut errors, q.max_series >= 1, "query.max_series", "must be at least 1");
+        check(&mut errors, q.max_windows >= 1, "query.max_windows", "must be at least 1");
+        check(&mut errors, !q.max_range.is_zero(), "query.max_range", "must be positive");
+        check(&mut errors, !q.timeout.is_zero(), "query.timeout", "must be positive");
         errors
     }
 

@@ -3,6 +3,9 @@
 use proto::tonic::Status;
 use rdkafka::error::KafkaError;
 
+use crate::objects::ObjectsError;
+use crate::segment::SegmentError;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,10 +13,16 @@ pub enum Error {
     /// Not retryable: the query itself is wrong; names the field.
     #[error("{field}: {reason}")]
     InvalidQuery { field: String, reason: String },
-    #[error("storage: {0}")]
-    Storage(#[from] redb::Error),
-    #[error("storage folder {path}: {source}")]
-    Folder { path: String, source: std::io::Error },
+    /// Not retryable as it is: the answer would exceed a configured limit.
+    #[error("{what} would exceed the limit of {limit}; narrow the selector or the time range")]
+    TooLarge { what: &'static str, limit: u64 },
+    /// Retryable on a lighter load: the query ran past the configured query time.
+    #[error("the query ran longer than the limit of {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("object store: {0}")]
+    Objects(#[from] ObjectsError),
+    #[error("segment: {0}")]
+    Segment(#[from] SegmentError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("grpc listener: {0}")]
@@ -22,6 +31,9 @@ pub enum Error {
     Serve(#[from] proto::tonic::transport::Error),
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A broken invariant: a bug, logged in full.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -34,6 +46,8 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidQuery { .. } => Status::invalid_argument(err.to_string()),
+            Error::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
+            Error::Timeout(_) => Status::deadline_exceeded(err.to_string()),
             // Internals stay in the log; the caller learns only that it may retry.
             other => {
                 tracing::error!(error = %other, "query failed");

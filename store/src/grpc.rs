@@ -1,60 +1,196 @@
-//! The query gRPC service: validates a request, then reads the storage on a blocking thread.
+//! The query gRPC service: validates a request, reads a snapshot of the table, and computes the answer
+//! on a blocking thread, within the configured limits.
 
 use std::sync::Arc;
 
 use proto::tonic::{Request, Response, Status};
 use proto::v1::query_service_server::QueryService;
-use proto::v1::{ListSeriesRequest, ListSeriesResponse, RangeRequest, RangeResponse};
+use proto::v1::{
+    LatestRequest, LatestResponse, ListSeriesRequest, ListSeriesResponse, RangeRequest, RangeResponse, Sample,
+    SeriesSelector, SeriesWindows, SqlRequest, SqlResponse, Statistic,
+};
 
+use crate::config::QueryLimits;
 use crate::error::{Error, Result};
+use crate::range::{latest, rows_in, series_in, series_of, windows_in_range};
+use crate::rollup;
 use crate::select::Selector;
-use crate::storage::Storage;
+use crate::table::{Snapshot, Table};
+
+/// The page size of `ListSeries` when the request names none.
+const DEFAULT_PAGE_SIZE: u32 = 1_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Query {
-    storage: Arc<Storage>,
+    table: Arc<Table>,
+    limits: QueryLimits,
 }
 
 impl Query {
-    pub(crate) fn new(storage: Arc<Storage>) -> Self {
-        Self { storage }
+    pub(crate) fn new(table: Arc<Table>, limits: QueryLimits) -> Self {
+        Self { table, limits }
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Reads the records of `[from_ns, to_ns)` and computes `answer` from them, within the query time.
+    async fn answer<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Storage) -> Result<T> + Send + 'static,
+        from_ns: i64,
+        to_ns: i64,
+        answer: impl FnOnce(Snapshot) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let storage = Arc::clone(&self.storage);
-        tokio::task::spawn_blocking(move || read(&storage)).await?
+        let work = async {
+            let snapshot = self.table.snapshot(from_ns, to_ns).await?;
+            tokio::task::spawn_blocking(move || answer(snapshot)).await?
+        };
+        tokio::time::timeout(self.limits.timeout, work).await.map_err(|_| Error::Timeout(self.limits.timeout))?
+    }
+}
+
+fn selector(selector: Option<SeriesSelector>, metric_required: bool) -> Result<Selector> {
+    let selector = selector.unwrap_or_default();
+    if metric_required && selector.metric.is_empty() {
+        return Err(Error::invalid("selector.metric", "must not be empty"));
+    }
+    Selector::compile(&selector)
+}
+
+/// The checked shape of a `Range`.
+struct RangeQuery {
+    selector: Selector,
+    start_ns: i64,
+    end_ns: i64,
+    step_ns: i64,
+    statistic: Statistic,
+    quantile: f64,
+}
+
+impl RangeQuery {
+    fn parse(request: RangeRequest, limits: &QueryLimits) -> Result<Self> {
+        let selector = selector(request.selector, true)?;
+        let (start_ns, end_ns) = (request.start_ns, request.end_ns);
+        if end_ns <= start_ns {
+            return Err(Error::invalid("end_ns", format!("{end_ns} must be greater than start_ns {start_ns}")));
+        }
+        let max_range = i64::try_from(limits.max_range.as_nanos()).unwrap_or(i64::MAX);
+        if end_ns.abs_diff(start_ns) > max_range.unsigned_abs() {
+            return Err(Error::invalid("end_ns", format!("the range is longer than the limit of {:?}", limits.max_range)));
+        }
+        if request.step_ns < 0 {
+            return Err(Error::invalid("step_ns", format!("{} must not be negative", request.step_ns)));
+        }
+        let statistic = Statistic::try_from(request.statistic)
+            .map_err(|_| Error::invalid("statistic", format!("unknown statistic {}", request.statistic)))?;
+        let quantile = request.quantile;
+        if statistic == Statistic::Quantile && !(0.0..=1.0).contains(&quantile) {
+            return Err(Error::invalid("quantile", format!("{quantile} must lie in [0, 1]")));
+        }
+        Ok(Self { selector, start_ns, end_ns, step_ns: request.step_ns, statistic, quantile })
+    }
+
+    fn run(self, snapshot: Snapshot, limits: &QueryLimits) -> Result<RangeResponse> {
+        let Self { selector, start_ns, end_ns, step_ns, statistic, quantile } = self;
+        let mut rows = Vec::new();
+        for batch in &snapshot.segments {
+            rows.extend(rows_in(batch, &selector, start_ns, end_ns)?);
+            if rows.len() as u64 > limits.max_windows {
+                return Err(Error::TooLarge { what: "the windows read", limit: limits.max_windows });
+            }
+        }
+        let mut series = windows_in_range(rows.iter().chain(&snapshot.rows), &selector, start_ns, end_ns);
+        if series.len() as u64 > limits.max_series {
+            return Err(Error::TooLarge { what: "the series selected", limit: limits.max_series });
+        }
+        let windows: u64 = series.iter().map(|s| s.windows.len() as u64).sum();
+        if windows > limits.max_windows {
+            return Err(Error::TooLarge { what: "the windows read", limit: limits.max_windows });
+        }
+        for s in &mut series {
+            if step_ns > 0 {
+                s.windows = rollup::by_step(&s.windows, step_ns);
+            }
+            if statistic != Statistic::Unspecified {
+                s.samples = s
+                    .windows
+                    .iter()
+                    .filter_map(|w| rollup::statistic(w, statistic, quantile).map(|value| Sample { start_ns: w.start_ns, value }))
+                    .collect();
+                s.windows.clear();
+            }
+        }
+        Ok(RangeResponse { series })
     }
 }
 
 #[proto::tonic::async_trait]
 impl QueryService for Query {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let request = request.into_inner();
-        let selector = request.selector.unwrap_or_default();
-        if selector.metric.is_empty() {
-            return Err(Error::invalid("selector.metric", "must not be empty").into());
-        }
-        if request.end_ns <= request.start_ns {
-            return Err(Error::invalid(
-                "end_ns",
-                format!("{} must be greater than start_ns {}", request.end_ns, request.start_ns),
-            )
-            .into());
-        }
-        let selector = Selector::compile(&selector)?;
-        let series = self.blocking(move |s| s.range(&selector, request.start_ns, request.end_ns)).await?;
-        Ok(Response::new(RangeResponse { series }))
+        let query = RangeQuery::parse(request.into_inner(), &self.limits)?;
+        let limits = self.limits.clone();
+        let (start, end) = (query.start_ns, query.end_ns);
+        let response = self.answer(start, end, move |snapshot| query.run(snapshot, &limits)).await?;
+        Ok(Response::new(response))
     }
 
-    async fn list_series(
-        &self,
-        request: Request<ListSeriesRequest>,
-    ) -> Result<Response<ListSeriesResponse>, Status> {
-        let selector = Selector::compile(&request.into_inner().selector.unwrap_or_default())?;
-        let found = self.blocking(move |s| s.series(&selector)).await?;
-        Ok(Response::new(ListSeriesResponse { series: found.into_iter().map(|(_, series)| series).collect() }))
+    async fn latest(&self, request: Request<LatestRequest>) -> Result<Response<LatestResponse>, Status> {
+        let selector = selector(request.into_inner().selector, true)?;
+        let max_series = self.limits.max_series;
+        let series = self
+            .answer(i64::MIN, i64::MAX, move |snapshot| {
+                // Per segment only each series' latest window, so the rows kept stay few.
+                let mut candidates = Vec::new();
+                for batch in &snapshot.segments {
+                    let rows = rows_in(batch, &selector, i64::MIN, i64::MAX)?;
+                    candidates.extend(latest(&rows, &selector).into_values().cloned());
+                }
+                let series: Vec<SeriesWindows> = latest(candidates.iter().chain(&snapshot.rows), &selector)
+                    .into_values()
+                    .map(|row| SeriesWindows {
+                        series: row.aggregate.series.clone(),
+                        windows: row.aggregate.window.iter().cloned().collect(),
+                        samples: Vec::new(),
+                    })
+                    .collect();
+                if series.len() as u64 > max_series {
+                    return Err(Error::TooLarge { what: "the series selected", limit: max_series });
+                }
+                Ok(series)
+            })
+            .await?;
+        Ok(Response::new(LatestResponse { series }))
+    }
+
+    async fn list_series(&self, request: Request<ListSeriesRequest>) -> Result<Response<ListSeriesResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if u64::from(n) > self.limits.max_series => {
+                return Err(Error::invalid("page_size", format!("{n} is above the limit of {}", self.limits.max_series)).into());
+            }
+            n => n,
+        };
+        let selector = selector(request.selector, false)?;
+        let after = request.page_token;
+        let response = self
+            .answer(i64::MIN, i64::MAX, move |snapshot| {
+                let mut found = series_of(&snapshot.rows, &selector);
+                for batch in &snapshot.segments {
+                    found.extend(series_in(batch, &selector)?);
+                }
+                let mut page = found.range::<String, _>((std::ops::Bound::Excluded(&after), std::ops::Bound::Unbounded));
+                let series: Vec<_> = page.by_ref().take(page_size as usize).map(|(_, s)| s.clone()).collect();
+                let next_page_token = match page.next() {
+                    Some(_) => series.last().map(proto::v1::Series::key).unwrap_or_default(),
+                    None => String::new(),
+                };
+                Ok(ListSeriesResponse { series, next_page_token })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    type SqlStream = futures::stream::BoxStream<'static, Result<SqlResponse, Status>>;
+
+    async fn sql(&self, _request: Request<SqlRequest>) -> Result<Response<Self::SqlStream>, Status> {
+        Err(Status::unimplemented("SQL is not served yet"))
     }
 }

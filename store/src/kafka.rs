@@ -1,107 +1,321 @@
-//! The aggregates consumer: batches messages, writes each batch in one durable transaction, and only
-//! then commits the batch's offsets. A crash replays at most the uncommitted batch, which overwrites its
-//! own rows.
+//! Ingest: Kafka is the store's write-ahead log. Records read from a partition wait in memory (where
+//! queries see them) until the next flush writes them as one Parquet segment, lists that segment in the
+//! partition's manifest, and only then commits the Kafka offset.
+//!
+//! The manifest, not the committed offset, says what is durable: a partition taken over (after a
+//! rebalance or a crash) is read again from its manifest's end, and a flush that finds the manifest
+//! version it meant to publish already taken has been fenced by a newer owner and gives the partition
+//! up. Nothing is listed twice and nothing past the listed end is skipped.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proto::prost::Message as _;
 use proto::v1::Aggregate;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
-use tokio::time::Instant;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::error::Result;
-use crate::storage::Storage;
+use crate::objects::ObjectsError;
+use crate::segment::{Located, encode_segment};
+use crate::table::{Owned, Table, lock};
+
+/// How many manifest versions a partition keeps: readers that listed an older one list again.
+const MANIFEST_VERSIONS_KEPT: u64 = 8;
+/// Flushes a replay waits to reach the end of a segment it found unlisted, before cutting elsewhere.
+const CUT_PATIENCE: u32 = 10;
+/// Deadline of a seek.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters a test or an operator can read.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Window rows written for the first time.
-    pub inserted: AtomicU64,
-    /// Window rows written again by a replay.
-    pub replaced: AtomicU64,
+    /// Rows made durable (listed in a manifest).
+    pub rows: AtomicU64,
+    /// Segments listed.
+    pub segments: AtomicU64,
+    /// Flushes that failed (an object store error); their rows stay in memory for the next one.
+    pub flush_errors: AtomicU64,
+    /// Partitions given up because another instance had published their next manifest version.
+    pub fenced: AtomicU64,
+    /// Partitions taken over: their manifest read and reading positioned at its end.
+    pub takeovers: AtomicU64,
     /// Messages on the aggregates topic that are not an `Aggregate`.
     pub malformed: AtomicU64,
 }
 
+/// Drops the memory of partitions this instance no longer owns.
+pub(crate) struct IngestContext {
+    pub(crate) table: Arc<Table>,
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let revoked: Vec<i32> = match rebalance {
+            Rebalance::Revoke(tpl) => tpl.elements_for_topic(&self.table.topic).iter().map(|e| e.partition()).collect(),
+            // librdkafka unassigns everything after a rebalance error.
+            Rebalance::Error(_) => lock(&self.table.owned).keys().copied().collect(),
+            Rebalance::Assign(_) => return,
+        };
+        // Unflushed rows are not lost: nothing past the manifest was committed, so the next owner reads
+        // them again.
+        let mut owned = lock(&self.table.owned);
+        for partition in revoked {
+            if let Some(state) = owned.remove(&partition) {
+                tracing::info!(partition, pending = state.rows.len(), lost = consumer.assignment_lost(), "partition handed over");
+            }
+        }
+    }
+}
+
+pub(crate) type IngestConsumer = StreamConsumer<IngestContext>;
+
 pub(crate) struct Ingest {
-    pub(crate) consumer: StreamConsumer,
-    pub(crate) topic: String,
-    pub(crate) storage: Arc<Storage>,
+    pub(crate) consumer: Arc<IngestConsumer>,
+    pub(crate) table: Arc<Table>,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) max_batch: usize,
-    pub(crate) max_batch_delay: Duration,
+    pub(crate) flush_interval: Duration,
+    pub(crate) max_pending_rows: usize,
 }
 
 impl std::fmt::Debug for Ingest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingest").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("Ingest").field("topic", &self.table.topic).finish_non_exhaustive()
     }
-}
-
-/// A batch being gathered: the aggregates and the next offset to commit per partition.
-#[derive(Default)]
-struct Batch {
-    aggregates: Vec<Aggregate>,
-    next_offsets: HashMap<i32, i64>,
 }
 
 impl Ingest {
     pub(crate) async fn run(self, shutdown: plumbing::Shutdown) -> Result<()> {
-        self.consumer.subscribe(&[&self.topic])?;
-        let mut batch = Batch::default();
-        let mut deadline = Instant::now();
+        self.consumer.subscribe(&[&self.table.topic])?;
+        let mut ticker = tokio::time::interval(self.flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
+            // Past the memory budget, reading pauses until a flush makes room.
+            let room = self.table.pending_rows() < self.max_pending_rows;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep_until(deadline), if !batch.next_offsets.is_empty() => {
-                    self.flush(std::mem::take(&mut batch), CommitMode::Async).await?;
+                _ = async {
+                    match flushing.as_mut() {
+                        Some(task) => { let _ = task.await; }
+                        None => std::future::pending().await,
+                    }
+                }, if flushing.is_some() => flushing = None,
+                _ = ticker.tick(), if flushing.is_none() => {
+                    let flush = self.flusher();
+                    flushing = Some(tokio::spawn(async move { flush.flush(CommitMode::Async).await }));
                 }
-                message = self.consumer.recv() => {
+                message = self.consumer.recv(), if room => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
-                    if batch.next_offsets.is_empty() {
-                        deadline = Instant::now() + self.max_batch_delay;
-                    }
-                    match message.payload().map(Aggregate::decode) {
-                        Some(Ok(aggregate)) => batch.aggregates.push(aggregate),
-                        _ => {
-                            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(partition = message.partition(), offset = message.offset(), "not an aggregate; skipped");
+                    if let Some(partition) = self.read(&message) {
+                        drop(message);
+                        if let Err(err) = self.take_over(partition).await {
+                            // The next message of the partition tries again.
+                            tracing::warn!(error = %err, partition, "partition could not be taken over yet");
                         }
-                    }
-                    batch.next_offsets.insert(message.partition(), message.offset() + 1);
-                    if batch.aggregates.len() >= self.max_batch {
-                        self.flush(std::mem::take(&mut batch), CommitMode::Async).await?;
                     }
                 }
             }
         }
-        self.flush(batch, CommitMode::Sync).await?;
+        if let Some(task) = flushing {
+            let _ = task.await;
+        }
+        self.flusher().flush(CommitMode::Sync).await;
         self.consumer.unsubscribe();
-        tracing::info!("store ingest stopped");
+        tracing::info!(pending = self.table.pending_rows(), "store ingest stopped");
         Ok(())
     }
 
-    /// Makes `batch` durable, then commits its offsets.
-    async fn flush(&self, batch: Batch, mode: CommitMode) -> Result<()> {
-        if batch.next_offsets.is_empty() {
-            return Ok(());
+    fn flusher(&self) -> Flusher {
+        Flusher { consumer: Arc::clone(&self.consumer), table: Arc::clone(&self.table), stats: Arc::clone(&self.stats) }
+    }
+
+    /// Keeps one message in memory; the first message of a partition not owned yet names it, to be
+    /// taken over.
+    fn read(&self, message: &BorrowedMessage<'_>) -> Option<i32> {
+        let (partition, offset) = (message.partition(), message.offset());
+        {
+            let mut owned = lock(&self.table.owned);
+            if let Some(state) = owned.get_mut(&partition) {
+                if state.resume_from.is_some_and(|from| offset < from) {
+                    return None;
+                }
+                state.first_read.get_or_insert(offset);
+                state.next_read = Some(offset + 1);
+                match message.payload().map(Aggregate::decode) {
+                    Some(Ok(aggregate)) => state.rows.push(Located { partition, offset, aggregate }),
+                    _ => {
+                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(partition, offset, "not an aggregate; skipped");
+                    }
+                }
+                return None;
+            }
         }
-        let storage = Arc::clone(&self.storage);
-        let aggregates = batch.aggregates;
-        let written = tokio::task::spawn_blocking(move || storage.write(&aggregates)).await??;
-        self.stats.inserted.fetch_add(written.inserted as u64, Ordering::Relaxed);
-        self.stats.replaced.fetch_add(written.replaced as u64, Ordering::Relaxed);
-        let mut offsets = TopicPartitionList::new();
-        for (partition, next) in batch.next_offsets {
-            offsets.add_partition_offset(&self.topic, partition, Offset::Offset(next))?;
+        Some(partition)
+    }
+
+    /// Reads a partition's manifest and positions reading at its end; the message that revealed the
+    /// partition is read again from there.
+    async fn take_over(&self, partition: i32) -> Result<()> {
+        let table = &self.table;
+        let manifest = table.objects.latest_manifest(table.kind, &table.topic, partition).await?;
+        let resume_from = manifest.next_offset();
+        let mut cut_at = None;
+        if let Some(from) = resume_from {
+            let unlisted = table.objects.names_starting(&table.segment_prefix(partition), &format!("{from:020}-")).await?;
+            cut_at = unlisted.iter().filter_map(|name| segment_end(name)).max();
         }
-        self.consumer.commit(&offsets, mode)?;
+        let position = resume_from.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer.seek(&table.topic, partition, position, SEEK_TIMEOUT)?;
+        tracing::info!(partition, ?resume_from, ?cut_at, version = manifest.version, "partition taken over");
+        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        let state = Owned {
+            generation: table.next_generation(),
+            manifest: Arc::new(manifest),
+            rows: Vec::new(),
+            first_read: None,
+            next_read: None,
+            resume_from,
+            cut_at,
+            waited: 0,
+        };
+        lock(&table.owned).insert(partition, state);
         Ok(())
     }
+}
+
+/// The offset a segment's name says it ends at: `.../<first>-<next>.parquet`.
+fn segment_end(name: &str) -> Option<i64> {
+    name.rsplit('/').next()?.strip_suffix(".parquet")?.split_once('-')?.1.parse().ok()
+}
+
+/// Makes what memory holds durable, partition by partition.
+struct Flusher {
+    consumer: Arc<IngestConsumer>,
+    table: Arc<Table>,
+    stats: Arc<Stats>,
+}
+
+/// One partition's part of a flush, taken under the lock.
+struct Work {
+    partition: i32,
+    generation: u64,
+    manifest: Arc<crate::manifest::Manifest>,
+    rows: Vec<Located>,
+    first: i64,
+    cut: i64,
+}
+
+impl Flusher {
+    async fn flush(&self, mode: CommitMode) {
+        let work = self.plan();
+        let mut offsets = TopicPartitionList::new();
+        for work in work {
+            let (partition, cut) = (work.partition, work.cut);
+            match self.write(work).await {
+                Ok(()) => {
+                    if let Err(err) = offsets.add_partition_offset(&self.table.topic, partition, Offset::Offset(cut)) {
+                        tracing::warn!(error = %err, partition, "offset not committed");
+                    }
+                }
+                Err(crate::Error::Objects(ObjectsError::Fenced { .. })) => {}
+                Err(err) => {
+                    self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %err, partition, "flush failed; rows stay in memory for the next one");
+                }
+            }
+        }
+        if offsets.count() > 0 {
+            // Advisory only (the manifest says where to resume), so a partition handed over meanwhile
+            // refusing the commit is harmless.
+            if let Err(err) = self.consumer.commit(&offsets, mode) {
+                tracing::debug!(error = %err, "offset commit refused");
+            }
+        }
+    }
+
+    /// What each owned partition has to flush.
+    fn plan(&self) -> Vec<Work> {
+        let mut owned = lock(&self.table.owned);
+        let mut work = Vec::new();
+        for (&partition, state) in owned.iter_mut() {
+            let Some(next_read) = state.next_read else { continue };
+            let Some(first) = state.manifest.next_offset().or(state.first_read) else { continue };
+            if next_read <= first {
+                continue;
+            }
+            let cut = match state.cut_at {
+                Some(cut) if next_read >= cut => cut,
+                Some(cut) if state.waited < CUT_PATIENCE => {
+                    state.waited += 1;
+                    tracing::debug!(partition, cut, next_read, "replay not yet at the end of the unlisted segment");
+                    continue;
+                }
+                _ => next_read,
+            };
+            let rows = state.rows.iter().take_while(|r| r.offset < cut).cloned().collect();
+            work.push(Work { partition, generation: state.generation, manifest: Arc::clone(&state.manifest), rows, first, cut });
+        }
+        work
+    }
+
+    /// Writes one partition's segment, lists it, and drops its rows from memory.
+    async fn write(&self, work: Work) -> Result<()> {
+        let table = &self.table;
+        let Work { partition, generation, manifest, rows, first, cut } = work;
+        let (kind, topic) = (table.kind, table.topic.clone());
+        let (bytes, meta) =
+            tokio::task::spawn_blocking(move || encode_segment(&rows, partition, kind, &topic, first, cut)).await??;
+        let row_count = meta.rows;
+        table.objects.put_segment(&meta.name, bytes).await?;
+        let mut next = (*manifest).clone();
+        next.append(meta).map_err(|err| crate::Error::Internal(err.to_string()))?;
+        if let Err(err) = table.objects.publish_manifest(table.kind, &table.topic, partition, &next).await {
+            if let ObjectsError::Fenced { .. } = err {
+                self.stats.fenced.fetch_add(1, Ordering::Relaxed);
+                let mut owned = lock(&table.owned);
+                if owned.get(&partition).is_some_and(|s| s.generation == generation) {
+                    owned.remove(&partition);
+                }
+                tracing::warn!(partition, version = next.version, "another instance published this partition's next manifest; giving it up");
+            }
+            return Err(err.into());
+        }
+        let version = next.version;
+        {
+            let mut owned = lock(&table.owned);
+            if let Some(state) = owned.get_mut(&partition).filter(|s| s.generation == generation) {
+                state.manifest = Arc::new(next);
+                state.rows.retain(|r| r.offset >= cut);
+                state.cut_at = None;
+            }
+        }
+        self.stats.rows.fetch_add(row_count, Ordering::Relaxed);
+        self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        if version > MANIFEST_VERSIONS_KEPT
+            && let Err(err) = table.objects.prune_manifests(table.kind, &table.topic, partition, version - MANIFEST_VERSIONS_KEPT).await
+        {
+            tracing::debug!(error = %err, partition, "old manifest versions not pruned yet");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_name_says_where_it_ends() {
+        let name = crate::segment::segment_name("aggregates", "t.v1", 3, 40, 52);
+        assert_eq!(segment_end(&name), Some(52));
+        assert_eq!(segment_end("aggregates/t/p00000/junk.parquet"), None);
+    }
+
 }

@@ -1,5 +1,7 @@
-//! The store: consumes aggregates into an embedded durable database, one row per series and window,
-//! and answers `QueryService` from it.
+//! The store: consumes aggregates from Kafka into Parquet segments on an object store (a local folder
+//! by default), listed in one manifest per partition, and answers `QueryService` from those segments
+//! plus what it holds in memory. Instances in one consumer group share the object store and split the
+//! partitions; any of them answers any query.
 
 pub mod config;
 pub mod error;
@@ -8,9 +10,10 @@ mod kafka;
 pub mod manifest;
 pub mod objects;
 pub mod range;
+pub mod rollup;
 pub mod segment;
 pub mod select;
-pub mod storage;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,33 +25,40 @@ use proto::v1::query_service_server::QueryServiceServer;
 pub use crate::config::Settings;
 pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
-use crate::storage::Storage;
+use crate::objects::Objects;
+use crate::table::{AGGREGATES, Table};
 
 /// A store that is open, connected and bound but not yet serving.
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
     ingest: kafka::Ingest,
+    query: config::QueryLimits,
 }
 
 impl App {
-    /// Opens the database, creates the aggregates topic if needed, connects the consumer and binds.
+    /// Opens the object store, creates the aggregates topic if needed, connects the consumer and binds.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { grpc, kafka, group_id, topics, storage, .. } = settings;
-        let path = storage.path.clone();
-        let db = Arc::new(tokio::task::spawn_blocking(move || Storage::open(&path)).await??);
+        let Settings { grpc, kafka, group_id, topics, storage, query, .. } = settings;
+        let objects = Objects::local(&storage.path)?;
         kafka.ensure_topics(&[&topics.aggregates]).await?;
-        let consumer = kafka.consumer("runnel-store", &group_id).create()?;
+        let partitions = {
+            let kafka = kafka.clone();
+            let topic = topics.aggregates.name.clone();
+            tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await??
+        };
+        let table = Arc::new(Table::new(AGGREGATES, topics.aggregates.name, partitions, objects, storage.cache_bytes));
+        let context = kafka::IngestContext { table: Arc::clone(&table) };
+        let consumer = kafka.consumer("runnel-store", &group_id).create_with_context(context)?;
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
         let ingest = kafka::Ingest {
-            consumer,
-            topic: topics.aggregates.name,
-            storage: db,
+            consumer: Arc::new(consumer),
+            table,
             stats: Arc::default(),
-            max_batch: storage.max_batch,
-            max_batch_delay: storage.max_batch_delay,
+            flush_interval: storage.flush_interval,
+            max_pending_rows: storage.max_pending_rows,
         };
-        Ok(Self { listener, ingest })
+        Ok(Self { listener, ingest, query })
     }
 
     /// The gRPC address actually bound.
@@ -61,11 +71,11 @@ impl App {
         Arc::clone(&self.ingest.stats)
     }
 
-    /// Ingests and serves until `shutdown`; then makes the last batch durable, commits and stops.
+    /// Ingests and serves until `shutdown`; then makes what memory holds durable, commits and stops.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         // A child token: a failure here stops this store's halves without cancelling the caller's token.
         let shutdown = shutdown.child_token();
-        let query = grpc::Query::new(Arc::clone(&self.ingest.storage));
+        let query = grpc::Query::new(Arc::clone(&self.ingest.table), self.query);
         let router = proto::tonic::transport::Server::builder().add_service(QueryServiceServer::new(query));
         let serving = self.listener.serve(router, shutdown.clone());
         // Either half failing stops the other, so a store never serves stale data while ingest is dead.

@@ -28,6 +28,8 @@ pub enum ObjectsError {
     /// Another writer published this version first: this one no longer owns the partition.
     #[error("manifest version {version} of {partition} was published by another writer")]
     Fenced { partition: String, version: u64 },
+    #[error("the manifest versions of {partition} keep vanishing while read")]
+    Vanishing { partition: String },
 }
 
 /// Segments and manifests of one store (shared by every instance that reads it).
@@ -57,17 +59,67 @@ impl Objects {
         format!("manifests/{kind}/{topic}/p{partition:05}")
     }
 
-    /// The highest published manifest version of a partition; an empty one when there is none.
-    pub async fn latest_manifest(&self, kind: &str, topic: &str, partition: i32) -> Result<Manifest, ObjectsError> {
+    /// The name of the highest published manifest version of a partition; `None` when there is none.
+    pub async fn latest_manifest_name(&self, kind: &str, topic: &str, partition: i32) -> Result<Option<String>, ObjectsError> {
         let prefix = ObjectPath::from(Self::manifest_prefix(kind, topic, partition));
         let listed: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
         // Names are zero-padded versions: the greatest name is the latest.
-        let Some(latest) = listed.iter().map(|meta| &meta.location).filter(|p| p.as_ref().ends_with(".json")).max_by_key(|p| p.as_ref().to_owned())
-        else {
-            return Ok(Manifest::default());
+        Ok(listed.into_iter().map(|meta| meta.location.to_string()).filter(|p| p.ends_with(".json")).max())
+    }
+
+    /// The manifest version `name`; `None` when it no longer exists (superseded and deleted).
+    pub async fn read_manifest(&self, name: &str) -> Result<Option<Manifest>, ObjectsError> {
+        let bytes = match self.store.get(&ObjectPath::from(name)).await {
+            Ok(found) => found.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
         };
-        let bytes = self.store.get(latest).await?.bytes().await?;
-        serde_json::from_slice(&bytes).map_err(|source| ObjectsError::Manifest { name: latest.to_string(), source })
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| ObjectsError::Manifest { name: name.to_owned(), source })
+    }
+
+    /// The highest published manifest version of a partition; an empty one when there is none.
+    pub async fn latest_manifest(&self, kind: &str, topic: &str, partition: i32) -> Result<Manifest, ObjectsError> {
+        // A version superseded and deleted between the listing and the read is listed again: the writer
+        // keeps the latest versions, so the second listing finds one that exists.
+        for _ in 0..3 {
+            let Some(name) = self.latest_manifest_name(kind, topic, partition).await? else { return Ok(Manifest::default()) };
+            if let Some(manifest) = self.read_manifest(&name).await? {
+                return Ok(manifest);
+            }
+        }
+        Err(ObjectsError::Vanishing { partition: Self::manifest_prefix(kind, topic, partition) })
+    }
+
+    /// Deletes the manifest versions of a partition older than `keep_from`; a reader that listed one of
+    /// them a moment ago lists again. Best effort: what is left is deleted next time.
+    pub async fn prune_manifests(&self, kind: &str, topic: &str, partition: i32, keep_from: u64) -> Result<(), ObjectsError> {
+        let prefix = Self::manifest_prefix(kind, topic, partition);
+        let listed: Vec<_> = self.store.list(Some(&ObjectPath::from(prefix.as_str()))).try_collect().await?;
+        for meta in listed {
+            let version = meta.location.filename().and_then(|f| f.strip_suffix(".json")).and_then(|v| v.parse::<u64>().ok());
+            if version.is_some_and(|v| v < keep_from) {
+                self.delete(meta.location.as_ref()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an object; one already gone is fine.
+    pub async fn delete(&self, name: &str) -> Result<(), ObjectsError> {
+        match self.store.delete(&ObjectPath::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The names of the objects under `prefix` (a folder) whose file name starts with `start`.
+    pub async fn names_starting(&self, prefix: &str, start: &str) -> Result<Vec<String>, ObjectsError> {
+        let listed: Vec<_> = self.store.list(Some(&ObjectPath::from(prefix))).try_collect().await?;
+        Ok(listed
+            .into_iter()
+            .filter(|meta| meta.location.filename().is_some_and(|f| f.starts_with(start)))
+            .map(|meta| meta.location.to_string())
+            .collect())
     }
 
     /// Publishes `manifest` as its version, unless another writer published that version first.
@@ -120,6 +172,15 @@ mod tests {
         assert_eq!(objects.latest_manifest("aggregates", "t", 0).await.unwrap(), next);
         assert_eq!(next.version, 12);
         assert_eq!(objects.latest_manifest("aggregates", "t", 1).await.unwrap(), Manifest::default(), "partitions are apart");
+        // Pruning keeps the latest versions readable.
+        objects.prune_manifests("aggregates", "t", 0, 11).await.unwrap();
+        assert_eq!(objects.latest_manifest("aggregates", "t", 0).await.unwrap(), next);
+        let name = objects.latest_manifest_name("aggregates", "t", 0).await.unwrap().unwrap();
+        assert!(name.ends_with("/00000000000000000012.json"), "{name}");
+        let kept = objects.names_starting("manifests/aggregates/t/p00000", "0000000000000000001").await.unwrap();
+        assert_eq!(kept.len(), 2, "versions 11 and 12: {kept:?}");
+        let pruned = name.replace("12.json", "03.json");
+        assert_eq!(objects.read_manifest(&pruned).await.unwrap(), None, "{pruned} is gone");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

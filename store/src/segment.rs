@@ -274,48 +274,30 @@ pub fn from_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, SegmentError> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The records of one partition read since its last segment, in offset order: what queries see before
-/// it is durable, and the next segment once flushed.
-#[derive(Debug, Clone, Default)]
-pub struct Pending {
-    rows: Vec<Located>,
-    /// One past the last offset read (records between may be transaction markers or other writers').
-    next_offset: Option<i64>,
-}
-
-impl Pending {
-    pub fn push(&mut self, row: Located) {
-        self.next_offset = Some(row.offset + 1);
-        self.rows.push(row);
-    }
-
-    pub fn rows(&self) -> &[Located] {
-        &self.rows
-    }
-
-    /// Takes everything read as the segment of offsets `[first_offset, next offset read)`: its name,
-    /// Parquet bytes and listing. `first_offset` is where the last segment ended (or where reading
-    /// began), so consecutive segments leave no gap for a reader to wonder about. `None` when nothing
-    /// was read.
-    pub fn take(&mut self, kind: &str, topic: &str, partition: i32, first_offset: i64) -> Result<Option<(Bytes, SegmentMeta)>, SegmentError> {
-        let Some(next_offset) = self.next_offset else { return Ok(None) };
-        let batch = aggregates_to_batch(&self.rows)?;
-        let bytes = to_parquet(&batch)?;
-        let starts = self.rows.iter().filter_map(|r| r.aggregate.window.as_ref().map(|w| w.start_ns));
-        let (min_time_ns, max_time_ns) = starts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-        let meta = SegmentMeta {
-            name: segment_name(kind, topic, partition, first_offset, next_offset),
-            first_offset,
-            next_offset,
-            rows: self.rows.len() as u64,
-            bytes: bytes.len() as u64,
-            min_time_ns,
-            max_time_ns,
-        };
-        self.rows.clear();
-        self.next_offset = None;
-        Ok(Some((bytes, meta)))
-    }
+/// `rows` (of `partition`, in offset order; possibly none, when every message was malformed) as the segment of offsets `[first_offset,
+/// next_offset)`: its Parquet bytes and listing. `first_offset` is where the partition's last segment
+/// ended (or where reading began), so consecutive segments leave no gap for a reader to wonder about.
+pub fn encode_segment(
+    rows: &[Located],
+    partition: i32,
+    kind: &str,
+    topic: &str,
+    first_offset: i64,
+    next_offset: i64,
+) -> Result<(Bytes, SegmentMeta), SegmentError> {
+    let bytes = to_parquet(&aggregates_to_batch(rows)?)?;
+    let starts = rows.iter().filter_map(|r| r.aggregate.window.as_ref().map(|w| w.start_ns));
+    let (min_time_ns, max_time_ns) = starts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let meta = SegmentMeta {
+        name: segment_name(kind, topic, partition, first_offset, next_offset),
+        first_offset,
+        next_offset,
+        rows: rows.len() as u64,
+        bytes: bytes.len() as u64,
+        min_time_ns,
+        max_time_ns,
+    };
+    Ok((bytes, meta))
 }
 
 #[cfg(test)]
@@ -365,14 +347,9 @@ mod tests {
     }
 
     #[test]
-    fn pending_rows_become_a_segment_of_their_offset_range() {
-        let mut pending = Pending::default();
-        assert!(pending.take("aggregates", "t", 2, 0).unwrap().is_none());
-        for (offset, start) in [(5, 300), (7, 100), (8, 200)] {
-            pending.push(located(2, offset, "m", &[], start, false));
-        }
-        assert_eq!(pending.rows().len(), 3);
-        let (bytes, meta) = pending.take("aggregates", "t", 2, 4).unwrap().unwrap();
+    fn rows_become_a_segment_of_their_offset_range() {
+        let rows: Vec<Located> = [(5, 300), (7, 100), (8, 200)].iter().map(|&(offset, start)| located(2, offset, "m", &[], start, false)).collect();
+        let (bytes, meta) = encode_segment(&rows, 2, "aggregates", "t", 4, 9).unwrap();
         assert_eq!(
             meta,
             SegmentMeta {
@@ -385,9 +362,9 @@ mod tests {
                 max_time_ns: 300,
             }
         );
-        let read = batch_to_aggregates(&from_parquet(bytes).unwrap()[0]).unwrap();
-        assert_eq!(read.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![5, 7, 8]);
-        assert!(pending.take("aggregates", "t", 2, 9).unwrap().is_none(), "taken once");
+        let read = batch_to_aggregates(&from_parquet(bytes.clone()).unwrap()[0]).unwrap();
+        assert_eq!(read, rows);
+        assert_eq!(encode_segment(&rows, 2, "aggregates", "t", 4, 9).unwrap().0, bytes, "the same rows give the same bytes");
     }
 
     #[test]

@@ -1,0 +1,279 @@
+//! Merging windows into coarser ones, and reading one statistic of a window: pure, no IO.
+//!
+//! A window carries enough to merge exactly (count, sum, extremes, first and last), by the parallel
+//! formulas of Chan et al. (the moments behind the standard deviation and the gradient), or within
+//! the sketch's relative accuracy (quantiles, from the merged DDSketch). A step of a `Range` and a
+//! downsampled tier are both such merges.
+
+use proto::v1::{Moments, Quantile, Statistic, WindowStats};
+use sketches_ddsketch::DDSketch;
+
+/// Merges `windows` (of one series, in start order, at least one) into one window `[start_ns, end_ns)`.
+/// Its reported quantiles are those the first window reports, recomputed from the merged sketch.
+pub fn merge(windows: &[&WindowStats], start_ns: i64, end_ns: i64) -> WindowStats {
+    let mut merged = Merged::default();
+    for w in windows {
+        merged.add(w);
+    }
+    merged.finish(start_ns, end_ns, windows.first().map_or(&[][..], |w| &w.quantiles))
+}
+
+/// Windows being merged.
+#[derive(Default)]
+struct Merged {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    first: (i64, f64),
+    last: (i64, f64),
+    moments: Moments,
+    sketch: Option<DDSketch>,
+    relative_accuracy: f64,
+}
+
+impl Merged {
+    fn add(&mut self, w: &WindowStats) {
+        if w.count == 0 {
+            return;
+        }
+        let m = w.moments.unwrap_or_default();
+        if self.count == 0 {
+            *self = Self {
+                count: w.count,
+                sum: w.sum,
+                min: w.min,
+                max: w.max,
+                first: (w.first_ns, w.first),
+                last: (w.last_ns, w.last),
+                moments: m,
+                sketch: DDSketch::from_java_bytes(&w.sketch).ok(),
+                relative_accuracy: w.sketch_relative_accuracy,
+            };
+            return;
+        }
+        let (na, nb) = (self.count as f64, w.count as f64);
+        let n = na + nb;
+        let a = &mut self.moments;
+        // Chan et al.'s pairwise update, after moving the other's time mean onto this origin.
+        let dt = m.mean_t + (m.origin_ns - a.origin_ns) as f64 / 1e9 - a.mean_t;
+        let dv = m.mean_v - a.mean_v;
+        a.m2_t += m.m2_t + dt * dt * na * nb / n;
+        a.m2_v += m.m2_v + dv * dv * na * nb / n;
+        a.c_tv += m.c_tv + dt * dv * na * nb / n;
+        a.mean_t += dt * nb / n;
+        a.mean_v += dv * nb / n;
+        self.count += w.count;
+        self.sum += w.sum;
+        self.min = self.min.min(w.min);
+        self.max = self.max.max(w.max);
+        // Among equal times the earlier window's first is first, the later window's last is last.
+        if w.first_ns < self.first.0 {
+            self.first = (w.first_ns, w.first);
+        }
+        if w.last_ns >= self.last.0 {
+            self.last = (w.last_ns, w.last);
+        }
+        self.relative_accuracy = self.relative_accuracy.max(w.sketch_relative_accuracy);
+        let other = DDSketch::from_java_bytes(&w.sketch).ok();
+        match (&mut self.sketch, other) {
+            (Some(sketch), Some(other)) => {
+                if sketch.merge(&other).is_err() {
+                    // Sketches of two configurations (a processor reconfigured between the windows):
+                    // the other's values are folded in as its quantiles at evenly spaced ranks, each
+                    // within the coarser of the two accuracies.
+                    let n = other.count();
+                    for i in 0..n {
+                        if let Ok(Some(v)) = other.quantile((i as f64 + 0.5) / n as f64) {
+                            sketch.add(v);
+                        }
+                    }
+                }
+            }
+            // A window without a readable sketch makes the merged quantiles unknown.
+            _ => self.sketch = None,
+        }
+    }
+
+    fn finish(self, start_ns: i64, end_ns: i64, report: &[Quantile]) -> WindowStats {
+        let n = self.count as f64;
+        let m = self.moments;
+        let elapsed = (self.last.0 - self.first.0) as f64 / 1e9;
+        let quantiles = report
+            .iter()
+            .filter_map(|q| quantile_of(self.sketch.as_ref(), q.q, self.min, self.max).map(|value| Quantile { q: q.q, value }))
+            .collect();
+        WindowStats {
+            start_ns,
+            end_ns,
+            count: self.count,
+            sum: self.sum,
+            mean: self.sum / n,
+            min: self.min,
+            max: self.max,
+            gradient_per_second: (self.count >= 2 && m.m2_t > 0.0).then(|| m.c_tv / m.m2_t),
+            first: self.first.1,
+            last: self.last.1,
+            first_ns: self.first.0,
+            last_ns: self.last.0,
+            stddev: (self.count >= 2).then(|| (m.m2_v.max(0.0) / (n - 1.0)).sqrt()),
+            rate_per_second: (elapsed > 0.0).then(|| (self.last.1 - self.first.1) / elapsed),
+            quantiles,
+            sketch: self.sketch.map(|s| s.to_java_bytes()).unwrap_or_default(),
+            sketch_relative_accuracy: self.relative_accuracy,
+            moments: Some(m),
+        }
+    }
+}
+
+/// The `q` quantile of `sketch`, clamped to the exact extremes (still within the accuracy, and exact
+/// when every value is equal).
+fn quantile_of(sketch: Option<&DDSketch>, q: f64, min: f64, max: f64) -> Option<f64> {
+    sketch?.quantile(q).ok().flatten().map(|v| v.clamp(min, max))
+}
+
+/// The windows of one series (in start order) merged per step of `step_ns` counted from the epoch.
+pub fn by_step(windows: &[WindowStats], step_ns: i64) -> Vec<WindowStats> {
+    let mut out = Vec::new();
+    let mut run: Vec<&WindowStats> = Vec::new();
+    let mut bucket = None;
+    for w in windows {
+        let b = w.start_ns.div_euclid(step_ns);
+        if bucket != Some(b) {
+            if let Some(done) = bucket.filter(|_| !run.is_empty()) {
+                out.push(merge(&run, done * step_ns, (done + 1) * step_ns));
+            }
+            run.clear();
+            bucket = Some(b);
+        }
+        run.push(w);
+    }
+    if let Some(done) = bucket.filter(|_| !run.is_empty()) {
+        out.push(merge(&run, done * step_ns, (done + 1) * step_ns));
+    }
+    out
+}
+
+/// The `statistic` of `w` (`quantile` for [`Statistic::Quantile`]); `None` where it is undefined.
+pub fn statistic(w: &WindowStats, statistic: Statistic, quantile: f64) -> Option<f64> {
+    match statistic {
+        Statistic::Unspecified => None,
+        Statistic::Count => Some(w.count as f64),
+        Statistic::Sum => Some(w.sum),
+        Statistic::Mean => Some(w.mean),
+        Statistic::Min => Some(w.min),
+        Statistic::Max => Some(w.max),
+        Statistic::Stddev => w.stddev,
+        Statistic::Gradient => w.gradient_per_second,
+        Statistic::First => Some(w.first),
+        Statistic::Last => Some(w.last),
+        Statistic::Quantile => {
+            // A reported quantile is exactly what the sketch gives; any other is read from the sketch.
+            w.quantiles.iter().find(|q| q.q == quantile).map(|q| q.value).or_else(|| {
+                let sketch = DDSketch::from_java_bytes(&w.sketch).ok();
+                quantile_of(sketch.as_ref(), quantile, w.min, w.max)
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sketches_ddsketch::Config;
+
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    /// A window computed directly from its points, as the processor reports it.
+    fn window(points: &[(i64, f64)], start_ns: i64, end_ns: i64) -> WindowStats {
+        let n = points.len() as f64;
+        let origin = start_ns;
+        let ts: Vec<f64> = points.iter().map(|p| (p.0 - origin) as f64 / 1e9).collect();
+        let mean_t = ts.iter().sum::<f64>() / n;
+        let mean_v = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let m2_t: f64 = ts.iter().map(|t| (t - mean_t).powi(2)).sum();
+        let m2_v: f64 = points.iter().map(|p| (p.1 - mean_v).powi(2)).sum();
+        let c_tv: f64 = ts.iter().zip(points).map(|(t, p)| (t - mean_t) * (p.1 - mean_v)).sum();
+        let mut sketch = DDSketch::new(Config::new(0.01, 2048, 1e-9));
+        points.iter().for_each(|p| sketch.add(p.1));
+        let first = points.iter().min_by_key(|p| p.0).copied().unwrap();
+        let last = points.iter().rev().max_by_key(|p| p.0).copied().unwrap();
+        WindowStats {
+            start_ns,
+            end_ns,
+            count: points.len() as u64,
+            sum: points.iter().map(|p| p.1).sum(),
+            mean: mean_v,
+            min: points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+            max: points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+            gradient_per_second: (m2_t > 0.0).then(|| c_tv / m2_t),
+            first: first.1,
+            last: last.1,
+            first_ns: first.0,
+            last_ns: last.0,
+            stddev: (points.len() >= 2).then(|| (m2_v / (n - 1.0)).sqrt()),
+            rate_per_second: None,
+            quantiles: vec![Quantile { q: 0.5, value: 0.0 }],
+            sketch: sketch.to_java_bytes(),
+            sketch_relative_accuracy: 0.01,
+            moments: Some(Moments { origin_ns: origin, mean_t, mean_v, m2_t, m2_v, c_tv }),
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    /// The exact `q` quantile of `values` by the nearest rank (DDSketch's definition: rank q * (n - 1)).
+    fn exact_quantile(values: &[f64], q: f64) -> f64 {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+    }
+
+    #[test]
+    fn merged_windows_equal_one_window_of_all_their_points() {
+        // 60 ten-second windows of a noisy rising line, merged by the minute.
+        let points: Vec<(i64, f64)> = (0..600).map(|i| (i * S + (i % 7) * 1000, 100.0 + 0.5 * i as f64 + ((i * 37) % 11) as f64)).collect();
+        let windows: Vec<WindowStats> =
+            points.chunks(10).map(|c| window(c, c[0].0 / (10 * S) * 10 * S, c[0].0 / (10 * S) * 10 * S + 10 * S)).collect();
+        let minutes = by_step(&windows, 60 * S);
+        assert_eq!(minutes.len(), 10);
+        for (k, got) in minutes.iter().enumerate() {
+            let k = k as i64;
+            let want = window(&points[(k * 60) as usize..((k + 1) * 60) as usize], k * 60 * S, (k + 1) * 60 * S);
+            assert_eq!((got.start_ns, got.end_ns, got.count), (want.start_ns, want.end_ns, want.count));
+            assert_eq!((got.min, got.max, got.first, got.last, got.first_ns, got.last_ns), (want.min, want.max, want.first, want.last, want.first_ns, want.last_ns));
+            for (a, b) in [(got.sum, want.sum), (got.mean, want.mean), (got.stddev.unwrap(), want.stddev.unwrap()), (got.gradient_per_second.unwrap(), want.gradient_per_second.unwrap())] {
+                assert!(close(a, b), "minute {k}: {a} vs {b}");
+            }
+            let values: Vec<f64> = points[(k * 60) as usize..((k + 1) * 60) as usize].iter().map(|p| p.1).collect();
+            for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+                let exact = exact_quantile(&values, q);
+                let estimate = statistic(got, Statistic::Quantile, q).unwrap();
+                assert!((estimate - exact).abs() <= 0.01 * exact.abs() + 1e-12, "minute {k} q{q}: {estimate} vs {exact}");
+            }
+            assert_eq!(got.quantiles.len(), 1, "the first window's reported quantiles, recomputed");
+        }
+    }
+
+    #[test]
+    fn undefined_statistics_stay_undefined_and_steps_follow_the_epoch() {
+        let one = window(&[(5 * S, 2.0)], 0, 10 * S);
+        assert_eq!(statistic(&one, Statistic::Stddev, 0.0), None);
+        assert_eq!(statistic(&one, Statistic::Gradient, 0.0), None);
+        assert_eq!(statistic(&one, Statistic::Count, 0.0), Some(1.0));
+        let later = window(&[(65 * S, 4.0)], 60 * S, 70 * S);
+        // Windows at 0 s and 60 s, steps of 30 s: two steps, each with its own bounds; none between.
+        let steps = by_step(&[one.clone(), later], 30 * S);
+        assert_eq!(steps.iter().map(|w| (w.start_ns, w.end_ns, w.count)).collect::<Vec<_>>(), vec![(0, 30 * S, 1), (60 * S, 90 * S, 1)]);
+        // Two single points at distinct times: a gradient and a deviation now exist.
+        let two = merge(&[&one, &steps[1]], 0, 120 * S);
+        assert!(close(two.gradient_per_second.unwrap(), 2.0 / 60.0));
+        assert!(close(two.stddev.unwrap(), 2f64.sqrt()));
+        // Negative times fall in the step that holds them, not the one towards zero.
+        let before = window(&[(-5 * S, 1.0)], -10 * S, 0);
+        assert_eq!(by_step(&[before], 60 * S)[0].start_ns, -60 * S);
+    }
+}
