@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod oracle;
 pub mod process;
 pub mod services;
+pub mod stored;
 pub mod verify;
 
 use std::future::Future;
@@ -138,4 +139,36 @@ pub fn read_committed(kafka: &KafkaSettings, topic: &str, want: usize, limit: Du
         }
     }
     records
+}
+
+/// Sends `points` to `topic` at about `rate` points a second (so that faults fall while the load flows),
+/// keyed by series, acks=all, idempotent; returns how many were sent once all are acknowledged.
+pub fn produce_points(kafka: &KafkaSettings, points: impl Iterator<Item = proto::v1::Point>, topic: &str, rate: u64) -> u64 {
+    use proto::prost::Message as _;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+
+    let producer: BaseProducer = kafka.producer("e2e-load").create().expect("producer");
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    for point in points {
+        let (key, payload) = (point.series_key(), point.encode_to_vec());
+        loop {
+            match producer.send(BaseRecord::to(topic).key(&key).payload(&payload)) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((err, _)) => panic!("produce: {err}"),
+            }
+        }
+        sent += 1;
+        producer.poll(Duration::ZERO);
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+    sent
 }

@@ -76,6 +76,21 @@ impl Service {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Waits until the log has a line containing `needle`, for at most `limit`, and returns the first such
+    /// line; panics with the log's tail if none appears or the process exits first.
+    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(self.is_running(), "{} exited before logging {needle:?}:\n{}", self.name, self.log_tail(30));
+            assert!(Instant::now() < deadline, "{} did not log {needle:?} within {limit:?}:\n{}", self.name, self.log_tail(30));
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Whether the process has not exited yet. A paused (SIGSTOP) process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.try_wait() {

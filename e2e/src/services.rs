@@ -86,3 +86,46 @@ pub async fn write(collector: SocketAddr, points: &[Point]) {
         assert_eq!(reply.accepted, chunk.len() as u64);
     }
 }
+
+/// A store process in group `group` on the object store folder `path`, flushing every 200 ms, with a
+/// short session (the group notices a killed instance in seconds) and the static group membership
+/// `instance` (a restarted instance takes its place at once instead of waiting out the session). Its
+/// settings file goes to `dir`. Returns it with its gRPC address.
+pub fn spawn_store(dir: &Path, topics: &Topics, group: &str, path: &Path, instance: &str) -> (crate::process::Service, SocketAddr) {
+    spawn_store_with(dir, topics, group, path, instance, &[])
+}
+
+/// [`spawn_store`] with more environment variables (e.g. `FAILPOINTS`).
+pub fn spawn_store_with(
+    dir: &Path,
+    topics: &Topics,
+    group: &str,
+    path: &Path,
+    instance: &str,
+    more: &[(&str, &str)],
+) -> (crate::process::Service, SocketAddr) {
+    let config = dir.join(format!("store-{instance}.toml"));
+    let settings = format!(
+        "[kafka.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\"group.instance.id\" = \"{group}-{instance}\"\n"
+    );
+    std::fs::write(&config, settings).expect("store settings file");
+    let env = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let mut vars = vec![
+        env("KAFKA_BROKERS", &kafka().brokers),
+        env("RUNNEL_STORE__GROUP_ID", group),
+        env("RUNNEL_STORE__TOPICS__AGGREGATES__NAME", &topics.aggregates.name),
+        env("RUNNEL_STORE__STORAGE__PATH", &path.display().to_string()),
+        env("RUNNEL_STORE__STORAGE__FLUSH_INTERVAL", "200ms"),
+        env("RUNNEL_STORE__GRPC__LISTEN", "127.0.0.1:0"),
+    ];
+    vars.extend(more.iter().map(|(k, v)| env(k, v)));
+    let mut service =
+        crate::process::Service::spawn_with_args(&crate::process::bin("store"), &["--config", &config.display().to_string()], &vars);
+    let line = service.wait_for_log("grpc serving", Duration::from_secs(60));
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (service, addr)
+}

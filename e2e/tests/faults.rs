@@ -14,11 +14,9 @@ use e2e::oracle::{S, Topics, WINDOW};
 use e2e::cluster::Cluster;
 use e2e::process::{Service, bin};
 use e2e::verify::{FormulaData, Options, verify};
-use e2e::{kafka, now_ns, unique};
+use e2e::{kafka, now_ns, produce_points, unique};
 use plumbing::kafka::KafkaSettings;
 use proto::prost::Message as _;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 
 /// Processor settings every instance shares: a short session timeout, so that the group notices a
 /// killed member in seconds; an idle timeout longer than the test, so that only event time closes
@@ -57,33 +55,6 @@ fn spawn(kafka: &KafkaSettings, config: &Path, topics: &Topics, group: &str, ins
 /// Sends every point of `data` at about `rate` points a second, keyed by series, acks=all, idempotent.
 fn produce(kafka: &KafkaSettings, data: &FormulaData, topic: &str, rate: u64) -> u64 {
     produce_points(kafka, data.points(), topic, rate)
-}
-
-fn produce_points(kafka: &KafkaSettings, points: impl Iterator<Item = proto::v1::Point>, topic: &str, rate: u64) -> u64 {
-    let producer: BaseProducer = kafka.producer("e2e-faults").create().expect("producer");
-    let started = Instant::now();
-    let mut sent = 0u64;
-    for point in points {
-        let (key, payload) = (point.series_key(), point.encode_to_vec());
-        loop {
-            match producer.send(BaseRecord::to(topic).key(&key).payload(&payload)) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((err, _)) => panic!("produce: {err}"),
-            }
-        }
-        sent += 1;
-        producer.poll(Duration::ZERO);
-        // Pace the load so that the kills fall while it flows.
-        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-        if let Some(ahead) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(ahead);
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
-    sent
 }
 
 /// The fault tests run one at a time: each loads both cores, and three at once would measure the

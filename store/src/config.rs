@@ -60,6 +60,9 @@ pub struct QueryLimits {
     pub max_series: u64,
     /// Most windows one `Range` may read (before merging them into steps).
     pub max_windows: u64,
+    /// Largest encoded answer of one query, in bytes (a client must accept that much: tonic's default
+    /// is 4 MiB).
+    pub max_response_bytes: usize,
     /// Longest time range of one `Range`.
     #[serde(with = "humantime_serde")]
     pub max_range: Duration,
@@ -84,6 +87,7 @@ impl Default for Settings {
             query: QueryLimits {
                 max_series: 10_000,
                 max_windows: 5_000_000,
+                max_response_bytes: 64 << 20,
                 max_range: Duration::from_secs(400 * 86_400),
                 timeout: Duration::from_secs(30),
             },
@@ -104,6 +108,7 @@ impl ServiceSettings for Settings {
         let q = &self.query;
         check(&mut errors, q.max_series >= 1, "query.max_series", "must be at least 1");
         check(&mut errors, q.max_windows >= 1, "query.max_windows", "must be at least 1");
+        check(&mut errors, q.max_response_bytes >= 1, "query.max_response_bytes", "must be at least 1");
         check(&mut errors, !q.max_range.is_zero(), "query.max_range", "must be positive");
         check(&mut errors, !q.timeout.is_zero(), "query.timeout", "must be positive");
         errors

@@ -46,6 +46,17 @@ impl Query {
     }
 }
 
+impl Query {
+    /// `response`, unless its encoding is larger than the limit.
+    fn bounded<M: proto::prost::Message>(&self, response: M) -> Result<M> {
+        let limit = self.limits.max_response_bytes;
+        if response.encoded_len() > limit {
+            return Err(Error::TooLarge { what: "the answer's size in bytes", limit: limit as u64 });
+        }
+        Ok(response)
+    }
+}
+
 fn selector(selector: Option<SeriesSelector>, metric_required: bool) -> Result<Selector> {
     let selector = selector.unwrap_or_default();
     if metric_required && selector.metric.is_empty() {
@@ -128,7 +139,7 @@ impl QueryService for Query {
         let limits = self.limits.clone();
         let (start, end) = (query.start_ns, query.end_ns);
         let response = self.answer(start, end, move |snapshot| query.run(snapshot, &limits)).await?;
-        Ok(Response::new(response))
+        Ok(Response::new(self.bounded(response)?))
     }
 
     async fn latest(&self, request: Request<LatestRequest>) -> Result<Response<LatestResponse>, Status> {
@@ -156,7 +167,7 @@ impl QueryService for Query {
                 Ok(series)
             })
             .await?;
-        Ok(Response::new(LatestResponse { series }))
+        Ok(Response::new(self.bounded(LatestResponse { series })?))
     }
 
     async fn list_series(&self, request: Request<ListSeriesRequest>) -> Result<Response<ListSeriesResponse>, Status> {
@@ -185,7 +196,7 @@ impl QueryService for Query {
                 Ok(ListSeriesResponse { series, next_page_token })
             })
             .await?;
-        Ok(Response::new(response))
+        Ok(Response::new(self.bounded(response)?))
     }
 
     type SqlStream = futures::stream::BoxStream<'static, Result<SqlResponse, Status>>;

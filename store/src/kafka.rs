@@ -274,6 +274,11 @@ impl Flusher {
             tokio::task::spawn_blocking(move || encode_segment(&rows, partition, kind, &topic, first, cut)).await??;
         let row_count = meta.rows;
         table.objects.put_segment(&meta.name, bytes).await?;
+        // The crash test widens the moment between writing a segment and listing it, so that its kills
+        // land there: `FAILPOINTS=store::before_publish=return(<ms>)`.
+        if let Some(ms) = fail::eval("store::before_publish", |arg| arg.and_then(|a| a.parse::<u64>().ok())).flatten() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         let mut next = (*manifest).clone();
         next.append(meta).map_err(|err| crate::Error::Internal(err.to_string()))?;
         if let Err(err) = table.objects.publish_manifest(table.kind, &table.topic, partition, &next).await {

@@ -3,8 +3,12 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    plumbing::service::run("store", |settings: store::Settings, shutdown| async move {
+    // Fault tests set FAILPOINTS (e.g. `store::before_publish=return(300)`); unset, no point is active.
+    let failpoints = fail::FailScenario::setup();
+    let code = plumbing::service::run("store", |settings: store::Settings, shutdown| async move {
         store::App::build(settings).await?.run(shutdown).await?;
         Ok(())
-    })
+    });
+    failpoints.teardown();
+    code
 }

@@ -1,0 +1,264 @@
+//! The store as real processes on a real broker: SIGKILLed every few seconds while 200,000 points and
+//! their aggregates flow, it still lists every window exactly once in a gapless chain of segments, and
+//! leaves no segment behind unlisted; two instances sharing one object store answer alike, and when one
+//! is killed the other takes its partitions over with nothing lost.
+//!
+//! The oracle is `FormulaData`: every window's statistics by formula, independent of any service.
+
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use e2e::oracle::{LATENESS, S, Topics, WINDOW};
+use e2e::process::Service;
+use e2e::services::{processor_settings, spawn_store, spawn_store_with};
+use e2e::stored::stored;
+use e2e::verify::{Expected, FormulaData, Observed, Options, Reading, compare};
+use e2e::{Running, eventually, kafka, now_ns, produce_points, unique};
+use proto::v1::query_service_client::QueryServiceClient;
+use proto::v1::{LatestRequest, ListSeriesRequest, RangeRequest, SeriesSelector, WindowStats};
+
+/// These tests load both cores; one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// One test's topics, folder and processor.
+struct Run {
+    topics: Topics,
+    dir: std::path::PathBuf,
+    group: String,
+    processor: Option<Running<processor::Error>>,
+}
+
+impl Run {
+    async fn new() -> Self {
+        let topics = Topics::unique(4);
+        kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
+        let dir = std::env::temp_dir().join(unique("runnel-store-e2e"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Only event time closes windows: the loads lie in the past and may pause between phases.
+        let mut settings = processor_settings(&topics, &unique("e2e-store-processor"));
+        settings.windows.idle_timeout = Duration::from_secs(3600);
+        let app = processor::App::build(settings).await.unwrap();
+        let processor = Some(Running::spawn(|shutdown| app.run(shutdown)));
+        Self { topics, group: unique("e2e-store"), dir, processor }
+    }
+
+    fn objects(&self) -> std::path::PathBuf {
+        self.dir.join("objects")
+    }
+
+    fn spawn_store(&self, instance: &str) -> (Service, SocketAddr) {
+        spawn_store(&self.dir, &self.topics, &self.group, &self.objects(), instance)
+    }
+
+    /// A store that pauses 300 ms between writing each segment and listing it, so that a kill lands
+    /// there more often than not.
+    fn spawn_slow_store(&self, instance: &str) -> Service {
+        let failpoint = [("FAILPOINTS", "store::before_publish=return(300)")];
+        spawn_store_with(&self.dir, &self.topics, &self.group, &self.objects(), instance, &failpoint).0
+    }
+
+    fn produce(&self, data: FormulaData, rate: u64) -> tokio::task::JoinHandle<u64> {
+        let topic = self.topics.points.name.clone();
+        tokio::task::spawn_blocking(move || produce_points(&kafka(), data.points(), &topic, rate))
+    }
+
+    async fn stop(mut self) {
+        if let Some(processor) = self.processor.take() {
+            processor.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `Range` of every `load` series over `[start_ns, end_ns)`, as a reading to compare with an oracle.
+async fn range(addr: SocketAddr, start_ns: i64, end_ns: i64) -> Reading {
+    // A thousand series' windows with their sketches are more than tonic's default 4 MiB.
+    let client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = client.max_decoding_message_size(64 << 20);
+    let request = RangeRequest {
+        selector: Some(SeriesSelector { metric: "load".into(), matchers: vec![] }),
+        start_ns,
+        end_ns,
+        ..RangeRequest::default()
+    };
+    let reply = client.range(request).await.unwrap().into_inner();
+    let mut reading = Reading::default();
+    for series in reply.series {
+        let key = series.series.unwrap().key();
+        for (i, w) in series.windows.into_iter().enumerate() {
+            reading.aggregates.push(Observed { key: (key.clone(), w.start_ns), stats: w, partition: 0, offset: i as i64 });
+        }
+    }
+    reading
+}
+
+/// The windows of `data`, queried over its own span.
+async fn range_of(addr: SocketAddr, data: &FormulaData) -> Reading {
+    range(addr, data.base, data.base + i64::from(data.seconds) * S).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_sigkilled_during_flushes_lists_every_window_exactly_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let run = Run::new().await;
+    let base = (now_ns() - 3 * 3600 * S) / WINDOW * WINDOW;
+    let data = FormulaData::new(base, 1_000, 200, 11);
+    let mut store = run.spawn_slow_store("a");
+    let mut logs = vec![store.log_path().to_owned()];
+    let producing = run.produce(data, 6_000);
+
+    // SIGKILL every 2 to 3.5 s (varied, so that kills land at every phase of the flushes) while the load
+    // flows, and a few times after it while the last windows arrive.
+    let mut kills = 0;
+    let mut after = 0;
+    while after < 3 {
+        tokio::time::sleep(Duration::from_millis(2_000 + 500 * (kills % 4))).await;
+        assert!(!store.kill().success(), "the store was running when killed:\n{}", store.log_tail(30));
+        kills += 1;
+        store = run.spawn_slow_store("a");
+        logs.push(store.log_path().to_owned());
+        if producing.is_finished() {
+            after += 1;
+        }
+        assert!(kills < 60, "the load took far longer than planned");
+    }
+    let sent = producing.await.unwrap();
+    let addr = {
+        let (last, addr) = run.spawn_store("a");
+        drop(std::mem::replace(&mut store, last));
+        addr
+    };
+
+    let expected = data.expected();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let got = loop {
+        let got = stored(&run.objects(), &run.topics.aggregates.name, 4).await;
+        if got.reading.aggregates.len() >= expected.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let verdict = compare(&got.reading, &expected, Options::default());
+    assert!(verdict.is_clean(), "{sent} points, {kills} SIGKILLs:\n{verdict}\nstore log:\n{}", store.log_tail(40));
+    assert!(got.gaps.is_empty(), "the segments of a partition follow each other: {:?}", got.gaps);
+    let unlisted: Vec<&String> = got.objects.difference(&got.listed).collect();
+    assert!(unlisted.is_empty(), "a replay rewrites the segment a kill left unlisted, never a second copy: {unlisted:?}");
+    let counted: u64 = got.reading.aggregates.iter().map(|o| o.stats.count).sum();
+    assert_eq!(counted, sent - u64::from(data.series), "every data point is counted once (the closing points' windows stay open)");
+    // The kills did land between writing a segment and listing it: a restart found the segment.
+    let rewrites = logs
+        .iter()
+        .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+        .map(|text| text.lines().filter(|l| l.contains("partition taken over") && l.contains("cut_at=Some")).count())
+        .sum::<usize>();
+    assert!(rewrites >= 1, "no kill fell between a segment's write and its listing in {kills} kills");
+    let answered = range_of(addr, &data).await;
+    assert!(compare(&answered, &expected, Options::default()).is_clean(), "the restarted store answers every window once");
+    eprintln!(
+        "{sent} points, {kills} SIGKILLs ({rewrites} between a segment's write and its listing): {} windows listed once each in {} segments",
+        expected.len(),
+        got.listed.len()
+    );
+    drop(store);
+    run.stop().await;
+}
+
+/// Every series' latest window, by key.
+async fn latest(addr: SocketAddr) -> BTreeMap<String, WindowStats> {
+    let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let request = LatestRequest { selector: Some(SeriesSelector { metric: "load".into(), matchers: vec![] }) };
+    let reply = client.latest(request).await.unwrap().into_inner();
+    reply.series.into_iter().map(|s| (s.series.unwrap().key(), s.windows.into_iter().next().unwrap())).collect()
+}
+
+/// Every series key, read page by page.
+async fn list(addr: SocketAddr, page_size: u32) -> Vec<String> {
+    let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut keys = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..1_000 {
+        let page = client.list_series(ListSeriesRequest { selector: None, page_size, page_token }).await.unwrap().into_inner();
+        assert!(page.series.len() <= page_size as usize);
+        keys.extend(page.series.iter().map(proto::v1::Series::key));
+        if page.next_page_token.is_empty() {
+            return keys;
+        }
+        page_token = page.next_page_token;
+    }
+    panic!("more than 1,000 pages")
+}
+
+/// The window each series' closing point opens, once later points close it: one point of value 0.
+fn closing_windows(data: &FormulaData) -> Expected {
+    let start = data.base + (i64::from(data.seconds) + WINDOW / S - 1) / (WINDOW / S) * WINDOW + WINDOW;
+    assert_eq!((start + LATENESS) / WINDOW * WINDOW, start, "the closing point lies in this window");
+    (0..data.series)
+        .map(|i| {
+            let stats = WindowStats { start_ns: start, end_ns: start + WINDOW, count: 1, ..WindowStats::default() };
+            ((FormulaData::key(i), start), stats)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_answer_alike_and_one_takes_over_when_the_other_is_killed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let run = Run::new().await;
+    let (mut a, addr_a) = run.spawn_store("a");
+    let (b, addr_b) = run.spawn_store("b");
+    let base = (now_ns() - 3 * 3600 * S) / WINDOW * WINDOW;
+    let first = FormulaData::new(base, 200, 60, 3);
+    run.produce(first, 20_000).await.unwrap();
+
+    // Each instance ingests half the partitions; once a flush has passed, each answers for all of them.
+    let want = first.expected();
+    for addr in [addr_a, addr_b] {
+        eventually("both stores to answer every window", Duration::from_secs(90), || async {
+            compare(&range_of(addr, &first).await, &want, Options::default()).is_clean().then_some(())
+        })
+        .await;
+    }
+    assert_eq!(range_of(addr_a, &first).await, range_of(addr_b, &first).await);
+    let latest_a = latest(addr_a).await;
+    assert_eq!(latest_a, latest(addr_b).await, "Latest answers alike");
+    assert_eq!(latest_a.len(), 200);
+    for (key, window) in &latest_a {
+        assert_eq!(window.start_ns, base + 50 * S, "{key}: the last window of the load");
+        assert_eq!(window.count, want[&(key.clone(), window.start_ns)].count);
+    }
+    let mut keys: Vec<String> = (0..200).map(FormulaData::key).collect();
+    keys.sort();
+    assert_eq!(list(addr_a, 64).await, keys, "ListSeries pages through every series once");
+    assert_eq!(list(addr_b, 7).await, keys);
+
+    // A second load; a is SIGKILLed while it flows, with rows in memory not yet durable. b takes its
+    // partitions over from their manifests and reads those rows again.
+    let second = FormulaData::new(base + 600 * S, 200, 60, 5);
+    let producing = run.produce(second, 4_000);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!a.kill().success());
+    let sent = producing.await.unwrap();
+    let mut want_all = first.expected();
+    want_all.extend(closing_windows(&first));
+    want_all.extend(second.expected());
+    let want_second = second.expected();
+    eventually("the surviving store to answer the second load", Duration::from_secs(90), || async {
+        compare(&range_of(addr_b, &second).await, &want_second, Options::default()).is_clean().then_some(())
+    })
+    .await;
+    assert!(compare(&range_of(addr_b, &first).await, &want, Options::default()).is_clean(), "the first load is still whole");
+    let got = eventually("every window to be durable", Duration::from_secs(60), || async {
+        let got = stored(&run.objects(), &run.topics.aggregates.name, 4).await;
+        (got.reading.aggregates.len() >= want_all.len()).then_some(got)
+    })
+    .await;
+    let verdict = compare(&got.reading, &want_all, Options::default());
+    assert!(verdict.is_clean(), "{sent} points after a was killed:\n{verdict}\nb's log:\n{}", b.log_tail(40));
+    assert!(got.gaps.is_empty(), "{:?}", got.gaps);
+    drop((a, b));
+    run.stop().await;
+}
