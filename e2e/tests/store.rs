@@ -167,6 +167,30 @@ async fn a_store_sigkilled_during_flushes_lists_every_window_exactly_once() {
     run.stop().await;
 }
 
+/// The rows of a `series, windows, points, top` SQL answer.
+async fn sql(addr: SocketAddr, query: &str) -> Vec<(String, i64, u64, f64)> {
+    use arrow::array::AsArray as _;
+    use arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+    use futures::StreamExt as _;
+
+    let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut stream = client.sql(proto::v1::SqlRequest { query: query.into() }).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend(chunk.unwrap().arrow_ipc);
+    }
+    let mut rows = Vec::new();
+    for batch in arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap() {
+        let batch = batch.unwrap();
+        let (series, windows) = (batch.column(0).as_string::<i32>(), batch.column(1).as_primitive::<Int64Type>());
+        let (points, top) = (batch.column(2).as_primitive::<UInt64Type>(), batch.column(3).as_primitive::<Float64Type>());
+        for r in 0..batch.num_rows() {
+            rows.push((series.value(r).to_owned(), windows.value(r), points.value(r), top.value(r)));
+        }
+    }
+    rows
+}
+
 /// Every series' latest window, by key.
 async fn latest(addr: SocketAddr) -> BTreeMap<String, WindowStats> {
     let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
@@ -229,6 +253,16 @@ async fn two_stores_answer_alike_and_one_takes_over_when_the_other_is_killed() {
     for (key, window) in &latest_a {
         assert_eq!(window.start_ns, base + 50 * S, "{key}: the last window of the load");
         assert_eq!(window.count, want[&(key.clone(), window.start_ns)].count);
+    }
+    let by_series = "SELECT series, count(*) AS windows, sum(\"count\") AS points, max(max) AS top FROM aggregates GROUP BY series ORDER BY series";
+    let sql_a = sql(addr_a, by_series).await;
+    assert_eq!(sql_a, sql(addr_b, by_series).await, "Sql answers alike");
+    assert_eq!(sql_a.len(), 200);
+    for (key, windows, points, top) in &sql_a {
+        let mine: Vec<&WindowStats> = want.iter().filter(|((k, _), _)| k == key).map(|(_, w)| w).collect();
+        assert_eq!(*windows, mine.len() as i64, "{key}");
+        assert_eq!(*points, mine.iter().map(|w| w.count).sum::<u64>(), "{key}");
+        assert_eq!(*top, mine.iter().map(|w| w.max).fold(f64::NEG_INFINITY, f64::max), "{key}");
     }
     let mut keys: Vec<String> = (0..200).map(FormulaData::key).collect();
     keys.sort();

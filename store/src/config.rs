@@ -60,6 +60,12 @@ pub struct QueryLimits {
     pub max_series: u64,
     /// Most windows one `Range` may read (before merging them into steps).
     pub max_windows: u64,
+    /// Most rows one `Sql` answer may hold.
+    pub max_rows: u64,
+    /// Threads that run `Sql` queries, apart from those that ingest and answer the other queries.
+    pub sql_threads: usize,
+    /// Working memory of one `Sql` query (sorts, aggregations, joins), in bytes.
+    pub sql_memory_bytes: usize,
     /// Largest encoded answer of one query, in bytes (a client must accept that much: tonic's default
     /// is 4 MiB).
     pub max_response_bytes: usize,
@@ -88,6 +94,9 @@ impl Default for Settings {
                 max_series: 10_000,
                 max_windows: 5_000_000,
                 max_response_bytes: 64 << 20,
+                max_rows: 1_000_000,
+                sql_threads: 2,
+                sql_memory_bytes: 2 << 30,
                 max_range: Duration::from_secs(400 * 86_400),
                 timeout: Duration::from_secs(30),
             },
@@ -108,6 +117,9 @@ impl ServiceSettings for Settings {
         let q = &self.query;
         check(&mut errors, q.max_series >= 1, "query.max_series", "must be at least 1");
         check(&mut errors, q.max_windows >= 1, "query.max_windows", "must be at least 1");
+        check(&mut errors, q.max_rows >= 1, "query.max_rows", "must be at least 1");
+        check(&mut errors, q.sql_threads >= 1, "query.sql_threads", "must be at least 1");
+        check(&mut errors, q.sql_memory_bytes >= 1 << 20, "query.sql_memory_bytes", "must be at least 1 MiB");
         check(&mut errors, q.max_response_bytes >= 1, "query.max_response_bytes", "must be at least 1");
         check(&mut errors, !q.max_range.is_zero(), "query.max_range", "must be positive");
         check(&mut errors, !q.timeout.is_zero(), "query.timeout", "must be positive");

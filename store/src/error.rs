@@ -16,6 +16,9 @@ pub enum Error {
     /// Not retryable as it is: the answer would exceed a configured limit.
     #[error("{what} would exceed the limit of {limit}; narrow the selector or the time range")]
     TooLarge { what: &'static str, limit: u64 },
+    /// Not retryable as it is: the query needs more memory than it may use.
+    #[error("the query needs more memory than allowed: {0}")]
+    Exhausted(String),
     /// Retryable on a lighter load: the query ran past the configured query time.
     #[error("the query ran longer than the limit of {0:?}")]
     Timeout(std::time::Duration),
@@ -25,6 +28,8 @@ pub enum Error {
     Segment(#[from] SegmentError),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("sql executor: {0}")]
+    Executor(std::io::Error),
     #[error("grpc listener: {0}")]
     Bind(std::io::Error),
     #[error("grpc server: {0}")]
@@ -46,7 +51,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidQuery { .. } => Status::invalid_argument(err.to_string()),
-            Error::TooLarge { .. } => Status::resource_exhausted(err.to_string()),
+            Error::TooLarge { .. } | Error::Exhausted(_) => Status::resource_exhausted(err.to_string()),
             Error::Timeout(_) => Status::deadline_exceeded(err.to_string()),
             // Internals stay in the log; the caller learns only that it may retry.
             other => {

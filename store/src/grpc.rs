@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::range::{latest, rows_in, series_in, series_of, windows_in_range};
 use crate::rollup;
 use crate::select::Selector;
+use crate::sql;
 use crate::table::{Snapshot, Table};
 
 /// The page size of `ListSeries` when the request names none.
@@ -24,11 +25,12 @@ const DEFAULT_PAGE_SIZE: u32 = 1_000;
 pub(crate) struct Query {
     table: Arc<Table>,
     limits: QueryLimits,
+    executor: Arc<sql::Executor>,
 }
 
 impl Query {
-    pub(crate) fn new(table: Arc<Table>, limits: QueryLimits) -> Self {
-        Self { table, limits }
+    pub(crate) fn new(table: Arc<Table>, limits: QueryLimits, executor: Arc<sql::Executor>) -> Self {
+        Self { table, limits, executor }
     }
 
     /// Reads the records of `[from_ns, to_ns)` and computes `answer` from them, within the query time.
@@ -201,7 +203,100 @@ impl QueryService for Query {
 
     type SqlStream = futures::stream::BoxStream<'static, Result<SqlResponse, Status>>;
 
-    async fn sql(&self, _request: Request<SqlRequest>) -> Result<Response<Self::SqlStream>, Status> {
-        Err(Status::unimplemented("SQL is not served yet"))
+    async fn sql(&self, request: Request<SqlRequest>) -> Result<Response<Self::SqlStream>, Status> {
+        let query = request.into_inner().query;
+        if query.trim().is_empty() {
+            return Err(Error::invalid("query", "must not be empty").into());
+        }
+        let (limits, table) = (self.limits.clone(), Arc::clone(&self.table));
+        let timeout = limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (planned_tx, planned) = tokio::sync::oneshot::channel::<Result<()>>();
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        // The query runs on the SQL executor; this side keeps the deadline, which a query busy with
+        // its CPU could not keep itself.
+        let task = self.executor.spawn(async move {
+            let planned = async { sql::plan(&sql::session(&table, limits.sql_memory_bytes)?, &query).await }.await;
+            let batches = match planned {
+                Ok(batches) => batches,
+                Err(err) => {
+                    let _ = planned_tx.send(Err(err));
+                    return;
+                }
+            };
+            let _ = planned_tx.send(Ok(()));
+            if let Err(err) = stream_ipc(batches, &limits, &sender).await {
+                // The caller may have gone; then nobody is left to tell.
+                let _ = sender.send(Err(err.into())).await;
+            }
+        });
+        let task = AbortOnDrop(task.abort_handle());
+        // Planning errors are answered as the call's status; what fails later ends the stream.
+        match tokio::time::timeout_at(deadline, planned).await {
+            Err(_) => return Err(Error::Timeout(timeout).into()),
+            Ok(Err(_)) => return Err(Error::Internal("the query task ended before planning".to_owned()).into()),
+            Ok(Ok(Err(err))) => return Err(err.into()),
+            Ok(Ok(Ok(()))) => {}
+        }
+        let stream = futures::stream::unfold(Some((receiver, task)), move |state| async move {
+            let (mut receiver, task) = state?;
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(item)) => Some((item, Some((receiver, task)))),
+                Ok(None) => None,
+                // The task is aborted as `task` drops here.
+                Err(_) => Some((Err(Error::Timeout(timeout).into()), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Aborts a task when dropped: a query whose caller has gone or whose time is up stops at its next
+/// yield instead of running on.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `batches` as chunks of one Arrow IPC stream (the schema first), within the row and size
+/// limits; stops early when the caller has gone.
+async fn stream_ipc(
+    mut batches: datafusion::execution::SendableRecordBatchStream,
+    limits: &QueryLimits,
+    sender: &tokio::sync::mpsc::Sender<Result<SqlResponse, Status>>,
+) -> Result<()> {
+    use datafusion::arrow::ipc::writer::StreamWriter;
+    use futures::StreamExt as _;
+
+    let ipc_error = |err: datafusion::arrow::error::ArrowError| Error::Segment(crate::segment::SegmentError::Arrow(err));
+    let mut writer = StreamWriter::try_new(Vec::new(), &batches.schema()).map_err(ipc_error)?;
+    let (mut rows, mut bytes) = (0u64, 0usize);
+    let mut send = async |chunk: Vec<u8>| -> Result<bool> {
+        bytes += chunk.len();
+        if bytes > limits.max_response_bytes {
+            return Err(Error::TooLarge { what: "the answer's size in bytes", limit: limits.max_response_bytes as u64 });
+        }
+        Ok(sender.send(Ok(SqlResponse { arrow_ipc: chunk })).await.is_ok())
+    };
+    if !send(std::mem::take(writer.get_mut())).await? {
+        return Ok(());
+    }
+    loop {
+        let Some(batch) = batches.next().await else { break };
+        let batch = batch.map_err(sql::sql_error)?;
+        rows += batch.num_rows() as u64;
+        if rows > limits.max_rows {
+            return Err(Error::TooLarge { what: "the rows of the answer", limit: limits.max_rows });
+        }
+        writer.write(&batch).map_err(ipc_error)?;
+        if !send(std::mem::take(writer.get_mut())).await? {
+            return Ok(());
+        }
+    }
+    writer.finish().map_err(ipc_error)?;
+    send(std::mem::take(writer.get_mut())).await?;
+    Ok(())
 }

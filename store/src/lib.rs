@@ -13,6 +13,7 @@ pub mod range;
 pub mod rollup;
 pub mod segment;
 pub mod select;
+mod sql;
 mod table;
 
 use std::net::SocketAddr;
@@ -75,7 +76,8 @@ impl App {
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         // A child token: a failure here stops this store's halves without cancelling the caller's token.
         let shutdown = shutdown.child_token();
-        let query = grpc::Query::new(Arc::clone(&self.ingest.table), self.query);
+        let executor = Arc::new(sql::Executor::new(self.query.sql_threads).map_err(Error::Executor)?);
+        let query = grpc::Query::new(Arc::clone(&self.ingest.table), self.query, executor);
         let router = proto::tonic::transport::Server::builder().add_service(QueryServiceServer::new(query));
         let serving = self.listener.serve(router, shutdown.clone());
         // Either half failing stops the other, so a store never serves stale data while ingest is dead.
