@@ -155,3 +155,19 @@ pub fn assert_windows(key: &str, got: &[WindowStats], want: &[WindowStats]) {
     }
 }
 
+/// A value spread over four orders of magnitude, so that percentiles differ from the mean.
+pub fn spread_value(series: u32, second: i64) -> f64 {
+    let mut h = (u64::from(series) << 32) ^ second as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    let unit = (h % 1_000_000) as f64 / 1_000_000.0;
+    0.5 * 10f64.powf(4.0 * unit)
+}
+
+/// The exact `q` quantile of `values` at rank `q * (n - 1)`, rounded down (DDSketch's rank).
+pub fn exact_quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
+}

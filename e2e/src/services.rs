@@ -13,12 +13,8 @@ use proto::v1::{Point, RangeRequest, SeriesSelector, WindowStats, WriteRequest};
 use crate::oracle::{LATENESS, S, Topics, WINDOW};
 use crate::{Running, kafka};
 
-/// A store on `path` in consumer group `group`.
-pub async fn start_store(
-    topics: &Topics,
-    group: &str,
-    path: &Path,
-) -> (SocketAddr, Arc<store::Stats>, Running<store::Error>) {
+/// The settings of a store on `path` in consumer group `group`, flushing every 200 ms.
+pub fn store_settings(topics: &Topics, group: &str, path: &Path) -> store::Settings {
     let mut s = store::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
@@ -26,7 +22,16 @@ pub async fn start_store(
     s.topics.aggregates = topics.aggregates.clone();
     s.storage.path = path.to_path_buf();
     s.storage.flush_interval = Duration::from_millis(200);
-    let app = store::App::build(s).await.expect("store starts");
+    s
+}
+
+/// A store on `path` in consumer group `group`.
+pub async fn start_store(
+    topics: &Topics,
+    group: &str,
+    path: &Path,
+) -> (SocketAddr, Arc<store::Stats>, Running<store::Error>) {
+    let app = store::App::build(store_settings(topics, group, path)).await.expect("store starts");
     let (addr, stats) = (app.grpc_addr(), app.stats());
     (addr, stats, Running::spawn(|shutdown| app.run(shutdown)))
 }
@@ -51,6 +56,15 @@ pub async fn start_processor(topics: &Topics, group: &str) -> (Arc<processor::St
     let app = processor::App::build(processor_settings(topics, group)).await.expect("processor starts");
     let stats = app.stats();
     (stats, Running::spawn(|shutdown| app.run(shutdown)))
+}
+
+/// A processor whose windows only event time closes (an idle timeout of an hour), for loads that lie in
+/// the past and may pause.
+pub async fn start_event_time_processor(topics: &Topics) -> Running<processor::Error> {
+    let mut settings = processor_settings(topics, &crate::unique("e2e-processor"));
+    settings.windows.idle_timeout = Duration::from_secs(3600);
+    let app = processor::App::build(settings).await.expect("processor starts");
+    Running::spawn(|shutdown| app.run(shutdown))
 }
 
 /// The windows of every series of `metric` within an hour of `base`, by series key.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use arrow::array::{AsArray as _, RecordBatch};
 use arrow::datatypes::{Int64Type, UInt64Type};
-use e2e::oracle::{LATENESS, S, Topics, WINDOW};
-use e2e::services::processor_settings;
+use e2e::oracle::{LATENESS, S, Topics, WINDOW, exact_quantile, spread_value as value};
+use e2e::services::{start_event_time_processor, store_settings};
 use e2e::{Running, eventually, kafka, now_ns, produce_points, unique};
 use futures::StreamExt as _;
 use proto::tonic::Code;
@@ -28,16 +28,6 @@ const LATENCY_SERIES: u32 = 20;
 const CPU_SERIES: u32 = 3;
 /// The sketch's relative accuracy, the processor's default.
 const ACCURACY: f64 = 0.01;
-
-/// A value spread over four orders of magnitude, so that percentiles differ from the mean.
-fn value(series: u32, second: i64) -> f64 {
-    let mut h = (u64::from(series) << 32) ^ second as u64 ^ 0x9e37_79b9_7f4a_7c15;
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    let unit = (h % 1_000_000) as f64 / 1_000_000.0;
-    0.5 * 10f64.powf(4.0 * unit)
-}
 
 fn point(metric: &str, series: u32, ts: i64, value: f64) -> Point {
     Point { metric: metric.into(), tags: [("series".to_owned(), series.to_string())].into(), timestamp_ns: ts, value }
@@ -61,22 +51,9 @@ fn points(base: i64) -> Vec<Point> {
     points
 }
 
-/// The exact `q` quantile of `values` at rank `q * (n - 1)`, rounded down (DDSketch's rank).
-fn exact_quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[(q * (sorted.len() - 1) as f64).floor() as usize]
-}
-
 /// A store whose limits the bad-query checks reach: at most 10 series, 1,000 SQL rows, 3 s.
 async fn start(topics: &Topics, path: &std::path::Path) -> (SocketAddr, Running<store::Error>) {
-    let mut s = store::Settings::default();
-    s.kafka = kafka();
-    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    s.group_id = unique("e2e-queries-store");
-    s.topics.aggregates = topics.aggregates.clone();
-    s.storage.path = path.to_path_buf();
-    s.storage.flush_interval = Duration::from_millis(200);
+    let mut s = store_settings(topics, &unique("e2e-queries-store"), path);
     s.query.max_series = 10;
     s.query.max_rows = 1_000;
     s.query.timeout = Duration::from_secs(3);
@@ -107,10 +84,7 @@ async fn steps_statistics_and_sql_match_the_raw_values_and_bad_queries_are_named
     kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
     let path = std::env::temp_dir().join(unique("runnel-e2e-queries"));
     let base = (now_ns() - 3 * 3600 * S) / MINUTE * MINUTE;
-    let mut settings = processor_settings(&topics, &unique("e2e-queries-processor"));
-    settings.windows.idle_timeout = Duration::from_secs(3600);
-    let processor_app = processor::App::build(settings).await.unwrap();
-    let processor = Running::spawn(|shutdown| processor_app.run(shutdown));
+    let processor = start_event_time_processor(&topics).await;
     let (addr, store) = start(&topics, &path).await;
     let all = points(base);
     let topic = topics.points.name.clone();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use e2e::oracle::{LATENESS, S, Topics, WINDOW};
 use e2e::process::Service;
-use e2e::services::{processor_settings, spawn_store, spawn_store_with};
+use e2e::services::{spawn_store, spawn_store_with, start_event_time_processor};
 use e2e::stored::stored;
 use e2e::verify::{Expected, FormulaData, Observed, Options, Reading, compare};
 use e2e::{Running, eventually, kafka, now_ns, produce_points, unique};
@@ -39,10 +39,7 @@ impl Run {
         let dir = std::env::temp_dir().join(unique("runnel-store-e2e"));
         std::fs::create_dir_all(&dir).unwrap();
         // Only event time closes windows: the loads lie in the past and may pause between phases.
-        let mut settings = processor_settings(&topics, &unique("e2e-store-processor"));
-        settings.windows.idle_timeout = Duration::from_secs(3600);
-        let app = processor::App::build(settings).await.unwrap();
-        let processor = Some(Running::spawn(|shutdown| app.run(shutdown)));
+        let processor = Some(start_event_time_processor(&topics).await);
         Self { topics, group: unique("e2e-store"), dir, processor }
     }
 
@@ -57,7 +54,11 @@ impl Run {
     /// A store that pauses 300 ms between writing each segment and listing it, so that a kill lands
     /// there more often than not.
     fn spawn_slow_store(&self, instance: &str) -> Service {
-        let failpoint = [("FAILPOINTS", "store::before_publish=return(300)")];
+        // No compaction or expiry either: every segment object not listed is then one a kill left.
+        let failpoint = [
+            ("FAILPOINTS", "store::before_publish=return(300)"),
+            ("RUNNEL_STORE__STORAGE__COMPACT_SEGMENTS", "1000000"),
+        ];
         spawn_store_with(&self.dir, &self.topics, &self.group, &self.objects(), instance, &failpoint).0
     }
 

@@ -51,6 +51,36 @@ pub struct Storage {
     pub max_pending_rows: usize,
     /// Memory for decoded segments, in bytes.
     pub cache_bytes: usize,
+    /// How long the processor's windows are kept, by event time (a segment goes once its newest window
+    /// is older, and once every tier has rolled it up); unset keeps them for ever.
+    #[serde(with = "humantime_serde", default)]
+    pub retention: Option<Duration>,
+    /// Downsampled tiers, each rolled up from the windows by merging them (sketches included) into
+    /// steps of its size, with a retention of its own. A `Range` whose step is a multiple of a tier's
+    /// reads the coarsest such tier; SQL sees each as the table `aggregates_<step>` (`aggregates_1m`).
+    pub tiers: Vec<TierSettings>,
+    /// How often the owner of a partition rolls up, compacts and expires its segments.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+    /// A run of at least this many consecutive segments, each with fewer than `compact_rows` rows, is
+    /// merged into one.
+    pub compact_segments: usize,
+    pub compact_rows: u64,
+    /// How long a segment that no manifest lists any more (compacted or expired) stays readable for the
+    /// queries that listed it a moment before.
+    #[serde(with = "humantime_serde")]
+    pub delete_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSettings {
+    /// The tier's step: whole seconds, e.g. `1m`.
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    /// How long its rows are kept, by event time; unset keeps them for ever.
+    #[serde(with = "humantime_serde", default)]
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +119,15 @@ impl Default for Settings {
                 flush_interval: Duration::from_secs(1),
                 max_pending_rows: 2_000_000,
                 cache_bytes: 1 << 30,
+                retention: Some(Duration::from_secs(30 * 86_400)),
+                tiers: vec![
+                    TierSettings { step: Duration::from_secs(60), retention: Some(Duration::from_secs(400 * 86_400)) },
+                    TierSettings { step: Duration::from_secs(3_600), retention: None },
+                ],
+                maintenance_interval: Duration::from_secs(10),
+                compact_segments: 10,
+                compact_rows: 1_000_000,
+                delete_grace: Duration::from_secs(60),
             },
             query: QueryLimits {
                 max_series: 10_000,
@@ -114,6 +153,16 @@ impl ServiceSettings for Settings {
         check(&mut errors, !self.storage.path.as_os_str().is_empty(), "storage.path", "must not be empty");
         check(&mut errors, !self.storage.flush_interval.is_zero(), "storage.flush_interval", "must be positive");
         check(&mut errors, self.storage.max_pending_rows >= 1, "storage.max_pending_rows", "must be at least 1");
+        let st = &self.storage;
+        check(&mut errors, !st.maintenance_interval.is_zero(), "storage.maintenance_interval", "must be positive");
+        check(&mut errors, st.compact_segments >= 2, "storage.compact_segments", "must be at least 2");
+        check(&mut errors, st.compact_rows >= 1, "storage.compact_rows", "must be at least 1");
+        for (i, tier) in st.tiers.iter().enumerate() {
+            let whole = tier.step.subsec_nanos() == 0 && tier.step.as_secs() > 0;
+            check(&mut errors, whole, &format!("storage.tiers[{i}].step"), format!("{:?} must be a whole number of seconds", tier.step));
+            let rising = i == 0 || st.tiers.get(i - 1).is_some_and(|before| tier.step > before.step);
+            check(&mut errors, rising, &format!("storage.tiers[{i}].step"), "steps must grow from one tier to the next");
+        }
         let q = &self.query;
         check(&mut errors, q.max_series >= 1, "query.max_series", "must be at least 1");
         check(&mut errors, q.max_windows >= 1, "query.max_windows", "must be at least 1");

@@ -38,10 +38,11 @@ impl Query {
         &self,
         from_ns: i64,
         to_ns: i64,
+        tier: Option<usize>,
         answer: impl FnOnce(Snapshot) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let work = async {
-            let snapshot = self.table.snapshot(from_ns, to_ns).await?;
+            let snapshot = self.table.snapshot(from_ns, to_ns, tier).await?;
             tokio::task::spawn_blocking(move || answer(snapshot)).await?
         };
         tokio::time::timeout(self.limits.timeout, work).await.map_err(|_| Error::Timeout(self.limits.timeout))?
@@ -97,19 +98,50 @@ impl RangeQuery {
         if statistic == Statistic::Quantile && !(0.0..=1.0).contains(&quantile) {
             return Err(Error::invalid("quantile", format!("{quantile} must lie in [0, 1]")));
         }
-        Ok(Self { selector, start_ns, end_ns, step_ns: request.step_ns, statistic, quantile })
+        let step_ns = request.step_ns;
+        // With a step the range covers whole steps, so that a tier (whose rows are whole steps) and the
+        // raw windows give the same answer.
+        let (start_ns, end_ns) = if step_ns > 0 {
+            let end_steps = end_ns.div_euclid(step_ns) + i64::from(end_ns.rem_euclid(step_ns) != 0);
+            (start_ns.div_euclid(step_ns).saturating_mul(step_ns), end_steps.saturating_mul(step_ns))
+        } else {
+            (start_ns, end_ns)
+        };
+        Ok(Self { selector, start_ns, end_ns, step_ns, statistic, quantile })
+    }
+
+    /// The coarsest tier whose step divides this query's step.
+    fn tier(&self, tiers: &[crate::table::Tier]) -> Option<usize> {
+        (self.step_ns > 0).then_some(())?;
+        tiers.iter().rposition(|t| self.step_ns % t.step_ns == 0)
     }
 
     fn run(self, snapshot: Snapshot, limits: &QueryLimits) -> Result<RangeResponse> {
         let Self { selector, start_ns, end_ns, step_ns, statistic, quantile } = self;
         let mut rows = Vec::new();
-        for batch in &snapshot.segments {
-            rows.extend(rows_in(batch, &selector, start_ns, end_ns)?);
-            if rows.len() as u64 > limits.max_windows {
+        let mut rolled = Vec::new();
+        for (batch, tier) in snapshot.segments.iter().map(|b| (b, false)).chain(snapshot.tier_segments.iter().map(|b| (b, true))) {
+            let read = rows_in(batch, &selector, start_ns, end_ns)?;
+            if tier { rolled.extend(read) } else { rows.extend(read) }
+            if (rows.len() + rolled.len()) as u64 > limits.max_windows {
                 return Err(Error::TooLarge { what: "the windows read", limit: limits.max_windows });
             }
         }
+        // Raw windows once each; a tier's rows all, since several may be parts of one step.
         let mut series = windows_in_range(rows.iter().chain(&snapshot.rows), &selector, start_ns, end_ns);
+        if !rolled.is_empty() {
+            let mut by_key: std::collections::BTreeMap<String, SeriesWindows> =
+                series.into_iter().filter_map(|s| Some((s.series.as_ref()?.key(), s))).collect();
+            for row in rolled {
+                let (Some(s), Some(window)) = (row.aggregate.series, row.aggregate.window) else { continue };
+                let entry = by_key.entry(s.key()).or_insert_with(|| SeriesWindows { series: Some(s), windows: Vec::new(), samples: Vec::new() });
+                entry.windows.push(window);
+            }
+            series = by_key.into_values().collect();
+            for s in &mut series {
+                s.windows.sort_by_key(|w| w.start_ns);
+            }
+        }
         if series.len() as u64 > limits.max_series {
             return Err(Error::TooLarge { what: "the series selected", limit: limits.max_series });
         }
@@ -140,7 +172,8 @@ impl QueryService for Query {
         let query = RangeQuery::parse(request.into_inner(), &self.limits)?;
         let limits = self.limits.clone();
         let (start, end) = (query.start_ns, query.end_ns);
-        let response = self.answer(start, end, move |snapshot| query.run(snapshot, &limits)).await?;
+        let tier = query.tier(&self.table.tiers);
+        let response = self.answer(start, end, tier, move |snapshot| query.run(snapshot, &limits)).await?;
         Ok(Response::new(self.bounded(response)?))
     }
 
@@ -148,7 +181,7 @@ impl QueryService for Query {
         let selector = selector(request.into_inner().selector, true)?;
         let max_series = self.limits.max_series;
         let series = self
-            .answer(i64::MIN, i64::MAX, move |snapshot| {
+            .answer(i64::MIN, i64::MAX, None, move |snapshot| {
                 // Per segment only each series' latest window, so the rows kept stay few.
                 let mut candidates = Vec::new();
                 for batch in &snapshot.segments {
@@ -184,7 +217,7 @@ impl QueryService for Query {
         let selector = selector(request.selector, false)?;
         let after = request.page_token;
         let response = self
-            .answer(i64::MIN, i64::MAX, move |snapshot| {
+            .answer(i64::MIN, i64::MAX, None, move |snapshot| {
                 let mut found = series_of(&snapshot.rows, &selector);
                 for batch in &snapshot.segments {
                     found.extend(series_in(batch, &selector)?);

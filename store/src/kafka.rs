@@ -18,12 +18,11 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::error::Result;
+use crate::maintain;
 use crate::objects::ObjectsError;
 use crate::segment::{Located, encode_segment};
 use crate::table::{Owned, Table, lock};
 
-/// How many manifest versions a partition keeps: readers that listed an older one list again.
-const MANIFEST_VERSIONS_KEPT: u64 = 8;
 /// Flushes a replay waits to reach the end of a segment it found unlisted, before cutting elsewhere.
 const CUT_PATIENCE: u32 = 10;
 /// Deadline of a seek.
@@ -80,6 +79,8 @@ pub(crate) struct Ingest {
     pub(crate) stats: Arc<Stats>,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_rows: usize,
+    pub(crate) maintenance: maintain::Policy,
+    pub(crate) upkeep: Arc<maintain::Upkeep>,
 }
 
 impl std::fmt::Debug for Ingest {
@@ -93,6 +94,8 @@ impl Ingest {
         self.consumer.subscribe(&[&self.table.topic])?;
         let mut ticker = tokio::time::interval(self.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut upkeep = tokio::time::interval(self.maintenance.interval);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             // Past the memory budget, reading pauses until a flush makes room.
@@ -109,6 +112,11 @@ impl Ingest {
                 _ = ticker.tick(), if flushing.is_none() => {
                     let flush = self.flusher();
                     flushing = Some(tokio::spawn(async move { flush.flush(CommitMode::Async).await }));
+                }
+                // Upkeep takes the flushes' turn: one writer per manifest.
+                _ = upkeep.tick(), if flushing.is_none() => {
+                    let (table, policy, counters) = (Arc::clone(&self.table), self.maintenance.clone(), Arc::clone(&self.upkeep));
+                    flushing = Some(tokio::spawn(async move { maintain::run(&table, &policy, &counters).await }));
                 }
                 message = self.consumer.recv(), if room => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
@@ -164,11 +172,26 @@ impl Ingest {
     /// partition is read again from there.
     async fn take_over(&self, partition: i32) -> Result<()> {
         let table = &self.table;
-        let manifest = table.objects.latest_manifest(table.kind, &table.topic, partition).await?;
+        let manifest = table.objects.latest_manifest(&table.kind, &table.topic, partition).await?;
+        let mut tiers = Vec::with_capacity(table.tiers.len());
+        for tier in &table.tiers {
+            tiers.push(Arc::new(table.objects.latest_manifest(&tier.kind, &table.topic, partition).await?));
+        }
+        // Segments a former owner compacted or expired but did not live to delete: unlisted, and ending
+        // at or before the manifest's end. (One starting at the end is a flush cut short by a crash,
+        // which the replay below rewrites.)
+        for (kind, listed) in std::iter::once(&manifest).chain(tiers.iter().map(Arc::as_ref)).enumerate() {
+            let Some(end) = listed.next_offset() else { continue };
+            let names = table.objects.names_starting(&table.prefix_of(kind, partition), "").await?;
+            let orphans = names.into_iter().filter(|name| {
+                !listed.segments.iter().any(|s| s.name == *name) && segment_end(name).is_some_and(|e| e <= end)
+            });
+            maintain::doom_names(table, self.maintenance.delete_grace, orphans);
+        }
         let resume_from = manifest.next_offset();
         let mut cut_at = None;
         if let Some(from) = resume_from {
-            let unlisted = table.objects.names_starting(&table.segment_prefix(partition), &format!("{from:020}-")).await?;
+            let unlisted = table.objects.names_starting(&table.prefix_of(0, partition), &format!("{from:020}-")).await?;
             cut_at = unlisted.iter().filter_map(|name| segment_end(name)).max();
         }
         let position = resume_from.map_or(Offset::Beginning, Offset::Offset);
@@ -184,6 +207,7 @@ impl Ingest {
             resume_from,
             cut_at,
             waited: 0,
+            tiers,
         };
         lock(&table.owned).insert(partition, state);
         Ok(())
@@ -269,9 +293,9 @@ impl Flusher {
     async fn write(&self, work: Work) -> Result<()> {
         let table = &self.table;
         let Work { partition, generation, manifest, rows, first, cut } = work;
-        let (kind, topic) = (table.kind, table.topic.clone());
+        let (kind, topic) = (table.kind.clone(), table.topic.clone());
         let (bytes, meta) =
-            tokio::task::spawn_blocking(move || encode_segment(&rows, partition, kind, &topic, first, cut)).await??;
+            tokio::task::spawn_blocking(move || encode_segment(&rows, partition, &kind, &topic, first, cut)).await??;
         let row_count = meta.rows;
         table.objects.put_segment(&meta.name, bytes).await?;
         // The crash test widens the moment between writing a segment and listing it, so that its kills
@@ -281,33 +305,18 @@ impl Flusher {
         }
         let mut next = (*manifest).clone();
         next.append(meta).map_err(|err| crate::Error::Internal(err.to_string()))?;
-        if let Err(err) = table.objects.publish_manifest(table.kind, &table.topic, partition, &next).await {
-            if let ObjectsError::Fenced { .. } = err {
-                self.stats.fenced.fetch_add(1, Ordering::Relaxed);
-                let mut owned = lock(&table.owned);
-                if owned.get(&partition).is_some_and(|s| s.generation == generation) {
-                    owned.remove(&partition);
-                }
-                tracing::warn!(partition, version = next.version, "another instance published this partition's next manifest; giving it up");
-            }
-            return Err(err.into());
-        }
-        let version = next.version;
-        {
-            let mut owned = lock(&table.owned);
-            if let Some(state) = owned.get_mut(&partition).filter(|s| s.generation == generation) {
-                state.manifest = Arc::new(next);
+        let fenced = table
+            .publish(0, partition, generation, next, |state| {
                 state.rows.retain(|r| r.offset >= cut);
                 state.cut_at = None;
-            }
+            })
+            .await;
+        if let Err(crate::Error::Objects(ObjectsError::Fenced { .. })) = &fenced {
+            self.stats.fenced.fetch_add(1, Ordering::Relaxed);
         }
+        fenced?;
         self.stats.rows.fetch_add(row_count, Ordering::Relaxed);
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
-        if version > MANIFEST_VERSIONS_KEPT
-            && let Err(err) = table.objects.prune_manifests(table.kind, &table.topic, partition, version - MANIFEST_VERSIONS_KEPT).await
-        {
-            tracing::debug!(error = %err, partition, "old manifest versions not pruned yet");
-        }
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 mod grpc;
 mod kafka;
+mod maintain;
 pub mod manifest;
 pub mod objects;
 pub mod range;
@@ -26,8 +27,9 @@ use proto::v1::query_service_server::QueryServiceServer;
 pub use crate::config::Settings;
 pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
+pub use crate::maintain::Upkeep;
 use crate::objects::Objects;
-use crate::table::{AGGREGATES, Table};
+use crate::table::{AGGREGATES, Table, Tier};
 
 /// A store that is open, connected and bound but not yet serving.
 #[derive(Debug)]
@@ -48,7 +50,8 @@ impl App {
             let topic = topics.aggregates.name.clone();
             tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await??
         };
-        let table = Arc::new(Table::new(AGGREGATES, topics.aggregates.name, partitions, objects, storage.cache_bytes));
+        let tiers = storage.tiers.iter().map(|t| Tier::new(AGGREGATES, t.step, t.retention)).collect();
+        let table = Arc::new(Table::new(AGGREGATES, topics.aggregates.name, partitions, objects, tiers, storage.cache_bytes));
         let context = kafka::IngestContext { table: Arc::clone(&table) };
         let consumer = kafka.consumer("runnel-store", &group_id).create_with_context(context)?;
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
@@ -58,6 +61,8 @@ impl App {
             stats: Arc::default(),
             flush_interval: storage.flush_interval,
             max_pending_rows: storage.max_pending_rows,
+            maintenance: maintain::Policy::from(&storage),
+            upkeep: Arc::default(),
         };
         Ok(Self { listener, ingest, query })
     }
@@ -70,6 +75,11 @@ impl App {
     /// Counters of what the store has written.
     pub fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.ingest.stats)
+    }
+
+    /// Counters of roll-ups, compactions and expiry.
+    pub fn upkeep(&self) -> Arc<Upkeep> {
+        Arc::clone(&self.ingest.upkeep)
     }
 
     /// Ingests and serves until `shutdown`; then makes what memory holds durable, commits and stops.

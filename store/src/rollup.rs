@@ -5,8 +5,12 @@
 //! the sketch's relative accuracy (quantiles, from the merged DDSketch). A step of a `Range` and a
 //! downsampled tier are both such merges.
 
-use proto::v1::{Moments, Quantile, Statistic, WindowStats};
+use std::collections::BTreeMap;
+
+use proto::v1::{Aggregate, Moments, Quantile, Statistic, WindowStats};
 use sketches_ddsketch::DDSketch;
+
+use crate::segment::Located;
 
 /// Merges `windows` (of one series, in start order, at least one) into one window `[start_ns, end_ns)`.
 /// Its reported quantiles are those the first window reports, recomputed from the merged sketch.
@@ -154,6 +158,48 @@ pub fn by_step(windows: &[WindowStats], step_ns: i64) -> Vec<WindowStats> {
     out
 }
 
+/// Each (series, window start) of `rows` once: the copy delivered last (the highest offset). Raw
+/// windows go through this before they are rolled up; a tier's partial rows of one step must not.
+pub fn once_each(rows: &[Located]) -> Vec<&Located> {
+    let mut latest: BTreeMap<(String, i64), &Located> = BTreeMap::new();
+    for row in rows {
+        let (Some(series), Some(window)) = (&row.aggregate.series, &row.aggregate.window) else { continue };
+        let slot = latest.entry((series.key(), window.start_ns)).or_insert(row);
+        if row.offset >= slot.offset {
+            *slot = row;
+        }
+    }
+    latest.into_values().collect()
+}
+
+/// `rows` rolled up into steps of `step_ns` counted from the epoch: one row per series and step,
+/// merging every row whose window starts in it (raw windows, or a tier's partial rows of that step,
+/// which is how a tier's compaction makes them whole). Each row keeps the partition of the first and
+/// the highest offset it merged. Ordered by series key, then step.
+pub fn roll_up<'a>(rows: impl IntoIterator<Item = &'a Located>, step_ns: i64) -> Vec<Located> {
+    let mut groups: BTreeMap<(String, i64), Vec<&Located>> = BTreeMap::new();
+    for row in rows {
+        let (Some(series), Some(window)) = (&row.aggregate.series, &row.aggregate.window) else { continue };
+        groups.entry((series.key(), window.start_ns.div_euclid(step_ns))).or_default().push(row);
+    }
+    groups
+        .into_iter()
+        .filter_map(|((_, bucket), mut run)| {
+            run.sort_by_key(|r| r.aggregate.window.as_ref().map_or(0, |w| w.start_ns));
+            let first = *run.first()?;
+            let windows: Vec<&WindowStats> = run.iter().filter_map(|r| r.aggregate.window.as_ref()).collect();
+            Some(Located {
+                partition: first.partition,
+                offset: run.iter().map(|r| r.offset).max().unwrap_or(first.offset),
+                aggregate: Aggregate {
+                    series: first.aggregate.series.clone(),
+                    window: Some(merge(&windows, bucket * step_ns, (bucket + 1) * step_ns)),
+                },
+            })
+        })
+        .collect()
+}
+
 /// The `statistic` of `w` (`quantile` for [`Statistic::Quantile`]); `None` where it is undefined.
 pub fn statistic(w: &WindowStats, statistic: Statistic, quantile: f64) -> Option<f64> {
     match statistic {
@@ -256,6 +302,61 @@ mod tests {
             }
             assert_eq!(got.quantiles.len(), 1, "the first window's reported quantiles, recomputed");
         }
+    }
+
+    #[test]
+    fn rolling_up_in_parts_equals_rolling_up_at_once_and_counts_a_redelivery_once() {
+        use proto::v1::Series;
+
+        let located = |offset: i64, host: &str, w: WindowStats| Located {
+            partition: 1,
+            offset,
+            aggregate: Aggregate { series: Some(Series { metric: "m".into(), tags: [("host".to_owned(), host.to_owned())].into() }), window: Some(w) },
+        };
+        // Two series, twelve ten-second windows each (two minutes), the third window delivered twice.
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        for k in 0..12i64 {
+            for host in ["a", "b"] {
+                let points: Vec<(i64, f64)> = (0..10).map(|s| (k * 10 * S + s * S, (k * 10 + s) as f64 * if host == "a" { 1.0 } else { 3.0 })).collect();
+                rows.push(located(offset, host, window(&points, k * 10 * S, (k + 1) * 10 * S)));
+                offset += 1;
+            }
+            if k == 2 {
+                let again = rows[4].clone();
+                rows.push(Located { offset, ..again });
+                offset += 1;
+            }
+        }
+        let once = roll_up(once_each(&rows), 60 * S);
+        assert_eq!(once.len(), 4, "two series, two minutes");
+        let counts: Vec<(String, i64, u64)> =
+            once.iter().map(|r| (r.aggregate.series.as_ref().unwrap().key(), r.aggregate.window.as_ref().unwrap().start_ns, r.aggregate.window.as_ref().unwrap().count)).collect();
+        assert_eq!(
+            counts,
+            vec![
+                (r#"m{host="a"}"#.into(), 0, 60),
+                (r#"m{host="a"}"#.into(), 60 * S, 60),
+                (r#"m{host="b"}"#.into(), 0, 60),
+                (r#"m{host="b"}"#.into(), 60 * S, 60),
+            ],
+            "the re-delivered window counts once"
+        );
+        // Rolled up in two parts (as two flushes' segments), then those partial rows rolled up again.
+        let (left, right) = rows.split_at(9);
+        let mut parts = roll_up(once_each(left), 60 * S);
+        parts.extend(roll_up(once_each(right), 60 * S));
+        assert!(parts.len() > 4, "a minute is split across the parts");
+        let merged = roll_up(&parts, 60 * S);
+        for (a, b) in merged.iter().zip(&once) {
+            let (a, b) = (a.aggregate.window.as_ref().unwrap(), b.aggregate.window.as_ref().unwrap());
+            assert_eq!((a.start_ns, a.count, a.min, a.max, a.first, a.last), (b.start_ns, b.count, b.min, b.max, b.first, b.last));
+            assert!(close(a.sum, b.sum) && close(a.stddev.unwrap(), b.stddev.unwrap()) && close(a.gradient_per_second.unwrap(), b.gradient_per_second.unwrap()));
+            assert_eq!(statistic(a, Statistic::Quantile, 0.9), statistic(b, Statistic::Quantile, 0.9), "merged sketches are the same sketch");
+        }
+        // An hour tier from the same rows.
+        let hour = roll_up(once_each(&rows), 3600 * S);
+        assert_eq!(hour.iter().map(|r| r.aggregate.window.as_ref().unwrap().count).collect::<Vec<_>>(), vec![120, 120]);
     }
 
     #[test]

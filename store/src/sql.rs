@@ -19,7 +19,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
 
 use crate::error::{Error, Result};
-use crate::segment::{aggregates_schema, aggregates_to_batch};
+use crate::rollup;
+use crate::segment::{Located, aggregates_schema, aggregates_to_batch, batch_to_aggregates};
 use crate::table::{Snapshot, Table};
 
 /// The column whose bounds prune the aggregates' segments.
@@ -67,8 +68,12 @@ pub(crate) fn session(aggregates: &Arc<Table>, memory_bytes: usize) -> Result<Se
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(memory_bytes, 1.0).build_arc().map_err(sql_error)?;
     let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    ctx.register_table("aggregates", Arc::new(Aggregates { table: Arc::clone(aggregates), schema: aggregates_schema() }))
+    ctx.register_table("aggregates", Arc::new(Aggregates { table: Arc::clone(aggregates), schema: aggregates_schema(), tier: None }))
         .map_err(sql_error)?;
+    for (t, tier) in aggregates.tiers.iter().enumerate() {
+        let provider = Aggregates { table: Arc::clone(aggregates), schema: aggregates_schema(), tier: Some(t) };
+        ctx.register_table(tier.kind.as_str(), Arc::new(provider)).map_err(sql_error)?;
+    }
     Ok(ctx)
 }
 
@@ -82,11 +87,13 @@ pub(crate) async fn plan(ctx: &SessionContext, query: &str) -> Result<SendableRe
     frame.execute_stream().await.map_err(sql_error)
 }
 
-/// The aggregates table: one row per (series, window), the last delivered.
+/// The aggregates table (one row per series and window, the last delivered), or a tier of it (one row
+/// per series and step, its windows merged).
 #[derive(Debug)]
 struct Aggregates {
     table: Arc<Table>,
     schema: SchemaRef,
+    tier: Option<usize>,
 }
 
 #[async_trait::async_trait]
@@ -115,8 +122,16 @@ impl TableProvider for Aggregates {
         _limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let (from, to) = filters.iter().filter_map(time_bounds).fold((i64::MIN, i64::MAX), |(lo, hi), (a, b)| (lo.max(a), hi.min(b)));
-        let snapshot = self.table.snapshot(from, to).await.map_err(|err| DataFusionError::External(Box::new(err)))?;
-        let batches = once_each(snapshot).map_err(|err| DataFusionError::External(Box::new(err)))?;
+        let external = |err: Error| DataFusionError::External(Box::new(err));
+        let snapshot = self.table.snapshot(from, to, self.tier).await.map_err(external)?;
+        let batches = match self.tier.and_then(|t| self.table.tiers.get(t)) {
+            None => once_each(snapshot).map_err(external)?,
+            Some(tier) => {
+                let step = tier.step_ns;
+                let rolled = tokio::task::spawn_blocking(move || rolled_up(snapshot, step)).await.map_err(|e| external(e.into()))?;
+                vec![rolled.map_err(external)?]
+            }
+        };
         // Two partitions, one per core, each a share of the batches.
         let mut partitions = vec![Vec::new(), Vec::new()];
         for (i, batch) in batches.into_iter().enumerate() {
@@ -202,6 +217,20 @@ fn once_each(snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
         .collect()
 }
 
+/// A tier snapshot as one batch of whole steps: its rows merged with the raw windows it has not
+/// rolled up yet.
+fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<RecordBatch> {
+    let mut raw = snapshot.rows;
+    for batch in &snapshot.segments {
+        raw.extend(batch_to_aggregates(batch)?);
+    }
+    let mut rows: Vec<Located> = rollup::once_each(&raw).into_iter().cloned().collect();
+    for batch in &snapshot.tier_segments {
+        rows.extend(batch_to_aggregates(batch)?);
+    }
+    Ok(aggregates_to_batch(&rollup::roll_up(&rows, step_ns))?)
+}
+
 /// What a caller should hear of a DataFusion error.
 pub(crate) fn sql_error(err: DataFusionError) -> Error {
     match strip(err) {
@@ -248,7 +277,7 @@ mod tests {
     async fn error_of(query: &str) -> Error {
         let dir = std::env::temp_dir().join(format!("runnel-sql-{}-{:?}", std::process::id(), std::time::SystemTime::now()));
         let objects = crate::objects::Objects::local(&dir).unwrap();
-        let table = Arc::new(Table::new("aggregates", "t".into(), 0, objects, 1 << 20));
+        let table = Arc::new(Table::new("aggregates", "t".into(), 0, objects, Vec::new(), 1 << 20));
         let ctx = session(&table, 64 << 20).unwrap();
         let result = plan(&ctx, query).await;
         let _ = std::fs::remove_dir_all(&dir);
