@@ -4,10 +4,18 @@
 #
 #   deploy/bench.sh processor                      # the standard processor benchmark
 #   deploy/bench.sh processor --points 200000 --rounds 1   # a short run
+#   deploy/bench.sh store                          # store ingest, Parquet encoding, query latency
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+
+if [[ ${1:-} == store && ! -x target/bench-venv/bin/python ]]; then
+  # The Parquet encoding baseline is pyarrow, in a virtualenv of its own under target/.
+  echo "==> preparing target/bench-venv with pyarrow"
+  python3 -m venv target/bench-venv
+  target/bench-venv/bin/pip install --quiet pyarrow
+fi
 
 echo "==> building the benchmark suite (release)"
 cargo build --release --locked -p bench

@@ -6,6 +6,8 @@
 //! passthrough over the same input, and measures their throughput and how long a closed window takes
 //! to become visible to a `read_committed` reader.
 
+mod store;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,6 +54,25 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
+    /// Store ingest beside a bare consumer, Parquet encoding beside pyarrow, and query latency from 1,000
+    /// to 100,000 series.
+    Store {
+        /// Aggregates in the ingest topic.
+        #[arg(long, default_value_t = 1_000_000)]
+        aggregates: u64,
+        /// Its partitions.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Ingest rounds, alternated with the baseline.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Series counts for the query latency.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        scales: Vec<u64>,
+        /// A Python with pyarrow (deploy/bench.sh prepares one).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+    },
 }
 
 const S: i64 = 1_000_000_000;
@@ -76,6 +97,16 @@ fn main() -> anyhow::Result<()> {
                 "deploy/bench.sh processor --points {points} --series {series} --rounds {rounds} --partitions {partitions}"
             );
             write_section(&cli.report, "Processor", &format!("{section}\nReproduce: `{command}`\n"))?;
+            println!("{section}");
+        }
+        Command::Store { aggregates, partitions, rounds, scales, python } => {
+            let command = format!(
+                "deploy/bench.sh store --aggregates {aggregates} --partitions {partitions} --rounds {rounds} --scales {}",
+                scales.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            );
+            let options = store::Options { aggregates, partitions, rounds, scales, python: python.unwrap_or_else(store::default_python) };
+            let section = runtime.block_on(store::store_bench(&kafka, &options))?;
+            write_section(&cli.report, "Store", &format!("{section}Reproduce: `{command}`\n"))?;
             println!("{section}");
         }
     }

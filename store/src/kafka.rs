@@ -208,6 +208,7 @@ impl Ingest {
             cut_at,
             waited: 0,
             tiers,
+            flushing: None,
         };
         lock(&table.owned).insert(partition, state);
         Ok(())
@@ -231,7 +232,7 @@ struct Work {
     partition: i32,
     generation: u64,
     manifest: Arc<crate::manifest::Manifest>,
-    rows: Vec<Located>,
+    rows: Arc<Vec<Located>>,
     first: i64,
     cut: i64,
 }
@@ -283,14 +284,35 @@ impl Flusher {
                 }
                 _ => next_read,
             };
-            let rows = state.rows.iter().take_while(|r| r.offset < cut).cloned().collect();
+            // The rows move aside, not copied: queries still see them until their segment is listed.
+            let split = state.rows.partition_point(|r| r.offset < cut);
+            let rest = state.rows.split_off(split);
+            let rows = Arc::new(std::mem::replace(&mut state.rows, rest));
+            state.flushing = Some(Arc::clone(&rows));
             work.push(Work { partition, generation: state.generation, manifest: Arc::clone(&state.manifest), rows, first, cut });
         }
         work
     }
 
-    /// Writes one partition's segment, lists it, and drops its rows from memory.
+    /// Writes one partition's segment, lists it, and drops its rows from memory; when that fails, the
+    /// rows go back to be flushed next time.
     async fn write(&self, work: Work) -> Result<()> {
+        let (partition, generation) = (work.partition, work.generation);
+        let result = self.write_segment(work).await;
+        if result.is_err() {
+            let mut owned = lock(&self.table.owned);
+            if let Some(state) = owned.get_mut(&partition).filter(|s| s.generation == generation)
+                && let Some(flushing) = state.flushing.take()
+            {
+                let mut back = Arc::try_unwrap(flushing).unwrap_or_else(|shared| (*shared).clone());
+                back.append(&mut state.rows);
+                state.rows = back;
+            }
+        }
+        result
+    }
+
+    async fn write_segment(&self, work: Work) -> Result<()> {
         let table = &self.table;
         let Work { partition, generation, manifest, rows, first, cut } = work;
         let (kind, topic) = (table.kind.clone(), table.topic.clone());
@@ -307,7 +329,7 @@ impl Flusher {
         next.append(meta).map_err(|err| crate::Error::Internal(err.to_string()))?;
         let fenced = table
             .publish(0, partition, generation, next, |state| {
-                state.rows.retain(|r| r.offset >= cut);
+                state.flushing = None;
                 state.cut_at = None;
             })
             .await;

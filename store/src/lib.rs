@@ -31,6 +31,12 @@ pub use crate::maintain::Upkeep;
 use crate::objects::Objects;
 use crate::table::{AGGREGATES, Table, Tier};
 
+/// The object name prefix and SQL table of the tier of `base` (e.g. `aggregates`) with `step`:
+/// `aggregates_1m`, `aggregates_1h`.
+pub fn tier_name(base: &str, step: std::time::Duration) -> String {
+    Tier::new(base, step, None).kind
+}
+
 /// A store that is open, connected and bound but not yet serving.
 #[derive(Debug)]
 pub struct App {

@@ -141,11 +141,16 @@ pub fn by_step(windows: &[WindowStats], step_ns: i64) -> Vec<WindowStats> {
     let mut out = Vec::new();
     let mut run: Vec<&WindowStats> = Vec::new();
     let mut bucket = None;
+    let finish = |run: &[&WindowStats], b: i64| match run {
+        // A tier's whole row of this very step is its own merge: no need to decode its sketch.
+        [one] if one.start_ns == b * step_ns && one.end_ns == (b + 1) * step_ns => (*one).clone(),
+        _ => merge(run, b * step_ns, (b + 1) * step_ns),
+    };
     for w in windows {
         let b = w.start_ns.div_euclid(step_ns);
         if bucket != Some(b) {
             if let Some(done) = bucket.filter(|_| !run.is_empty()) {
-                out.push(merge(&run, done * step_ns, (done + 1) * step_ns));
+                out.push(finish(&run, done));
             }
             run.clear();
             bucket = Some(b);
@@ -153,7 +158,7 @@ pub fn by_step(windows: &[WindowStats], step_ns: i64) -> Vec<WindowStats> {
         run.push(w);
     }
     if let Some(done) = bucket.filter(|_| !run.is_empty()) {
-        out.push(merge(&run, done * step_ns, (done + 1) * step_ns));
+        out.push(finish(&run, done));
     }
     out
 }

@@ -31,8 +31,11 @@ pub(crate) struct Owned {
     /// that outlived a handover changes nothing.
     pub(crate) generation: u64,
     pub(crate) manifest: Arc<Manifest>,
-    /// Records read and not yet listed in a segment, in offset order, all at or past the manifest's end.
+    /// Records read and not yet listed in a segment, in offset order, all at or past the manifest's end
+    /// and past those being flushed.
     pub(crate) rows: Vec<Located>,
+    /// The records a flush is writing: still served from memory until their segment is listed.
+    pub(crate) flushing: Option<Arc<Vec<Located>>>,
     /// The offset of the first message read (where the first segment starts when nothing is durable).
     pub(crate) first_read: Option<i64>,
     /// One past the offset of the last message read.
@@ -190,7 +193,7 @@ impl Table {
             let owned = lock(&self.owned);
             for state in owned.values() {
                 take(&state.manifest, tier.and_then(|t| state.tiers.get(t)).map(Arc::as_ref));
-                snapshot.rows.extend(state.rows.iter().cloned());
+                snapshot.rows.extend(state.flushing.iter().flat_map(|f| f.iter()).chain(&state.rows).cloned());
             }
             owned.keys().copied().collect()
         };
@@ -309,6 +312,6 @@ impl Table {
 
     /// Rows held in memory, not yet durable.
     pub(crate) fn pending_rows(&self) -> usize {
-        lock(&self.owned).values().map(|o| o.rows.len()).sum()
+        lock(&self.owned).values().map(|o| o.rows.len() + o.flushing.as_ref().map_or(0, |f| f.len())).sum()
     }
 }

@@ -1,0 +1,404 @@
+//! `runnel-bench store`: the store's ingest beside a bare rdkafka consumer draining the same topic; its
+//! Parquet encoding beside pyarrow writing the same batch with the same codec; and the latency of a
+//! dashboard `Range` and a `Sql` group-by as the stored series grow from 1,000 to 100,000.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use plumbing::kafka::{KafkaSettings, TopicSettings};
+use processor::aggregate::{Accumulator, SketchSpec};
+use proto::prost::Message as _;
+use proto::v1::query_service_client::QueryServiceClient;
+use proto::v1::{Aggregate, RangeRequest, Series, SeriesSelector, SqlRequest, Statistic};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::producer::{BaseProducer, Producer as _};
+use store::manifest::Manifest;
+use store::objects::Objects;
+use store::segment::{Located, aggregates_to_batch, encode_segment, to_parquet};
+
+use crate::{S, machine, now_ns, send, unique};
+
+const WINDOW: i64 = 10 * S;
+
+/// Series `i` of a store of many: metric `m<i / 1000>`, tag `host=h<i % 1000>`, so that one metric holds
+/// the thousand series of one dashboard.
+fn series(i: u64) -> Series {
+    Series { metric: format!("m{}", i / 1000), tags: [("host".to_owned(), format!("h{}", i % 1000))].into() }
+}
+
+/// The window `[start, start + len)` of series `i` as the processor would close it, from `values`
+/// values evenly spread over it.
+fn window(i: u64, start: i64, len: i64, values: u32, spec: &SketchSpec) -> Aggregate {
+    let s = series(i);
+    let mut acc = Accumulator::new(s.clone(), start, spec);
+    let step = len / i64::from(values);
+    for j in 0..values {
+        // A noisy line, different per series, with an occasional spike: quantiles that differ.
+        let t = start + i64::from(j) * step;
+        let noise = ((i * 7919 + u64::from(j) * 104_729 + (start / S) as u64) % 1000) as f64 / 10.0;
+        let spike = if (u64::from(j) + i) % 97 == 0 { 500.0 } else { 0.0 };
+        acc.add(t, (i % 100) as f64 + noise + spike);
+    }
+    Aggregate { series: Some(s), window: Some(acc.finish(start, start + len, spec)) }
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seconds: f64,
+    records: u64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+pub(crate) struct Options {
+    pub(crate) aggregates: u64,
+    pub(crate) partitions: i32,
+    pub(crate) rounds: u32,
+    pub(crate) scales: Vec<u64>,
+    pub(crate) python: PathBuf,
+}
+
+pub(crate) async fn store_bench(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
+    let mut out = format!("{}\n\n", machine());
+    out.push_str(&ingest(kafka, o).await?);
+    out.push_str(&encoding(&o.python)?);
+    out.push_str(&queries(kafka, o).await?);
+    Ok(out)
+}
+
+/// Ingest from Kafka into Parquet, beside a bare consumer draining the same topic.
+async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
+    let topic = TopicSettings { name: unique("bench-aggregates"), partitions: o.partitions, replication_factor: 1 };
+    kafka.ensure_topics(&[&topic]).await?;
+    let per_series = 100u64;
+    let series_count = (o.aggregates / per_series).max(1);
+    let loaded = {
+        let (kafka, name) = (kafka.clone(), topic.name.clone());
+        tokio::task::spawn_blocking(move || load(&kafka, &name, series_count, per_series)).await??
+    };
+    eprintln!("loaded {loaded} aggregates");
+    let (mut bare, mut stored) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let run = {
+            let (kafka, name) = (kafka.clone(), topic.name.clone());
+            tokio::task::spawn_blocking(move || drain(&kafka, &name, loaded)).await??
+        };
+        eprintln!("round {round}: bare consumer {:.0} records/s", run.rate());
+        bare.push(run);
+        let run = run_store(kafka, &topic, loaded).await?;
+        eprintln!("round {round}: store {:.0} records/s", run.rate());
+        stored.push(run);
+    }
+    let (b, s) = (median(bare.iter().map(Run::rate).collect()), median(stored.iter().map(Run::rate).collect()));
+    let all = |runs: &[Run]| runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
+    Ok(format!(
+        "### Ingest\n\n{loaded} aggregates ({series_count} series × {per_series} windows of 10 values, each with its \
+         DDSketch, as the processor emits them), {} partitions. Each round a bare rdkafka consumer (fresh group, \
+         `read_committed`, counting messages) drains the topic, then a store (fresh group and folder, default \
+         settings: 1 s flushes, zstd Parquet) ingests it; both timed from subscribing to the last record consumed \
+         (the bare consumer) or listed in a manifest (the store). Median of {} rounds.\n\n\
+         | run | records/s (median) | every round | ratio |\n|---|---|---|---|\n\
+         | bare rdkafka consumer (baseline) | {b:.0} | {} | 1.00 |\n\
+         | store: consumed, encoded, written, listed | {s:.0} | {} | {:.2} |\n\n",
+        o.partitions,
+        o.rounds,
+        all(&bare),
+        all(&stored),
+        s / b
+    ))
+}
+
+/// Writes `series × per_series` aggregates, window by window, keyed by series.
+fn load(kafka: &KafkaSettings, topic: &str, series_count: u64, per_series: u64) -> anyhow::Result<u64> {
+    let producer: BaseProducer = kafka.producer("bench-load").set("linger.ms", "20").create()?;
+    let spec = SketchSpec::default();
+    let base = (now_ns() - 3 * 3600 * S) / WINDOW * WINDOW;
+    let mut sent = 0;
+    for k in 0..per_series {
+        for i in 0..series_count {
+            let aggregate = window(i, base + i64::try_from(k)? * WINDOW, WINDOW, 10, &spec);
+            let key = aggregate.series.as_ref().map(Series::key).unwrap_or_default();
+            send(&producer, topic, key.as_bytes(), &aggregate.encode_to_vec())?;
+            sent += 1;
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(sent)
+}
+
+/// The baseline: a bare consumer that counts the topic's records.
+fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run> {
+    let consumer: BaseConsumer = kafka.consumer("bench-drain", &unique("bench-drain")).create()?;
+    let started = Instant::now();
+    consumer.subscribe(&[topic])?;
+    let mut seen = 0u64;
+    while seen < records {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("the bare consumer read {seen} of {records} records in 10 minutes");
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            message?;
+            seen += 1;
+        }
+    }
+    Ok(Run { seconds: started.elapsed().as_secs_f64(), records: seen })
+}
+
+// Settings read better assigned one by one.
+#[allow(clippy::field_reassign_with_default)]
+async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64) -> anyhow::Result<Run> {
+    let dir = std::env::temp_dir().join(unique("bench-store"));
+    let mut s = store::Settings::default();
+    s.kafka = kafka.clone();
+    s.grpc.listen = "127.0.0.1:0".parse()?;
+    s.group_id = unique("bench-store");
+    s.topics.aggregates = topic.clone();
+    s.storage.path = dir.clone();
+    let app = store::App::build(s).await?;
+    let stats = app.stats();
+    let shutdown = plumbing::Shutdown::new();
+    let started = Instant::now();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    while stats.rows.load(Ordering::SeqCst) < records {
+        if started.elapsed() > Duration::from_secs(600) || task.is_finished() {
+            bail!("the store listed {} of {records} records", stats.rows.load(Ordering::SeqCst));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run { seconds, records })
+}
+
+/// Parquet encoding of one batch of aggregates, beside pyarrow writing the same batch, same codec.
+fn encoding(python: &Path) -> anyhow::Result<String> {
+    let rows = 500_000u64;
+    let spec = SketchSpec::default();
+    let base = (now_ns() - 3 * 3600 * S) / WINDOW * WINDOW;
+    let located: Vec<Located> = (0..rows)
+        .map(|r| Located { partition: 0, offset: r as i64, aggregate: window(r % 10_000, base + (r / 10_000) as i64 * WINDOW, WINDOW, 10, &spec) })
+        .collect();
+    let batch = aggregates_to_batch(&located)?;
+    let ipc = std::env::temp_dir().join(unique("bench-batch")).with_extension("arrow");
+    {
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(std::fs::File::create(&ipc)?, &batch.schema())?;
+        writer.write(&batch)?;
+        writer.finish()?;
+    }
+    let (mut ours, mut whole, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sizes = (0, 0);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let bytes = to_parquet(&batch)?;
+        ours.push(rows as f64 / started.elapsed().as_secs_f64());
+        sizes.0 = bytes.len();
+        let started = Instant::now();
+        let bytes = to_parquet(&aggregates_to_batch(&located)?)?;
+        whole.push(rows as f64 / started.elapsed().as_secs_f64());
+        drop(bytes);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pyarrow_encode.py");
+    let output = std::process::Command::new(python).arg(&script).arg(&ipc).arg("5").output().context("running pyarrow")?;
+    let _ = std::fs::remove_file(&ipc);
+    if !output.status.success() {
+        bail!("pyarrow failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let mut version = String::new();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("version ") {
+            version = v.to_owned();
+        } else if let Some(size) = line.strip_prefix("bytes ") {
+            sizes.1 = size.parse()?;
+        } else if let Some(secs) = line.strip_prefix("seconds ") {
+            theirs.push(rows as f64 / secs.parse::<f64>()?);
+        }
+    }
+    let (ours, whole, theirs) = (median(ours), median(whole), median(theirs));
+    Ok(format!(
+        "### Parquet encoding\n\nOne batch of {rows} aggregates (all {} columns, sketches included) written as one \
+         zstd (level 3) row group, in memory; median of 5. pyarrow {version} reads the same batch from an Arrow IPC \
+         file first (not timed) and writes it with `pq.write_table(compression=\"zstd\", compression_level=3, \
+         row_group_size=rows)`.\n\n\
+         | encoder | rows/s (median) | bytes | ratio |\n|---|---|---|---|\n\
+         | pyarrow (baseline) | {theirs:.0} | {} | 1.00 |\n\
+         | Runnel `to_parquet` (the arrow-rs writer) | {ours:.0} | {} | {:.2} |\n\
+         | Runnel rows to Arrow to Parquet (what a flush does) | {whole:.0} | | {:.2} |\n\n",
+        batch.num_columns(),
+        sizes.1,
+        sizes.0,
+        ours / theirs,
+        whole / theirs
+    ))
+}
+
+/// Query latency as the stored series grow.
+async fn queries(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
+    let mut out = String::from(
+        "### Query latency\n\nFor each scale, a store folder is written directly (not through Kafka): the 1-minute \
+         tier for one hour (each row merging 60 values) and the 1-hour tier for one day (each row merging 60 \
+         values), every series of metric `m<k>` holding 1,000 hosts, in segments of at most 250,000 rows over \
+         4 partitions. A store then serves it (`storage.cache_bytes` 8 GiB). The dashboard `Range` asks one \
+         metric's 1,000 series over the hour at a 1-minute step, p99 of their values (answered from the \
+         1-minute tier); the `Sql` query groups a day of the 1-hour tier by metric. First call (cold: segments \
+         read from disk and decoded) and median of 5 more (warm).\n\n\
+         | series stored | rows (1 m + 1 h tiers) | write s | `Range` cold ms | `Range` warm ms | `Sql` cold ms | `Sql` warm ms |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for &scale in &o.scales {
+        let row = query_scale(kafka, scale).await?;
+        eprintln!("{scale} series: {row}");
+        out.push_str(&row);
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+// Settings read better assigned one by one.
+#[allow(clippy::field_reassign_with_default)]
+async fn query_scale(kafka: &KafkaSettings, scale: u64) -> anyhow::Result<String> {
+    const PARTITIONS: i32 = 4;
+    let dir = std::env::temp_dir().join(unique("bench-queries"));
+    let topic = TopicSettings { name: unique("bench-queries"), partitions: PARTITIONS, replication_factor: 1 };
+    kafka.ensure_topics(&[&topic]).await?;
+    let hour_start = (now_ns() - 2 * 3600 * S) / (3600 * S) * (3600 * S);
+    let day_start = hour_start - 23 * 3600 * S;
+    let started = Instant::now();
+    let rows = {
+        let (dir, name) = (dir.clone(), topic.name.clone());
+        tokio::task::spawn_blocking(move || write_tiers(&dir, &name, scale, PARTITIONS, hour_start, day_start)).await??
+    };
+    let write_seconds = started.elapsed().as_secs_f64();
+
+    let mut s = store::Settings::default();
+    s.kafka = kafka.clone();
+    s.grpc.listen = "127.0.0.1:0".parse()?;
+    s.group_id = unique("bench-queries");
+    s.topics.aggregates = topic.clone();
+    s.storage.path = dir.clone();
+    s.storage.cache_bytes = 8 << 30;
+    s.query.max_response_bytes = 256 << 20;
+    let app = store::App::build(s).await?;
+    let addr = app.grpc_addr();
+    let shutdown = plumbing::Shutdown::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    let mut client = QueryServiceClient::connect(format!("http://{addr}")).await?.max_decoding_message_size(256 << 20);
+
+    let range = RangeRequest {
+        selector: Some(SeriesSelector { metric: "m0".into(), matchers: vec![] }),
+        start_ns: hour_start,
+        end_ns: hour_start + 3600 * S,
+        step_ns: 60 * S,
+        statistic: Statistic::Quantile as i32,
+        quantile: 0.99,
+    };
+    let sql = format!(
+        "SELECT metric, avg(mean) AS mean, max(max) AS top, sum(\"count\") AS points FROM aggregates_1h \
+         WHERE start_ns >= {day_start} AND start_ns < {} GROUP BY metric ORDER BY metric",
+        day_start + 24 * 3600 * S
+    );
+    let mut range_ms = Vec::new();
+    let mut sql_ms = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        let reply = client.range(range.clone()).await?.into_inner();
+        range_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let samples: usize = reply.series.iter().map(|s| s.samples.len()).sum();
+        if reply.series.len() != 1000 || samples != 60_000 {
+            bail!("the dashboard query answered {} series, {samples} samples", reply.series.len());
+        }
+        let started = Instant::now();
+        let metrics = sql_rows(&mut client, &sql).await?;
+        sql_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        if metrics != (scale / 1000) as usize {
+            bail!("the group-by answered {metrics} metrics");
+        }
+    }
+    shutdown.cancel();
+    task.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (range_cold, sql_cold) = (range_ms[0], sql_ms[0]);
+    Ok(format!(
+        "| {scale} | {rows} | {write_seconds:.1} | {range_cold:.0} | {:.0} | {sql_cold:.0} | {:.0} |\n",
+        median(range_ms[1..].to_vec()),
+        median(sql_ms[1..].to_vec())
+    ))
+}
+
+/// The rows a `Sql` answer holds.
+async fn sql_rows(client: &mut QueryServiceClient<proto::tonic::transport::Channel>, query: &str) -> anyhow::Result<usize> {
+    let mut stream = client.sql(SqlRequest { query: query.into() }).await?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        bytes.extend(chunk.arrow_ipc);
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let mut rows = 0;
+    for batch in reader {
+        rows += batch?.num_rows();
+    }
+    Ok(rows)
+}
+
+/// Writes the 1-minute tier of one hour and the 1-hour tier of one day for `scale` series, with their
+/// manifests, as the store's upkeep would have; returns the rows written.
+fn write_tiers(dir: &Path, topic: &str, scale: u64, partitions: i32, hour_start: i64, day_start: i64) -> anyhow::Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let objects = Objects::local(dir)?;
+    let spec = SketchSpec::default();
+    let mut total = 0;
+    for (step, steps, start) in [(60 * S, 60, hour_start), (3600 * S, 24, day_start)] {
+        let kind = store::tier_name("aggregates", Duration::from_nanos(step as u64));
+        for partition in 0..partitions {
+            let mut manifest = Manifest::default();
+            let mut offset = 0i64;
+            let mut chunk: Vec<Located> = Vec::new();
+            let flush = |chunk: &mut Vec<Located>, offset: &mut i64, manifest: &mut Manifest| -> anyhow::Result<()> {
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                let first = *offset;
+                *offset += chunk.len() as i64;
+                let (bytes, meta) = encode_segment(chunk, partition, &kind, topic, first, *offset)?;
+                runtime.block_on(objects.put_segment(&meta.name, bytes))?;
+                manifest.append(meta)?;
+                chunk.clear();
+                Ok(())
+            };
+            for i in (0..scale).filter(|i| (*i % partitions as u64) as i32 == partition) {
+                for k in 0..steps {
+                    let aggregate = window(i, start + k * step, step, 60, &spec);
+                    chunk.push(Located { partition, offset: offset + chunk.len() as i64, aggregate });
+                    total += 1;
+                }
+                if chunk.len() >= 250_000 {
+                    flush(&mut chunk, &mut offset, &mut manifest)?;
+                }
+            }
+            flush(&mut chunk, &mut offset, &mut manifest)?;
+            runtime.block_on(objects.publish_manifest(&kind, topic, partition, &manifest))?;
+        }
+    }
+    Ok(total)
+}
+
+/// The interpreter `deploy/bench.sh` prepared with pyarrow, or `python3`.
+pub(crate) fn default_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-venv/bin/python");
+    if venv.exists() { venv } else { PathBuf::from("python3") }
+}
