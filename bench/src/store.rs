@@ -38,7 +38,7 @@ fn window(i: u64, start: i64, len: i64, values: u32, spec: &SketchSpec) -> Aggre
         // A noisy line, different per series, with an occasional spike: quantiles that differ.
         let t = start + i64::from(j) * step;
         let noise = ((i * 7919 + u64::from(j) * 104_729 + (start / S) as u64) % 1000) as f64 / 10.0;
-        let spike = if (u64::from(j) + i) % 97 == 0 { 500.0 } else { 0.0 };
+        let spike = if (u64::from(j) + i).is_multiple_of(97) { 500.0 } else { 0.0 };
         acc.add(t, (i % 100) as f64 + noise + spike);
     }
     Aggregate { series: Some(s), window: Some(acc.finish(start, start + len, spec)) }

@@ -129,7 +129,7 @@ impl TableProvider for Aggregates {
             Some(tier) => {
                 let step = tier.step_ns;
                 let rolled = tokio::task::spawn_blocking(move || rolled_up(snapshot, step)).await.map_err(|e| external(e.into()))?;
-                vec![rolled.map_err(external)?]
+                rolled.map_err(external)?
             }
         };
         // Two partitions, one per core, each a share of the batches.
@@ -181,6 +181,11 @@ fn once_each(snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
     if !snapshot.rows.is_empty() {
         batches.push(aggregates_to_batch(&snapshot.rows)?);
     }
+    keep_last(batches)
+}
+
+/// `batches` with each (series, start) once: the row with the highest offset.
+fn keep_last(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let column = |batch: &RecordBatch, name: &'static str| {
         batch.column_by_name(name).cloned().ok_or(crate::segment::SegmentError::Column(name))
     };
@@ -217,9 +222,18 @@ fn once_each(snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
         .collect()
 }
 
-/// A tier snapshot as one batch of whole steps: its rows merged with the raw windows it has not
-/// rolled up yet.
-fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<RecordBatch> {
+/// A tier snapshot as batches of whole steps: its rows merged with the raw windows it has not rolled up
+/// yet.
+fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<Vec<RecordBatch>> {
+    // Nothing raw left and every step in one row (compaction made them whole): the batches as they are.
+    if snapshot.segments.is_empty() && snapshot.rows.is_empty() {
+        let batches: Vec<RecordBatch> = snapshot.tier_segments.iter().map(|b| RecordBatch::clone(b)).collect();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let kept = keep_last(batches.clone())?;
+        if kept.iter().map(RecordBatch::num_rows).sum::<usize>() == rows {
+            return Ok(batches);
+        }
+    }
     let mut raw = snapshot.rows;
     for batch in &snapshot.segments {
         raw.extend(batch_to_aggregates(batch)?);
@@ -228,7 +242,7 @@ fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<RecordBatch> {
     for batch in &snapshot.tier_segments {
         rows.extend(batch_to_aggregates(batch)?);
     }
-    Ok(aggregates_to_batch(&rollup::roll_up(&rows, step_ns))?)
+    Ok(vec![aggregates_to_batch(&rollup::roll_up(&rows, step_ns))?])
 }
 
 /// What a caller should hear of a DataFusion error.
