@@ -57,8 +57,8 @@ enum Command {
     /// Store ingest beside a bare consumer, Parquet encoding beside pyarrow, and query latency from 1,000
     /// to 100,000 series.
     Store {
-        /// Aggregates in the ingest topic.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Aggregates in the ingest topic: enough that the last flush (up to 1 s) is a small part.
+        #[arg(long, default_value_t = 3_000_000)]
         aggregates: u64,
         /// Its partitions.
         #[arg(long, default_value_t = 4)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use proto::prost::Message as _;
 use proto::v1::Aggregate;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -71,7 +71,7 @@ impl ConsumerContext for IngestContext {
     }
 }
 
-pub(crate) type IngestConsumer = StreamConsumer<IngestContext>;
+pub(crate) type IngestConsumer = BaseConsumer<IngestContext>;
 
 pub(crate) struct Ingest {
     pub(crate) consumer: Arc<IngestConsumer>,
@@ -92,17 +92,23 @@ impl std::fmt::Debug for Ingest {
 impl Ingest {
     pub(crate) async fn run(self, shutdown: plumbing::Shutdown) -> Result<()> {
         self.consumer.subscribe(&[&self.table.topic])?;
-        let mut ticker = tokio::time::interval(self.flush_interval);
+        let this = Arc::new(self);
+        // Reading is a plain polling loop on a thread of its own: no future per message, and the
+        // rebalance callbacks run there too.
+        let mut reader = {
+            let (this, shutdown, runtime) = (Arc::clone(&this), shutdown.clone(), tokio::runtime::Handle::current());
+            tokio::task::spawn_blocking(move || this.read_loop(&shutdown, &runtime))
+        };
+        let mut ticker = tokio::time::interval(this.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut upkeep = tokio::time::interval(self.maintenance.interval);
+        let mut upkeep = tokio::time::interval(this.maintenance.interval);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
-        loop {
-            // Past the memory budget, reading pauses until a flush makes room.
-            let room = self.table.pending_rows() < self.max_pending_rows;
+        let read = loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break None,
+                read = &mut reader => break Some(read),
                 _ = async {
                     match flushing.as_mut() {
                         Some(task) => { let _ = task.await; }
@@ -110,32 +116,48 @@ impl Ingest {
                     }
                 }, if flushing.is_some() => flushing = None,
                 _ = ticker.tick(), if flushing.is_none() => {
-                    let flush = self.flusher();
+                    let flush = this.flusher();
                     flushing = Some(tokio::spawn(async move { flush.flush(CommitMode::Async).await }));
                 }
                 // Upkeep takes the flushes' turn: one writer per manifest.
                 _ = upkeep.tick(), if flushing.is_none() => {
-                    let (table, policy, counters) = (Arc::clone(&self.table), self.maintenance.clone(), Arc::clone(&self.upkeep));
+                    let (table, policy, counters) = (Arc::clone(&this.table), this.maintenance.clone(), Arc::clone(&this.upkeep));
                     flushing = Some(tokio::spawn(async move { maintain::run(&table, &policy, &counters).await }));
                 }
-                message = self.consumer.recv(), if room => {
-                    let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
-                    if let Some(partition) = self.read(&message) {
-                        drop(message);
-                        if let Err(err) = self.take_over(partition).await {
-                            // The next message of the partition tries again.
-                            tracing::warn!(error = %err, partition, "partition could not be taken over yet");
-                        }
-                    }
-                }
             }
-        }
+        };
+        // The reader stops at the shutdown (or has stopped on a fatal error).
+        let read = match read {
+            Some(read) => read,
+            None => reader.await,
+        };
         if let Some(task) = flushing {
             let _ = task.await;
         }
-        self.flusher().flush(CommitMode::Sync).await;
-        self.consumer.unsubscribe();
-        tracing::info!(pending = self.table.pending_rows(), "store ingest stopped");
+        this.flusher().flush(CommitMode::Sync).await;
+        this.consumer.unsubscribe();
+        tracing::info!(pending = this.table.pending_rows(), "store ingest stopped");
+        read?
+    }
+
+    /// Polls messages into memory until `shutdown`; only a fatal consumer error ends it early.
+    fn read_loop(&self, shutdown: &plumbing::Shutdown, runtime: &tokio::runtime::Handle) -> Result<()> {
+        while !shutdown.is_cancelled() {
+            // Past the memory budget, reading pauses until a flush makes room.
+            if self.table.pending_rows() >= self.max_pending_rows {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let Some(polled) = self.consumer.poll(Duration::from_millis(100)) else { continue };
+            let Some(message) = plumbing::kafka::unless_transient(polled)? else { continue };
+            if let Some(partition) = self.read(&message) {
+                drop(message);
+                if let Err(err) = runtime.block_on(self.take_over(partition)) {
+                    // The next message of the partition tries again.
+                    tracing::warn!(error = %err, partition, "partition could not be taken over yet");
+                }
+            }
+        }
         Ok(())
     }
 
