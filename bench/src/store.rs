@@ -89,7 +89,7 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
         tokio::task::spawn_blocking(move || load(&kafka, &name, series_count, per_series)).await??
     };
     eprintln!("loaded {loaded} aggregates");
-    let (mut bare, mut stored) = (Vec::new(), Vec::new());
+    let (mut bare, mut stored, mut untiered) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..o.rounds {
         let run = {
             let (kafka, name) = (kafka.clone(), topic.name.clone());
@@ -97,11 +97,15 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
         };
         eprintln!("round {round}: bare consumer {:.0} records/s", run.rate());
         bare.push(run);
-        let run = run_store(kafka, &topic, loaded).await?;
+        let run = run_store(kafka, &topic, loaded, true).await?;
         eprintln!("round {round}: store {:.0} records/s", run.rate());
         stored.push(run);
+        let run = run_store(kafka, &topic, loaded, false).await?;
+        eprintln!("round {round}: store without tiers {:.0} records/s", run.rate());
+        untiered.push(run);
     }
     let (b, s) = (median(bare.iter().map(Run::rate).collect()), median(stored.iter().map(Run::rate).collect()));
+    let u = median(untiered.iter().map(Run::rate).collect());
     let all = |runs: &[Run]| runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
     Ok(format!(
         "### Ingest\n\n{loaded} aggregates ({series_count} series × {per_series} windows of 10 values, each with its \
@@ -111,12 +115,15 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
          (the bare consumer) or listed in a manifest (the store). Median of {} rounds.\n\n\
          | run | records/s (median) | every round | ratio |\n|---|---|---|---|\n\
          | bare rdkafka consumer (baseline) | {b:.0} | {} | 1.00 |\n\
-         | store: consumed, encoded, written, listed | {s:.0} | {} | {:.2} |\n\n",
+         | store: consumed, encoded, written, listed | {s:.0} | {} | {:.2} |\n\
+         | the same without tiers (no roll-ups taking the flushes' turn) | {u:.0} | {} | {:.2} |\n\n",
         o.partitions,
         o.rounds,
         all(&bare),
         all(&stored),
-        s / b
+        s / b,
+        all(&untiered),
+        u / b
     ))
 }
 
@@ -159,7 +166,7 @@ fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run
 
 // Settings read better assigned one by one.
 #[allow(clippy::field_reassign_with_default)]
-async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64) -> anyhow::Result<Run> {
+async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64, tiers: bool) -> anyhow::Result<Run> {
     let dir = std::env::temp_dir().join(unique("bench-store"));
     let mut s = store::Settings::default();
     s.kafka = kafka.clone();
@@ -167,6 +174,9 @@ async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64) -
     s.group_id = unique("bench-store");
     s.topics.aggregates = topic.clone();
     s.storage.path = dir.clone();
+    if !tiers {
+        s.storage.tiers.clear();
+    }
     let app = store::App::build(s).await?;
     let stats = app.stats();
     let shutdown = plumbing::Shutdown::new();
