@@ -142,11 +142,17 @@ impl Ingest {
 
     /// Polls messages into memory until `shutdown`; only a fatal consumer error ends it early.
     fn read_loop(&self, shutdown: &plumbing::Shutdown, runtime: &tokio::runtime::Handle) -> Result<()> {
+        let mut since_check = 0u32;
         while !shutdown.is_cancelled() {
-            // Past the memory budget, reading pauses until a flush makes room.
-            if self.table.pending_rows() >= self.max_pending_rows {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
+            // Past the memory budget, reading pauses until a flush makes room. Counting takes the lock
+            // the queries take, so it is done every 256 messages rather than for each.
+            since_check += 1;
+            if since_check >= 256 {
+                if self.table.pending_rows() >= self.max_pending_rows {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                since_check = 0;
             }
             let Some(polled) = self.consumer.poll(Duration::from_millis(100)) else { continue };
             let Some(message) = plumbing::kafka::unless_transient(polled)? else { continue };

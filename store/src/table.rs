@@ -193,7 +193,9 @@ impl Table {
             let owned = lock(&self.owned);
             for state in owned.values() {
                 take(&state.manifest, tier.and_then(|t| state.tiers.get(t)).map(Arc::as_ref));
-                snapshot.rows.extend(state.flushing.iter().flat_map(|f| f.iter()).chain(&state.rows).cloned());
+                // Only the rows the query can use are copied: memory may hold a flush interval of data.
+                let in_range = |r: &&Located| r.aggregate.window.as_ref().is_some_and(|w| (from_ns..to_ns).contains(&w.start_ns));
+                snapshot.rows.extend(state.flushing.iter().flat_map(|f| f.iter()).chain(&state.rows).filter(in_range).cloned());
             }
             owned.keys().copied().collect()
         };
