@@ -172,13 +172,14 @@ async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64, t
     s.kafka = kafka.clone();
     s.grpc.listen = "127.0.0.1:0".parse()?;
     s.group_id = unique("bench-store");
+    quiet_topics(&mut s);
     s.topics.aggregates = topic.clone();
     s.storage.path = dir.clone();
     if !tiers {
         s.storage.tiers.clear();
     }
     let app = store::App::build(s).await?;
-    let stats = app.stats();
+    let stats = app.stats(store::Kind::Aggregates);
     let shutdown = plumbing::Shutdown::new();
     let started = Instant::now();
     let task = tokio::spawn(app.run(shutdown.clone()));
@@ -193,6 +194,12 @@ async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64, t
     task.await??;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Run { seconds, records })
+}
+
+/// Points and alerts from topics of their own, empty: the store measured reads only the aggregates.
+fn quiet_topics(s: &mut store::Settings) {
+    s.topics.points = TopicSettings::new(&unique("bench-points"));
+    s.topics.alerts = TopicSettings::new(&unique("bench-alerts"));
 }
 
 /// Parquet encoding of one batch of aggregates, beside pyarrow writing the same batch, same codec.
@@ -299,6 +306,7 @@ async fn query_scale(kafka: &KafkaSettings, scale: u64) -> anyhow::Result<String
     s.kafka = kafka.clone();
     s.grpc.listen = "127.0.0.1:0".parse()?;
     s.group_id = unique("bench-queries");
+    quiet_topics(&mut s);
     s.topics.aggregates = topic.clone();
     s.storage.path = dir.clone();
     s.storage.cache_bytes = 8 << 30;
@@ -384,7 +392,8 @@ fn write_tiers(dir: &Path, topic: &str, scale: u64, partitions: i32, hour_start:
                 }
                 let first = *offset;
                 *offset += chunk.len() as i64;
-                let (bytes, meta) = encode_segment(chunk, partition, &kind, topic, first, *offset)?;
+                let name = store::segment::segment_name(&kind, topic, partition, first, *offset);
+                let (bytes, meta) = encode_segment(&aggregates_to_batch(chunk)?, "start_ns", name, first, *offset)?;
                 runtime.block_on(objects.put_segment(&meta.name, bytes))?;
                 manifest.append(meta)?;
                 chunk.clear();

@@ -11,6 +11,7 @@ use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::{Point, RangeRequest, SeriesSelector, WindowStats, WriteRequest};
 
 use crate::oracle::{LATENESS, S, Topics, WINDOW};
+use crate::verify::{FormulaData, Observed, Reading};
 use crate::{Running, kafka};
 
 /// The settings of a store on `path` in consumer group `group`, flushing every 200 ms.
@@ -19,7 +20,9 @@ pub fn store_settings(topics: &Topics, group: &str, path: &Path) -> store::Setti
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.group_id = group.to_owned();
+    s.topics.points = topics.points.clone();
     s.topics.aggregates = topics.aggregates.clone();
+    s.topics.alerts = topics.alerts.clone();
     s.storage.path = path.to_path_buf();
     s.storage.flush_interval = Duration::from_millis(200);
     s
@@ -32,7 +35,7 @@ pub async fn start_store(
     path: &Path,
 ) -> (SocketAddr, Arc<store::Stats>, Running<store::Error>) {
     let app = store::App::build(store_settings(topics, group, path)).await.expect("store starts");
-    let (addr, stats) = (app.grpc_addr(), app.stats());
+    let (addr, stats) = (app.grpc_addr(), app.stats(store::Kind::Aggregates));
     (addr, stats, Running::spawn(|shutdown| app.run(shutdown)))
 }
 
@@ -65,6 +68,34 @@ pub async fn start_event_time_processor(topics: &Topics) -> Running<processor::E
     settings.windows.idle_timeout = Duration::from_secs(3600);
     let app = processor::App::build(settings).await.expect("processor starts");
     Running::spawn(|shutdown| app.run(shutdown))
+}
+
+/// `Range` of every `load` series (`FormulaData`'s) over `[start_ns, end_ns)`, as a reading to compare
+/// with an oracle.
+pub async fn range_reading(addr: SocketAddr, start_ns: i64, end_ns: i64) -> Reading {
+    // A thousand series' windows with their sketches are more than tonic's default 4 MiB.
+    let client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = client.max_decoding_message_size(64 << 20);
+    let request = RangeRequest {
+        selector: Some(SeriesSelector { metric: "load".into(), matchers: vec![] }),
+        start_ns,
+        end_ns,
+        ..RangeRequest::default()
+    };
+    let reply = client.range(request).await.unwrap().into_inner();
+    let mut reading = Reading::default();
+    for series in reply.series {
+        let key = series.series.unwrap().key();
+        for (i, w) in series.windows.into_iter().enumerate() {
+            reading.aggregates.push(Observed { key: (key.clone(), w.start_ns), stats: w, partition: 0, offset: i as i64 });
+        }
+    }
+    reading
+}
+
+/// The windows of `data`, queried over its own span.
+pub async fn range_of(addr: SocketAddr, data: &FormulaData) -> Reading {
+    range_reading(addr, data.base, data.base + i64::from(data.seconds) * S).await
 }
 
 /// The windows of every series of `metric` within an hour of `base`, by series key.
@@ -127,7 +158,9 @@ pub fn spawn_store_with(
     let mut vars = vec![
         env("KAFKA_BROKERS", &kafka().brokers),
         env("RUNNEL_STORE__GROUP_ID", group),
+        env("RUNNEL_STORE__TOPICS__POINTS__NAME", &topics.points.name),
         env("RUNNEL_STORE__TOPICS__AGGREGATES__NAME", &topics.aggregates.name),
+        env("RUNNEL_STORE__TOPICS__ALERTS__NAME", &topics.alerts.name),
         env("RUNNEL_STORE__STORAGE__PATH", &path.display().to_string()),
         env("RUNNEL_STORE__STORAGE__FLUSH_INTERVAL", "200ms"),
         env("RUNNEL_STORE__GRPC__LISTEN", "127.0.0.1:0"),

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use e2e::oracle::{LATENESS, S, Topics, WINDOW};
 use e2e::process::Service;
-use e2e::services::{spawn_store, spawn_store_with, start_event_time_processor};
-use e2e::stored::stored;
+use e2e::services::{range_of, spawn_store, spawn_store_with, start_event_time_processor};
+use e2e::stored::{StoredPoint, stored};
 use e2e::verify::{Expected, FormulaData, Observed, Options, Reading, compare};
 use e2e::{Running, eventually, kafka, now_ns, produce_points, unique};
 use proto::v1::query_service_client::QueryServiceClient;
+use proto::prost::Message as _;
 use proto::v1::{LatestRequest, ListSeriesRequest, RangeRequest, SeriesSelector, WindowStats};
+use store::Kind;
 
 /// These tests load both cores; one at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -35,7 +37,7 @@ struct Run {
 impl Run {
     async fn new() -> Self {
         let topics = Topics::unique(4);
-        kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await.unwrap();
+        kafka().ensure_topics(&[&topics.points, &topics.aggregates, &topics.alerts, &topics.deadletter]).await.unwrap();
         let dir = std::env::temp_dir().join(unique("runnel-store-e2e"));
         std::fs::create_dir_all(&dir).unwrap();
         // Only event time closes windows: the loads lie in the past and may pause between phases.
@@ -75,32 +77,6 @@ impl Run {
     }
 }
 
-/// `Range` of every `load` series over `[start_ns, end_ns)`, as a reading to compare with an oracle.
-async fn range(addr: SocketAddr, start_ns: i64, end_ns: i64) -> Reading {
-    // A thousand series' windows with their sketches are more than tonic's default 4 MiB.
-    let client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let mut client = client.max_decoding_message_size(64 << 20);
-    let request = RangeRequest {
-        selector: Some(SeriesSelector { metric: "load".into(), matchers: vec![] }),
-        start_ns,
-        end_ns,
-        ..RangeRequest::default()
-    };
-    let reply = client.range(request).await.unwrap().into_inner();
-    let mut reading = Reading::default();
-    for series in reply.series {
-        let key = series.series.unwrap().key();
-        for (i, w) in series.windows.into_iter().enumerate() {
-            reading.aggregates.push(Observed { key: (key.clone(), w.start_ns), stats: w, partition: 0, offset: i as i64 });
-        }
-    }
-    reading
-}
-
-/// The windows of `data`, queried over its own span.
-async fn range_of(addr: SocketAddr, data: &FormulaData) -> Reading {
-    range(addr, data.base, data.base + i64::from(data.seconds) * S).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_sigkilled_during_flushes_lists_every_window_exactly_once() {
@@ -137,7 +113,7 @@ async fn a_store_sigkilled_during_flushes_lists_every_window_exactly_once() {
     let expected = data.expected();
     let deadline = Instant::now() + Duration::from_secs(180);
     let got = loop {
-        let got = stored(&run.objects(), &run.topics.aggregates.name, 4).await;
+        let got = stored(&run.objects(), Kind::Aggregates, &run.topics.aggregates.name, 4).await;
         if got.reading.aggregates.len() >= expected.len() || Instant::now() > deadline {
             break got;
         }
@@ -159,6 +135,31 @@ async fn a_store_sigkilled_during_flushes_lists_every_window_exactly_once() {
     assert!(rewrites >= 1, "no kill fell between a segment's write and its listing in {kills} kills");
     let answered = range_of(addr, &data).await;
     assert!(compare(&answered, &expected, Options::default()).is_clean(), "the restarted store answers every window once");
+
+    // The raw points too: exactly the records of the points topic, each once.
+    let topic = run.topics.points.name.clone();
+    let mut want: Vec<StoredPoint> = tokio::task::spawn_blocking(move || e2e::read_committed(&kafka(), &topic, sent as usize, Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| {
+            let point = proto::v1::Point::decode(record.payload.as_slice()).unwrap();
+            StoredPoint { partition: record.partition, offset: record.offset, series: point.series_key(), time_ns: point.timestamp_ns, value: point.value }
+        })
+        .collect();
+    assert_eq!(want.len() as u64, sent, "the oracle read the whole points topic");
+    let mut points = eventually("every point to be durable", Duration::from_secs(60), || async {
+        let got = stored(&run.objects(), Kind::Points, &run.topics.points.name, 4).await;
+        (got.points.len() >= want.len()).then_some(got)
+    })
+    .await;
+    assert!(points.gaps.is_empty(), "the points' segments follow each other: {:?}", points.gaps);
+    let unlisted: Vec<&String> = points.objects.difference(&points.listed).collect();
+    assert!(unlisted.is_empty(), "no second copy of a points segment: {unlisted:?}");
+    let order = |p: &StoredPoint| (p.partition, p.offset);
+    want.sort_by_key(order);
+    points.points.sort_by_key(order);
+    assert!(points.points == want, "the points table holds each record of the topic once ({} rows for {} records)", points.points.len(), want.len());
     eprintln!(
         "{sent} points, {kills} SIGKILLs ({rewrites} between a segment's write and its listing): {} windows listed once each in {} segments",
         expected.len(),
@@ -168,10 +169,8 @@ async fn a_store_sigkilled_during_flushes_lists_every_window_exactly_once() {
     run.stop().await;
 }
 
-/// The rows of a `series, windows, points, top` SQL answer.
-async fn sql(addr: SocketAddr, query: &str) -> Vec<(String, i64, u64, f64)> {
-    use arrow::array::AsArray as _;
-    use arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+/// The record batches of a `Sql` answer.
+async fn sql_batches(addr: SocketAddr, query: &str) -> Vec<arrow::array::RecordBatch> {
     use futures::StreamExt as _;
 
     let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
@@ -180,15 +179,84 @@ async fn sql(addr: SocketAddr, query: &str) -> Vec<(String, i64, u64, f64)> {
     while let Some(chunk) = stream.next().await {
         bytes.extend(chunk.unwrap().arrow_ipc);
     }
+    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap().map(Result::unwrap).collect()
+}
+
+/// The rows of a `series, windows, points, top` SQL answer.
+async fn sql(addr: SocketAddr, query: &str) -> Vec<(String, i64, u64, f64)> {
+    use arrow::array::AsArray as _;
+    use arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+
     let mut rows = Vec::new();
-    for batch in arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap() {
-        let batch = batch.unwrap();
+    for batch in sql_batches(addr, query).await {
         let (series, windows) = (batch.column(0).as_string::<i32>(), batch.column(1).as_primitive::<Int64Type>());
         let (points, top) = (batch.column(2).as_primitive::<UInt64Type>(), batch.column(3).as_primitive::<Float64Type>());
         for r in 0..batch.num_rows() {
             rows.push((series.value(r).to_owned(), windows.value(r), points.value(r), top.value(r)));
         }
     }
+    rows
+}
+
+/// Every row of a `Sql` answer, each value as Arrow displays it.
+async fn rows(addr: SocketAddr, query: &str) -> Vec<Vec<String>> {
+    use arrow::util::display::array_value_to_string;
+
+    let mut rows = Vec::new();
+    for batch in sql_batches(addr, query).await {
+        for r in 0..batch.num_rows() {
+            rows.push(batch.columns().iter().map(|c| array_value_to_string(c, r).unwrap()).collect());
+        }
+    }
+    rows
+}
+
+/// `value` as `rows` shows a float.
+fn float(value: f64) -> String {
+    arrow::util::display::array_value_to_string(&arrow::array::Float64Array::from(vec![value]), 0).unwrap()
+}
+
+/// Sends `n` alert state changes (firing, then resolved for every third) to `topic`; returns the rows
+/// the alerts table should hold for them, as `rows` reads `id, rule, series, state, value, threshold,
+/// window_end_ns`, in that order.
+async fn produce_alerts(topic: &str, n: u32) -> Vec<Vec<String>> {
+    use proto::v1::{Alert, AlertState};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let mut alerts = Vec::new();
+    for i in 0..n {
+        let series = e2e::oracle::series("load", &[("i", &i.to_string())]);
+        let id = format!("hot/{}", series.key());
+        for (state, end) in [(AlertState::Firing, 10 * S)].into_iter().chain((i % 3 == 0).then_some((AlertState::Resolved, 20 * S))) {
+            let value = f64::from(i) + 0.5;
+            let alert = Alert {
+                id: id.clone(),
+                rule: "hot".into(),
+                series: Some(series.clone()),
+                state: state as i32,
+                value,
+                threshold: 7.25,
+                window_start_ns: end - 10 * S,
+                window_end_ns: end,
+            };
+            alerts.push(alert);
+        }
+    }
+    let producer: FutureProducer = kafka().producer("e2e-alerts").create().unwrap();
+    for alert in &alerts {
+        let payload = alert.encode_to_vec();
+        let sent = producer.send(FutureRecord::to(topic).key(&alert.id).payload(&payload), Duration::from_secs(10)).await;
+        sent.map_err(|(err, _)| err).unwrap();
+    }
+    let mut rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            let state = if a.state == AlertState::Firing as i32 { "firing" } else { "resolved" };
+            let series = a.series.as_ref().unwrap().key();
+            vec![a.id.clone(), a.rule.clone(), series, state.into(), float(a.value), float(a.threshold), a.window_end_ns.to_string()]
+        })
+        .collect();
+    rows.sort_by(|x, y| (&x[0], x[6].parse::<i64>().unwrap()).cmp(&(&y[0], y[6].parse::<i64>().unwrap())));
     rows
 }
 
@@ -267,6 +335,28 @@ async fn two_stores_answer_alike_and_one_takes_over_when_the_other_is_killed() {
     }
     let mut keys: Vec<String> = (0..200).map(FormulaData::key).collect();
     keys.sort();
+    // Raw points and alerts are tables of their own, answered alike too.
+    let per_series = "SELECT series, count(*), count(DISTINCT time_ns), sum(value) FROM points GROUP BY series ORDER BY series";
+    let points_a = rows(addr_a, per_series).await;
+    assert_eq!(points_a, rows(addr_b, per_series).await, "Sql over points answers alike");
+    let want_points: Vec<Vec<String>> = keys
+        .iter()
+        .map(|key| {
+            let mine: Vec<&WindowStats> = want.iter().filter(|((k, _), _)| k == key).map(|(_, w)| w).collect();
+            let (count, sum) = (mine.iter().map(|w| w.count).sum::<u64>(), mine.iter().map(|w| w.sum).sum::<f64>());
+            // One point a second, so the timestamps are all distinct; the closing point is the last.
+            vec![key.clone(), (count + 1).to_string(), (count + 1).to_string(), float(sum)]
+        })
+        .collect();
+    assert_eq!(points_a, want_points, "each point of the load once (and each series' closing point)");
+    let alerts = produce_alerts(&run.topics.alerts.name, 30).await;
+    let by_id = "SELECT id, rule, series, state, value, threshold, window_end_ns FROM alerts ORDER BY id, window_end_ns";
+    let alerts_a = eventually("both stores to hold every alert", Duration::from_secs(60), || async {
+        let (a, b) = (rows(addr_a, by_id).await, rows(addr_b, by_id).await);
+        (a.len() == alerts.len() && a == b).then_some(a)
+    })
+    .await;
+    assert_eq!(alerts_a, alerts);
     assert_eq!(list(addr_a, 64).await, keys, "ListSeries pages through every series once");
     assert_eq!(list(addr_b, 7).await, keys);
 
@@ -287,7 +377,7 @@ async fn two_stores_answer_alike_and_one_takes_over_when_the_other_is_killed() {
     .await;
     assert!(compare(&range_of(addr_b, &first).await, &want, Options::default()).is_clean(), "the first load is still whole");
     let got = eventually("every window to be durable", Duration::from_secs(60), || async {
-        let got = stored(&run.objects(), &run.topics.aggregates.name, 4).await;
+        let got = stored(&run.objects(), Kind::Aggregates, &run.topics.aggregates.name, 4).await;
         (got.reading.aggregates.len() >= want_all.len()).then_some(got)
     })
     .await;

@@ -88,12 +88,12 @@ async fn tiers_compaction_and_retention_under_queries_lose_and_duplicate_nothing
     s.storage.compact_segments = 3;
     s.storage.delete_grace = Duration::from_millis(500);
     // The old load is past the raw retention, the recent one is not; the tiers keep everything.
-    s.storage.retention = Some(Duration::from_secs(3 * 3600));
+    s.storage.retention.aggregates = Some(Duration::from_secs(3 * 3600));
     for tier in &mut s.storage.tiers {
         tier.retention = None;
     }
     let app = store::App::build(s).await.unwrap();
-    let (addr, upkeep): (SocketAddr, Arc<store::Upkeep>) = (app.grpc_addr(), app.upkeep());
+    let (addr, upkeep): (SocketAddr, Arc<store::Upkeep>) = (app.grpc_addr(), app.upkeep(store::Kind::Aggregates));
     let store = Running::spawn(|shutdown| app.run(shutdown));
     let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
 

@@ -9,13 +9,16 @@ use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
+use crate::segment::Kind;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Where the query gRPC service listens.
     pub grpc: GrpcSettings,
     pub kafka: KafkaSettings,
-    /// Consumer group; store instances of one pipeline share it.
+    /// Consumer group prefix; store instances of one pipeline share it. Each table reads its topic in
+    /// a group of its own, `<group_id>.<table>` (`runnel-store.points`).
     pub group_id: String,
     pub topics: Topics,
     pub storage: Storage,
@@ -33,8 +36,48 @@ pub struct GrpcSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topics {
-    /// Input: the processor's closed windows.
+    /// Input: the collector's raw points (table `points`).
+    pub points: TopicSettings,
+    /// Input: the processor's closed windows (table `aggregates` and its tiers).
     pub aggregates: TopicSettings,
+    /// Input: the analyzer's alert state changes (table `alerts`).
+    pub alerts: TopicSettings,
+}
+
+impl Topics {
+    /// The topic of the table of `kind`.
+    pub fn of(&self, kind: Kind) -> &TopicSettings {
+        match kind {
+            Kind::Points => &self.points,
+            Kind::Aggregates => &self.aggregates,
+            Kind::Alerts => &self.alerts,
+        }
+    }
+}
+
+/// How long each kind of record is kept, by event time: a segment goes once its newest record is
+/// older. Unset keeps them for ever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(with = "humantime_serde", default)]
+    pub points: Option<Duration>,
+    /// The processor's windows; a segment also waits until every tier has rolled it up.
+    #[serde(with = "humantime_serde", default)]
+    pub aggregates: Option<Duration>,
+    #[serde(with = "humantime_serde", default)]
+    pub alerts: Option<Duration>,
+}
+
+impl Retention {
+    /// The retention of the table of `kind`.
+    pub fn of(&self, kind: Kind) -> Option<Duration> {
+        match kind {
+            Kind::Points => self.points,
+            Kind::Aggregates => self.aggregates,
+            Kind::Alerts => self.alerts,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,10 +94,8 @@ pub struct Storage {
     pub max_pending_rows: usize,
     /// Memory for decoded segments, in bytes.
     pub cache_bytes: usize,
-    /// How long the processor's windows are kept, by event time (a segment goes once its newest window
-    /// is older, and once every tier has rolled it up); unset keeps them for ever.
-    #[serde(with = "humantime_serde", default)]
-    pub retention: Option<Duration>,
+    /// How long raw points, the processor's windows and alerts are kept.
+    pub retention: Retention,
     /// Downsampled tiers, each rolled up from the windows by merging them (sketches included) into
     /// steps of its size, with a retention of its own. A `Range` whose step is a multiple of a tier's
     /// reads the coarsest such tier; SQL sees each as the table `aggregates_<step>` (`aggregates_1m`).
@@ -113,13 +154,21 @@ impl Default for Settings {
             grpc: GrpcSettings { listen: SocketAddr::from(([127, 0, 0, 1], 50052)) },
             kafka: KafkaSettings::default(),
             group_id: "runnel-store".to_owned(),
-            topics: Topics { aggregates: TopicSettings::new(topics::AGGREGATES) },
+            topics: Topics {
+                points: TopicSettings::new(topics::POINTS),
+                aggregates: TopicSettings::new(topics::AGGREGATES),
+                alerts: TopicSettings::new(topics::ALERTS),
+            },
             storage: Storage {
                 path: PathBuf::from("data/store"),
                 flush_interval: Duration::from_secs(1),
                 max_pending_rows: 2_000_000,
                 cache_bytes: 1 << 30,
-                retention: Some(Duration::from_secs(30 * 86_400)),
+                retention: Retention {
+                    points: Some(Duration::from_secs(7 * 86_400)),
+                    aggregates: Some(Duration::from_secs(30 * 86_400)),
+                    alerts: Some(Duration::from_secs(400 * 86_400)),
+                },
                 tiers: vec![
                     TierSettings { step: Duration::from_secs(60), retention: Some(Duration::from_secs(400 * 86_400)) },
                     TierSettings { step: Duration::from_secs(3_600), retention: None },
@@ -147,9 +196,13 @@ impl Default for Settings {
 impl ServiceSettings for Settings {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = self.kafka.validate("kafka");
-        errors.extend(self.topics.aggregates.validate("topics.aggregates"));
+        for kind in Kind::ALL {
+            errors.extend(self.topics.of(kind).validate(&format!("topics.{}", kind.name())));
+        }
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
+        let names: std::collections::HashSet<&str> = Kind::ALL.iter().map(|k| self.topics.of(*k).name.as_str()).collect();
+        check(&mut errors, names.len() == Kind::ALL.len(), "topics", "points, aggregates and alerts must each have a topic of their own");
         check(&mut errors, !self.storage.path.as_os_str().is_empty(), "storage.path", "must not be empty");
         check(&mut errors, !self.storage.flush_interval.is_zero(), "storage.flush_interval", "must be positive");
         check(&mut errors, self.storage.max_pending_rows >= 1, "storage.max_pending_rows", "must be at least 1");

@@ -1,4 +1,4 @@
-//! The query gRPC service: validates a request, reads a snapshot of the table, and computes the answer
+//! The query gRPC service: validates a request, reads a snapshot of a table, and computes the answer
 //! on a blocking thread, within the configured limits.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use proto::v1::{
 
 use crate::config::QueryLimits;
 use crate::error::{Error, Result};
-use crate::range::{latest, rows_in, series_in, series_of, windows_in_range};
+use crate::range::{latest, rows_in, series_in, windows_in_range};
 use crate::rollup;
 use crate::select::Selector;
 use crate::sql;
@@ -23,14 +23,16 @@ const DEFAULT_PAGE_SIZE: u32 = 1_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Query {
+    /// The table `Range`, `Latest` and `ListSeries` read.
     table: Arc<Table>,
+    tables: sql::Tables,
     limits: QueryLimits,
     executor: Arc<sql::Executor>,
 }
 
 impl Query {
-    pub(crate) fn new(table: Arc<Table>, limits: QueryLimits, executor: Arc<sql::Executor>) -> Self {
-        Self { table, limits, executor }
+    pub(crate) fn new(tables: sql::Tables, limits: QueryLimits, executor: Arc<sql::Executor>) -> Self {
+        Self { table: Arc::clone(&tables.aggregates), tables, limits, executor }
     }
 
     /// Reads the records of `[from_ns, to_ns)` and computes `answer` from them, within the query time.
@@ -128,7 +130,7 @@ impl RangeQuery {
             }
         }
         // Raw windows once each; a tier's rows all, since several may be parts of one step.
-        let mut series = windows_in_range(rows.iter().chain(&snapshot.rows), &selector, start_ns, end_ns);
+        let mut series = windows_in_range(&rows, &selector, start_ns, end_ns);
         if !rolled.is_empty() {
             let mut by_key: std::collections::BTreeMap<String, SeriesWindows> =
                 series.into_iter().filter_map(|s| Some((s.series.as_ref()?.key(), s))).collect();
@@ -188,7 +190,7 @@ impl QueryService for Query {
                     let rows = rows_in(batch, &selector, i64::MIN, i64::MAX)?;
                     candidates.extend(latest(&rows, &selector).into_values().cloned());
                 }
-                let series: Vec<SeriesWindows> = latest(candidates.iter().chain(&snapshot.rows), &selector)
+                let series: Vec<SeriesWindows> = latest(&candidates, &selector)
                     .into_values()
                     .map(|row| SeriesWindows {
                         series: row.aggregate.series.clone(),
@@ -218,7 +220,7 @@ impl QueryService for Query {
         let after = request.page_token;
         let response = self
             .answer(i64::MIN, i64::MAX, None, move |snapshot| {
-                let mut found = series_of(&snapshot.rows, &selector);
+                let mut found = std::collections::BTreeMap::new();
                 for batch in &snapshot.segments {
                     found.extend(series_in(batch, &selector)?);
                 }
@@ -241,7 +243,7 @@ impl QueryService for Query {
         if query.trim().is_empty() {
             return Err(Error::invalid("query", "must not be empty").into());
         }
-        let (limits, table) = (self.limits.clone(), Arc::clone(&self.table));
+        let (limits, tables) = (self.limits.clone(), self.tables.clone());
         let timeout = limits.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let (planned_tx, planned) = tokio::sync::oneshot::channel::<Result<()>>();
@@ -249,7 +251,7 @@ impl QueryService for Query {
         // The query runs on the SQL executor; this side keeps the deadline, which a query busy with
         // its CPU could not keep itself.
         let task = self.executor.spawn(async move {
-            let planned = async { sql::plan(&sql::session(&table, limits.sql_memory_bytes)?, &query).await }.await;
+            let planned = async { sql::plan(&sql::session(&tables, limits.sql_memory_bytes)?, &query).await }.await;
             let batches = match planned {
                 Ok(batches) => batches,
                 Err(err) => {

@@ -9,10 +9,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use proto::prost::Message as _;
-use proto::v1::Aggregate;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -20,11 +18,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::error::Result;
 use crate::maintain;
 use crate::objects::ObjectsError;
-use crate::segment::{Located, encode_segment};
-use crate::table::{Owned, Table, lock};
+use crate::segment::{concat, encode_segment, segment_name};
+use crate::table::{Owned, Pending, Table, lock};
 
-/// Flushes a replay waits to reach the end of a segment it found unlisted, before cutting elsewhere.
-const CUT_PATIENCE: u32 = 10;
+/// How long a replay waits to reach the end of a segment it found unlisted, before cutting elsewhere.
+const CUT_PATIENCE: Duration = Duration::from_secs(30);
 /// Deadline of a seek.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,7 +39,7 @@ pub struct Stats {
     pub fenced: AtomicU64,
     /// Partitions taken over: their manifest read and reading positioned at its end.
     pub takeovers: AtomicU64,
-    /// Messages on the aggregates topic that are not an `Aggregate`.
+    /// Messages that are not a record of their topic's kind (skipped).
     pub malformed: AtomicU64,
 }
 
@@ -65,7 +63,7 @@ impl ConsumerContext for IngestContext {
         let mut owned = lock(&self.table.owned);
         for partition in revoked {
             if let Some(state) = owned.remove(&partition) {
-                tracing::info!(partition, pending = state.rows.len(), lost = consumer.assignment_lost(), "partition handed over");
+                tracing::info!(topic = %self.table.topic, partition, pending = state.pending.len(), lost = consumer.assignment_lost(), "partition handed over");
             }
         }
     }
@@ -136,7 +134,7 @@ impl Ingest {
         }
         this.flusher().flush(CommitMode::Sync).await;
         this.consumer.unsubscribe();
-        tracing::info!(pending = this.table.pending_rows(), "store ingest stopped");
+        tracing::info!(topic = %this.table.topic, pending = this.table.pending_rows(), "store ingest stopped");
         read?
     }
 
@@ -160,7 +158,7 @@ impl Ingest {
                 drop(message);
                 if let Err(err) = runtime.block_on(self.take_over(partition)) {
                     // The next message of the partition tries again.
-                    tracing::warn!(error = %err, partition, "partition could not be taken over yet");
+                    tracing::warn!(error = %err, topic = %self.table.topic, partition, "partition could not be taken over yet");
                 }
             }
         }
@@ -168,7 +166,12 @@ impl Ingest {
     }
 
     fn flusher(&self) -> Flusher {
-        Flusher { consumer: Arc::clone(&self.consumer), table: Arc::clone(&self.table), stats: Arc::clone(&self.stats) }
+        Flusher {
+            consumer: Arc::clone(&self.consumer),
+            table: Arc::clone(&self.table),
+            stats: Arc::clone(&self.stats),
+            delete_grace: self.maintenance.delete_grace,
+        }
     }
 
     /// Keeps one message in memory; the first message of a partition not owned yet names it, to be
@@ -183,12 +186,9 @@ impl Ingest {
                 }
                 state.first_read.get_or_insert(offset);
                 state.next_read = Some(offset + 1);
-                match message.payload().map(Aggregate::decode) {
-                    Some(Ok(aggregate)) => state.rows.push(Located { partition, offset, aggregate }),
-                    _ => {
-                        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(partition, offset, "not an aggregate; skipped");
-                    }
+                if let Err(err) = state.pending.push(message.payload(), partition, offset) {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %err, topic = %self.table.topic, partition, offset, "not a record of this topic; skipped");
                 }
                 return None;
             }
@@ -216,25 +216,28 @@ impl Ingest {
             });
             maintain::doom_names(table, self.maintenance.delete_grace, orphans);
         }
-        let resume_from = manifest.next_offset();
-        let mut cut_at = None;
-        if let Some(from) = resume_from {
-            let unlisted = table.objects.names_starting(&table.prefix_of(0, partition), &format!("{from:020}-")).await?;
-            cut_at = unlisted.iter().filter_map(|name| segment_end(name)).max();
-        }
+        // Segments written from where the manifest ends (or, with nothing listed yet, from anywhere) and
+        // never listed: flushes cut short by a crash. Reading resumes where the earliest of them starts,
+        // and the first segment is cut where it ends, so the replay rewrites that very object.
+        let listed_end = manifest.next_offset();
+        let after = listed_end.map_or_else(String::new, |from| format!("{from:020}-"));
+        let unlisted: Vec<String> = table.objects.names_starting(&table.prefix_of(0, partition), &after).await?;
+        let resume_from = listed_end.or_else(|| unlisted.iter().filter_map(|name| segment_range(name)).map(|(first, _)| first).min());
+        let cut_at = unlisted.iter().filter_map(|name| segment_range(name)).filter(|(first, _)| Some(*first) == resume_from).map(|(_, end)| end).max();
         let position = resume_from.map_or(Offset::Beginning, Offset::Offset);
         self.consumer.seek(&table.topic, partition, position, SEEK_TIMEOUT)?;
-        tracing::info!(partition, ?resume_from, ?cut_at, version = manifest.version, "partition taken over");
+        tracing::info!(topic = %table.topic, partition, ?resume_from, ?cut_at, version = manifest.version, "partition taken over");
         self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
         let state = Owned {
             generation: table.next_generation(),
             manifest: Arc::new(manifest),
-            rows: Vec::new(),
+            pending: Pending::new(table.record),
             first_read: None,
             next_read: None,
             resume_from,
             cut_at,
-            waited: 0,
+            cut_deadline: Instant::now() + CUT_PATIENCE,
+            unlisted,
             tiers,
             flushing: None,
         };
@@ -243,9 +246,15 @@ impl Ingest {
     }
 }
 
-/// The offset a segment's name says it ends at: `.../<first>-<next>.parquet`.
+/// The offsets a segment's name says it holds: `.../<first>-<next>.parquet`.
+fn segment_range(name: &str) -> Option<(i64, i64)> {
+    let (first, next) = name.rsplit('/').next()?.strip_suffix(".parquet")?.split_once('-')?;
+    Some((first.parse().ok()?, next.parse().ok()?))
+}
+
+/// The offset a segment's name says it ends at.
 fn segment_end(name: &str) -> Option<i64> {
-    name.rsplit('/').next()?.strip_suffix(".parquet")?.split_once('-')?.1.parse().ok()
+    segment_range(name).map(|(_, end)| end)
 }
 
 /// Makes what memory holds durable, partition by partition.
@@ -253,6 +262,7 @@ struct Flusher {
     consumer: Arc<IngestConsumer>,
     table: Arc<Table>,
     stats: Arc<Stats>,
+    delete_grace: Duration,
 }
 
 /// One partition's part of a flush, taken under the lock.
@@ -260,7 +270,7 @@ struct Work {
     partition: i32,
     generation: u64,
     manifest: Arc<crate::manifest::Manifest>,
-    rows: Arc<Vec<Located>>,
+    rows: Arc<Vec<arrow::array::RecordBatch>>,
     first: i64,
     cut: i64,
 }
@@ -280,7 +290,7 @@ impl Flusher {
                 Err(crate::Error::Objects(ObjectsError::Fenced { .. })) => {}
                 Err(err) => {
                     self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %err, partition, "flush failed; rows stay in memory for the next one");
+                    tracing::error!(error = %err, topic = %self.table.topic, partition, "flush failed; rows stay in memory for the next one");
                 }
             }
         }
@@ -305,17 +315,28 @@ impl Flusher {
             }
             let cut = match state.cut_at {
                 Some(cut) if next_read >= cut => cut,
-                Some(cut) if state.waited < CUT_PATIENCE => {
-                    state.waited += 1;
+                Some(cut) if Instant::now() < state.cut_deadline => {
                     tracing::debug!(partition, cut, next_read, "replay not yet at the end of the unlisted segment");
                     continue;
                 }
-                _ => next_read,
+                Some(cut) => {
+                    // The segment this replay cannot reach overlaps what will be listed instead: a copy
+                    // no reader ever lists, deleted like any other.
+                    tracing::warn!(topic = %self.table.topic, partition, cut, next_read, "replay did not reach the end of the unlisted segment; cutting elsewhere");
+                    state.cut_at = None;
+                    maintain::doom_names(&self.table, self.delete_grace, std::mem::take(&mut state.unlisted));
+                    next_read
+                }
+                None => next_read,
             };
             // The rows move aside, not copied: queries still see them until their segment is listed.
-            let split = state.rows.partition_point(|r| r.offset < cut);
-            let rest = state.rows.split_off(split);
-            let rows = Arc::new(std::mem::replace(&mut state.rows, rest));
+            let rows = match state.pending.take_before(cut) {
+                Ok(rows) => Arc::new(rows),
+                Err(err) => {
+                    tracing::error!(error = %err, partition, "pending rows unreadable; not flushed");
+                    continue;
+                }
+            };
             state.flushing = Some(Arc::clone(&rows));
             work.push(Work { partition, generation: state.generation, manifest: Arc::clone(&state.manifest), rows, first, cut });
         }
@@ -332,9 +353,7 @@ impl Flusher {
             if let Some(state) = owned.get_mut(&partition).filter(|s| s.generation == generation)
                 && let Some(flushing) = state.flushing.take()
             {
-                let mut back = Arc::try_unwrap(flushing).unwrap_or_else(|shared| (*shared).clone());
-                back.append(&mut state.rows);
-                state.rows = back;
+                state.pending.put_back(Arc::try_unwrap(flushing).unwrap_or_else(|shared| (*shared).clone()));
             }
         }
         result
@@ -343,9 +362,9 @@ impl Flusher {
     async fn write_segment(&self, work: Work) -> Result<()> {
         let table = &self.table;
         let Work { partition, generation, manifest, rows, first, cut } = work;
-        let (kind, topic) = (table.kind.clone(), table.topic.clone());
+        let (record, name) = (table.record, segment_name(&table.kind, &table.topic, partition, first, cut));
         let (bytes, meta) =
-            tokio::task::spawn_blocking(move || encode_segment(&rows, partition, &kind, &topic, first, cut)).await??;
+            tokio::task::spawn_blocking(move || encode_segment(&concat(record, &rows)?, record.time_column(), name, first, cut)).await??;
         let row_count = meta.rows;
         table.objects.put_segment(&meta.name, bytes).await?;
         // The crash test widens the moment between writing a segment and listing it, so that its kills
@@ -359,6 +378,7 @@ impl Flusher {
             .publish(0, partition, generation, next, |state| {
                 state.flushing = None;
                 state.cut_at = None;
+                state.unlisted.clear();
             })
             .await;
         if let Err(crate::Error::Objects(ObjectsError::Fenced { .. })) = &fenced {

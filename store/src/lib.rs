@@ -1,6 +1,6 @@
-//! The store: consumes aggregates from Kafka into Parquet segments on an object store (a local folder
-//! by default), listed in one manifest per partition, and answers `QueryService` from those segments
-//! plus what it holds in memory. Instances in one consumer group share the object store and split the
+//! The store: consumes raw points, aggregates and alerts from Kafka into Parquet segments on an object
+//! store (a local folder by default), listed in one manifest per partition, and answers `QueryService`
+//! from those segments plus what it holds in memory. Instances in one consumer group share the object store and split the
 //! partitions; any of them answers any query.
 
 pub mod config;
@@ -29,7 +29,8 @@ pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
 pub use crate::maintain::Upkeep;
 use crate::objects::Objects;
-use crate::table::{AGGREGATES, Table, Tier};
+pub use crate::segment::Kind;
+use crate::table::{Table, Tier};
 
 /// The object name prefix and SQL table of the tier of `base` (e.g. `aggregates`) with `step`:
 /// `aggregates_1m`, `aggregates_1h`.
@@ -41,36 +42,45 @@ pub fn tier_name(base: &str, step: std::time::Duration) -> String {
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
-    ingest: kafka::Ingest,
+    /// One per kind, in the order of `Kind::ALL`.
+    ingests: Vec<kafka::Ingest>,
     query: config::QueryLimits,
 }
 
 impl App {
-    /// Opens the object store, creates the aggregates topic if needed, connects the consumer and binds.
+    /// Opens the object store, creates the topics if needed, connects a consumer per table and binds.
     pub async fn build(settings: Settings) -> Result<Self> {
         let Settings { grpc, kafka, group_id, topics, storage, query, .. } = settings;
         let objects = Objects::local(&storage.path)?;
-        kafka.ensure_topics(&[&topics.aggregates]).await?;
-        let partitions = {
-            let kafka = kafka.clone();
-            let topic = topics.aggregates.name.clone();
-            tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await??
-        };
-        let tiers = storage.tiers.iter().map(|t| Tier::new(AGGREGATES, t.step, t.retention)).collect();
-        let table = Arc::new(Table::new(AGGREGATES, topics.aggregates.name, partitions, objects, tiers, storage.cache_bytes));
-        let context = kafka::IngestContext { table: Arc::clone(&table) };
-        let consumer = kafka.consumer("runnel-store", &group_id).create_with_context(context)?;
+        kafka.ensure_topics(&Kind::ALL.map(|kind| topics.of(kind))).await?;
+        let mut ingests = Vec::with_capacity(Kind::ALL.len());
+        for kind in Kind::ALL {
+            let topic = topics.of(kind).name.clone();
+            let partitions = {
+                let (kafka, topic) = (kafka.clone(), topic.clone());
+                tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await??
+            };
+            // Only the windows have downsampled tiers.
+            let tiers = match kind {
+                Kind::Aggregates => storage.tiers.iter().map(|t| Tier::new(kind.name(), t.step, t.retention)).collect(),
+                Kind::Points | Kind::Alerts => Vec::new(),
+            };
+            let table = Arc::new(Table::new(kind, topic, partitions, objects.clone(), tiers, storage.cache_bytes));
+            let context = kafka::IngestContext { table: Arc::clone(&table) };
+            let group = format!("{group_id}.{}", kind.name());
+            let consumer = kafka.consumer("runnel-store", &group).create_with_context(context)?;
+            ingests.push(kafka::Ingest {
+                consumer: Arc::new(consumer),
+                table,
+                stats: Arc::default(),
+                flush_interval: storage.flush_interval,
+                max_pending_rows: storage.max_pending_rows,
+                maintenance: maintain::Policy::of(kind, &storage),
+                upkeep: Arc::default(),
+            });
+        }
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
-        let ingest = kafka::Ingest {
-            consumer: Arc::new(consumer),
-            table,
-            stats: Arc::default(),
-            flush_interval: storage.flush_interval,
-            max_pending_rows: storage.max_pending_rows,
-            maintenance: maintain::Policy::from(&storage),
-            upkeep: Arc::default(),
-        };
-        Ok(Self { listener, ingest, query })
+        Ok(Self { listener, ingests, query })
     }
 
     /// The gRPC address actually bound.
@@ -78,14 +88,19 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Counters of what the store has written.
-    pub fn stats(&self) -> Arc<Stats> {
-        Arc::clone(&self.ingest.stats)
+    fn ingest(&self, kind: Kind) -> &kafka::Ingest {
+        let index = Kind::ALL.iter().position(|k| *k == kind).unwrap_or_default();
+        &self.ingests[index]
     }
 
-    /// Counters of roll-ups, compactions and expiry.
-    pub fn upkeep(&self) -> Arc<Upkeep> {
-        Arc::clone(&self.ingest.upkeep)
+    /// Counters of what the store has written of `kind`.
+    pub fn stats(&self, kind: Kind) -> Arc<Stats> {
+        Arc::clone(&self.ingest(kind).stats)
+    }
+
+    /// Counters of roll-ups, compactions and expiry of `kind`.
+    pub fn upkeep(&self, kind: Kind) -> Arc<Upkeep> {
+        Arc::clone(&self.ingest(kind).upkeep)
     }
 
     /// Ingests and serves until `shutdown`; then makes what memory holds durable, commits and stops.
@@ -93,24 +108,29 @@ impl App {
         // A child token: a failure here stops this store's halves without cancelling the caller's token.
         let shutdown = shutdown.child_token();
         let executor = Arc::new(sql::Executor::new(self.query.sql_threads).map_err(Error::Executor)?);
-        let query = grpc::Query::new(Arc::clone(&self.ingest.table), self.query, executor);
+        let table = |kind| Arc::clone(&self.ingest(kind).table);
+        let tables = sql::Tables { points: table(Kind::Points), aggregates: table(Kind::Aggregates), alerts: table(Kind::Alerts) };
+        let query = grpc::Query::new(tables, self.query, executor);
         let router = proto::tonic::transport::Server::builder().add_service(QueryServiceServer::new(query));
         let serving = self.listener.serve(router, shutdown.clone());
-        // Either half failing stops the other, so a store never serves stale data while ingest is dead.
-        let ingest = self.ingest.run(shutdown.clone());
+        // Any part failing stops the others, so a store never serves stale data while ingest is dead.
+        let ingests = self.ingests.into_iter().map(|ingest| {
+            let shutdown = shutdown.clone();
+            async move {
+                let result = ingest.run(shutdown.clone()).await;
+                shutdown.cancel();
+                result
+            }
+        });
         let (served, ingested) = tokio::join!(
             async {
                 let result = serving.await;
                 shutdown.cancel();
                 result
             },
-            async {
-                let result = ingest.await;
-                shutdown.cancel();
-                result
-            }
+            futures::future::join_all(ingests)
         );
         served?;
-        ingested
+        ingested.into_iter().collect::<Result<Vec<()>>>().map(drop)
     }
 }

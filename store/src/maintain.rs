@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::objects::ObjectsError;
 use crate::rollup::{once_each, roll_up};
-use crate::segment::{SegmentError, batch_to_aggregates, encode_segment, segment_name, to_parquet};
+use crate::segment::{Kind, aggregates_to_batch, batch_to_aggregates, concat, encode_segment, segment_name};
 use crate::table::{Table, lock};
 
 /// Most raw rows one roll-up reads, so that one partition's backlog does not hold up the others.
@@ -34,10 +34,11 @@ pub(crate) struct Policy {
     pub(crate) interval: Duration,
 }
 
-impl From<&config::Storage> for Policy {
-    fn from(s: &config::Storage) -> Self {
+impl Policy {
+    /// The policy of the table of `kind`.
+    pub(crate) fn of(kind: Kind, s: &config::Storage) -> Self {
         Self {
-            retention: s.retention,
+            retention: s.retention.of(kind),
             compact_segments: s.compact_segments,
             compact_rows: s.compact_rows,
             delete_grace: s.delete_grace,
@@ -128,13 +129,15 @@ async fn roll_up_tier(table: &Table, counters: &Upkeep, partition: i32, generati
     let (Some(first), Some(last)) = (sources.first(), sources.last()) else { return Ok(()) };
     let (first, next) = (end.unwrap_or(first.first_offset), last.next_offset);
     let batches = rows_of(table, &sources).await?;
-    let (kind, topic, step) = (table.tiers[tier].kind.clone(), table.topic.clone(), table.tiers[tier].step_ns);
+    let name = segment_name(&table.tiers[tier].kind, &table.topic, partition, first, next);
+    let step = table.tiers[tier].step_ns;
     let (bytes, meta) = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut rows = Vec::new();
         for batch in &batches {
             rows.extend(batch_to_aggregates(batch)?);
         }
-        Ok(encode_segment(&roll_up(once_each(&rows), step), partition, &kind, &topic, first, next)?)
+        let rolled = aggregates_to_batch(&roll_up(once_each(&rows), step))?;
+        Ok(encode_segment(&rolled, Kind::Aggregates.time_column(), name, first, next)?)
     })
     .await??;
     table.objects.put_segment(&meta.name, bytes).await?;
@@ -180,37 +183,23 @@ async fn compact(table: &Table, policy: &Policy, counters: &Upkeep, partition: i
     let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(()) };
     let (first, next) = (first.first_offset, last.next_offset);
     let batches = rows_of(table, &run).await?;
-    let (name, topic) = (table.kind_name(kind).to_owned(), table.topic.clone());
+    let name = segment_name(table.kind_name(kind), &table.topic, partition, first, next);
     let step = kind.checked_sub(1).map(|t| table.tiers[t].step_ns);
-    let (min_time_ns, max_time_ns) =
-        run.iter().fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s.min_time_ns), hi.max(s.max_time_ns)));
+    let record = table.record;
     let (bytes, meta) = tokio::task::spawn_blocking(move || -> Result<_> {
-        match step {
+        let merged = match step {
             // A tier's partial rows of one step become one.
             Some(step) => {
                 let mut rows = Vec::new();
                 for batch in &batches {
                     rows.extend(batch_to_aggregates(batch)?);
                 }
-                Ok(encode_segment(&roll_up(&rows, step), partition, &name, &topic, first, next)?)
+                aggregates_to_batch(&roll_up(&rows, step))?
             }
             // Raw records are kept as they are, every copy, in offset order.
-            None => {
-                let schema = batches.first().map_or_else(crate::segment::aggregates_schema, |b| b.schema());
-                let merged = arrow::compute::concat_batches(&schema, batches.iter().map(Arc::as_ref)).map_err(SegmentError::from)?;
-                let bytes = to_parquet(&merged)?;
-                let meta = SegmentMeta {
-                    name: segment_name(&name, &topic, partition, first, next),
-                    first_offset: first,
-                    next_offset: next,
-                    rows: merged.num_rows() as u64,
-                    bytes: bytes.len() as u64,
-                    min_time_ns,
-                    max_time_ns,
-                };
-                Ok((bytes, meta))
-            }
-        }
+            None => concat(record, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?,
+        };
+        Ok(encode_segment(&merged, record.time_column(), name, first, next)?)
     })
     .await??;
     table.objects.put_segment(&meta.name, bytes).await?;

@@ -1,5 +1,6 @@
-//! The columnar form of the store's data, with no IO: aggregates as Arrow record batches and Parquet
-//! bytes, and back, exactly; and the names of segments.
+//! The columnar form of the store's data, with no IO: points, aggregates and alerts decoded from their
+//! messages straight into Arrow columns, Parquet bytes and back (aggregates exactly, to rows again),
+//! and the names of segments.
 //!
 //! A segment holds the records of one offset range of one Kafka partition and is named by that range.
 //! Records at an offset never change, and the conversion is deterministic, so a segment's content is a
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
+    ArrayBuilder as _,
     Array, ArrayRef, AsArray as _, BinaryBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
     RecordBatch, StringBuilder, UInt64Builder,
 };
@@ -20,7 +22,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use proto::v1::{Aggregate, Moments, Quantile, Series, WindowStats};
+use proto::prost::Message as _;
+use proto::v1::{Aggregate, Alert, AlertState, Moments, Point, Quantile, Series, WindowStats};
 
 use crate::manifest::SegmentMeta;
 
@@ -50,7 +53,258 @@ pub fn segment_name(kind: &str, topic: &str, partition: i32, first_offset: i64, 
     format!("{kind}/{topic}/p{partition:05}/{first_offset:020}-{next_offset:020}.parquet")
 }
 
-/// The aggregates table's columns, in order.
+/// The kinds of data the store keeps, each from a topic of its own into a table of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Raw points, as the collector wrote them.
+    Points,
+    /// The processor's closed windows.
+    Aggregates,
+    /// The analyzer's alert state changes.
+    Alerts,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Points, Kind::Aggregates, Kind::Alerts];
+
+    /// Its object name prefix and SQL table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Points => "points",
+            Kind::Aggregates => "aggregates",
+            Kind::Alerts => "alerts",
+        }
+    }
+
+    /// The event-time column: segments record its bounds, retention and time filters use it.
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Kind::Points => "time_ns",
+            Kind::Aggregates => "start_ns",
+            // The end of the window that changed the alert's state.
+            Kind::Alerts => "window_end_ns",
+        }
+    }
+
+    /// Empty builders of its table's columns.
+    pub fn builders(self) -> Builders {
+        match self {
+            Kind::Points => Builders::Points(Box::default()),
+            Kind::Aggregates => Builders::Aggregates(Box::new(AggregateBuilders::new())),
+            Kind::Alerts => Builders::Alerts(Box::default()),
+        }
+    }
+
+    /// Its table's schema.
+    pub fn schema(self) -> SchemaRef {
+        // An empty batch builds every column, so the schema is the builders' own.
+        self.builders().finish().map(|batch| batch.schema()).unwrap_or_else(|_| unreachable!("an empty batch always builds"))
+    }
+}
+
+/// Why a message is not a record of its topic's kind.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("no payload")]
+    Empty,
+    #[error("{0}")]
+    Protobuf(#[from] proto::prost::DecodeError),
+}
+
+/// A table's rows under construction: messages decoded straight into columns.
+#[derive(Debug)]
+pub enum Builders {
+    Points(Box<PointBuilders>),
+    Aggregates(Box<AggregateBuilders>),
+    Alerts(Box<AlertBuilders>),
+}
+
+impl Builders {
+    /// Appends the record a message at `offset` of `partition` carries.
+    pub fn append(&mut self, payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<(), DecodeError> {
+        let payload = payload.ok_or(DecodeError::Empty)?;
+        match self {
+            Builders::Points(b) => b.append(&Point::decode(payload)?, partition, offset),
+            Builders::Aggregates(b) => b.append(&Aggregate::decode(payload)?, partition, offset),
+            Builders::Alerts(b) => b.append(&Alert::decode(payload)?, partition, offset),
+        }
+        Ok(())
+    }
+
+    /// Rows appended since the last `finish`.
+    pub fn len(&self) -> usize {
+        match self {
+            Builders::Points(b) => b.offset.len(),
+            Builders::Aggregates(b) => b.offset.len(),
+            Builders::Alerts(b) => b.offset.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows appended since the last `finish`, as a record batch; the builders start again empty.
+    pub fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
+        match self {
+            Builders::Points(b) => b.finish(),
+            Builders::Aggregates(b) => b.finish(),
+            Builders::Alerts(b) => b.finish(),
+        }
+    }
+}
+
+/// A record batch of `columns` named `names` then the provenance columns; the columns named in
+/// `optional` may hold nulls.
+fn batch_of(names: &[&str], optional: &[&str], columns: Vec<ArrayRef>) -> Result<RecordBatch, SegmentError> {
+    let names = names.iter().chain(PROVENANCE_COLUMNS.iter());
+    let fields: Vec<Field> = names
+        .zip(&columns)
+        .map(|(name, column)| Field::new(*name, column.data_type().clone(), optional.contains(name)))
+        .collect();
+    Ok(RecordBatch::try_new(SchemaRef::new(Schema::new(fields)), columns)?)
+}
+
+/// The points table's columns, in order (then the provenance columns).
+pub const POINT_COLUMNS: [&str; 5] = ["series", "metric", "tags", "time_ns", "value"];
+
+/// The series columns of every table: its key, metric and tags.
+struct SeriesBuilders {
+    series: StringBuilder,
+    metric: StringBuilder,
+    tags: MapBuilder<StringBuilder, StringBuilder>,
+}
+
+impl Default for SeriesBuilders {
+    fn default() -> Self {
+        Self { series: StringBuilder::new(), metric: StringBuilder::new(), tags: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()) }
+    }
+}
+
+impl std::fmt::Debug for SeriesBuilders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeriesBuilders").field("rows", &self.series.len()).finish()
+    }
+}
+
+impl SeriesBuilders {
+    fn append(&mut self, metric: &str, tags: &BTreeMap<String, String>) {
+        self.series.append_value(proto::series_key(metric, tags));
+        self.metric.append_value(metric);
+        for (k, v) in tags {
+            self.tags.keys().append_value(k);
+            self.tags.values().append_value(v);
+        }
+        // Appending an entry to a map whose keys and values were just appended cannot fail.
+        let _ = self.tags.append(true);
+    }
+
+    fn finish(&mut self) -> [ArrayRef; 3] {
+        [Arc::new(self.series.finish()), Arc::new(self.metric.finish()), Arc::new(self.tags.finish())]
+    }
+}
+
+/// Builders for every column of the points table.
+#[derive(Debug, Default)]
+pub struct PointBuilders {
+    series: SeriesBuilders,
+    time: Int64Builder,
+    value: Float64Builder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+}
+
+impl PointBuilders {
+    fn append(&mut self, point: &Point, partition: i32, offset: i64) {
+        self.series.append(&point.metric, &point.tags);
+        self.time.append_value(point.timestamp_ns);
+        self.value.append_value(point.value);
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
+        let [series, metric, tags] = self.series.finish();
+        let columns: Vec<ArrayRef> = vec![
+            series,
+            metric,
+            tags,
+            Arc::new(self.time.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+        ];
+        batch_of(&POINT_COLUMNS, &[], columns)
+    }
+}
+
+/// The alerts table's columns, in order (then the provenance columns).
+pub const ALERT_COLUMNS: [&str; 10] =
+    ["id", "rule", "series", "metric", "tags", "state", "value", "threshold", "window_start_ns", "window_end_ns"];
+
+/// Builders for every column of the alerts table.
+#[derive(Debug, Default)]
+pub struct AlertBuilders {
+    id: StringBuilder,
+    rule: StringBuilder,
+    series: SeriesBuilders,
+    state: StringBuilder,
+    f64s: [Float64Builder; 2],
+    i64s: [Int64Builder; 2],
+    partition: Int32Builder,
+    offset: Int64Builder,
+}
+
+/// An alert state as the alerts table spells it: `firing`, `resolved`, `unspecified`, or
+/// `unknown(<n>)` for a state this build does not know.
+fn state_name(state: i32) -> String {
+    match AlertState::try_from(state) {
+        Ok(known) => known.as_str_name().trim_start_matches("ALERT_STATE_").to_ascii_lowercase(),
+        Err(_) => format!("unknown({state})"),
+    }
+}
+
+impl AlertBuilders {
+    fn append(&mut self, alert: &Alert, partition: i32, offset: i64) {
+        let empty = Series::default();
+        let series = alert.series.as_ref().unwrap_or(&empty);
+        self.id.append_value(&alert.id);
+        self.rule.append_value(&alert.rule);
+        self.series.append(&series.metric, &series.tags);
+        self.state.append_value(state_name(alert.state));
+        for (builder, value) in self.f64s.iter_mut().zip([alert.value, alert.threshold]) {
+            builder.append_value(value);
+        }
+        for (builder, value) in self.i64s.iter_mut().zip([alert.window_start_ns, alert.window_end_ns]) {
+            builder.append_value(value);
+        }
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
+        let [series, metric, tags] = self.series.finish();
+        let [value, threshold] = self.f64s.each_mut().map(|x| Arc::new(x.finish()) as ArrayRef);
+        let [start, end] = self.i64s.each_mut().map(|x| Arc::new(x.finish()) as ArrayRef);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.rule.finish()),
+            series,
+            metric,
+            tags,
+            Arc::new(self.state.finish()),
+            value,
+            threshold,
+            start,
+            end,
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+        ];
+        batch_of(&ALERT_COLUMNS, &[], columns)
+    }
+}
+
+/// The aggregates table's columns, in order (then the provenance columns).
 pub const AGGREGATE_COLUMNS: [&str; 27] = [
     "series", "metric", "tags", "start_ns", "end_ns", "count", "sum", "mean", "min", "max", "gradient_per_second",
     "first", "last", "first_ns", "last_ns", "stddev", "rate_per_second", "quantile_q", "quantile_value", "sketch",
@@ -62,10 +316,9 @@ pub const AGGREGATE_COLUMNS: [&str; 27] = [
 pub const PROVENANCE_COLUMNS: [&str; 2] = ["kafka_partition", "kafka_offset"];
 
 /// Builders for every column of the aggregates table.
-struct AggregateBuilders {
-    series: StringBuilder,
-    metric: StringBuilder,
-    tags: MapBuilder<StringBuilder, StringBuilder>,
+#[derive(Debug)]
+pub struct AggregateBuilders {
+    series: SeriesBuilders,
     i64s: [Int64Builder; 5],
     count: UInt64Builder,
     f64s: [Float64Builder; 15],
@@ -79,9 +332,7 @@ struct AggregateBuilders {
 impl AggregateBuilders {
     fn new() -> Self {
         Self {
-            series: StringBuilder::new(),
-            metric: StringBuilder::new(),
-            tags: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            series: SeriesBuilders::default(),
             i64s: std::array::from_fn(|_| Int64Builder::new()),
             count: UInt64Builder::new(),
             f64s: std::array::from_fn(|_| Float64Builder::new()),
@@ -93,17 +344,13 @@ impl AggregateBuilders {
         }
     }
 
-    fn append(&mut self, row: &Located) -> Result<(), SegmentError> {
-        let series = row.aggregate.series.clone().unwrap_or_default();
-        let w = row.aggregate.window.clone().unwrap_or_default();
+    fn append(&mut self, aggregate: &Aggregate, partition: i32, offset: i64) {
+        let empty = Series::default();
+        let series = aggregate.series.as_ref().unwrap_or(&empty);
+        let empty = WindowStats::default();
+        let w = aggregate.window.as_ref().unwrap_or(&empty);
         let m = w.moments.unwrap_or_default();
-        self.series.append_value(series.key());
-        self.metric.append_value(&series.metric);
-        for (k, v) in &series.tags {
-            self.tags.keys().append_value(k);
-            self.tags.values().append_value(v);
-        }
-        self.tags.append(true)?;
+        self.series.append(&series.metric, &series.tags);
         // start_ns, end_ns, first_ns, last_ns, moments_origin_ns
         for (builder, value) in self.i64s.iter_mut().zip([w.start_ns, w.end_ns, w.first_ns, w.last_ns, m.origin_ns]) {
             builder.append_value(value);
@@ -132,9 +379,47 @@ impl AggregateBuilders {
         self.quantile_q.append_value(w.quantiles.iter().map(|q| Some(q.q)));
         self.quantile_value.append_value(w.quantiles.iter().map(|q| Some(q.value)));
         self.sketch.append_value(&w.sketch);
-        self.partition.append_value(row.partition);
-        self.offset.append_value(row.offset);
-        Ok(())
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
+        let [start, end, first_ns, last_ns, origin] = self.i64s.each_mut().map(|x| Arc::new(x.finish()) as ArrayRef);
+        let [sum, mean, min, max, gradient, first, last, stddev, rate, accuracy, mean_t, mean_v, m2_t, m2_v, c_tv] =
+            self.f64s.each_mut().map(|x| Arc::new(x.finish()) as ArrayRef);
+        let [series, metric, tags] = self.series.finish();
+        let columns: Vec<ArrayRef> = vec![
+            series,
+            metric,
+            tags,
+            start,
+            end,
+            Arc::new(self.count.finish()),
+            sum,
+            mean,
+            min,
+            max,
+            gradient,
+            first,
+            last,
+            first_ns,
+            last_ns,
+            stddev,
+            rate,
+            Arc::new(self.quantile_q.finish()),
+            Arc::new(self.quantile_value.finish()),
+            Arc::new(self.sketch.finish()),
+            accuracy,
+            origin,
+            mean_t,
+            mean_v,
+            m2_t,
+            m2_v,
+            c_tv,
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+        ];
+        batch_of(&AGGREGATE_COLUMNS, &OPTIONAL, columns)
     }
 }
 
@@ -142,48 +427,9 @@ impl AggregateBuilders {
 pub fn aggregates_to_batch(rows: &[Located]) -> Result<RecordBatch, SegmentError> {
     let mut b = AggregateBuilders::new();
     for row in rows {
-        b.append(row)?;
+        b.append(&row.aggregate, row.partition, row.offset);
     }
-    let [start, end, first_ns, last_ns, origin] = b.i64s.map(|mut x| Arc::new(x.finish()) as ArrayRef);
-    let [sum, mean, min, max, gradient, first, last, stddev, rate, accuracy, mean_t, mean_v, m2_t, m2_v, c_tv] =
-        b.f64s.map(|mut x| Arc::new(x.finish()) as ArrayRef);
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(b.series.finish()),
-        Arc::new(b.metric.finish()),
-        Arc::new(b.tags.finish()),
-        start,
-        end,
-        Arc::new(b.count.finish()),
-        sum,
-        mean,
-        min,
-        max,
-        gradient,
-        first,
-        last,
-        first_ns,
-        last_ns,
-        stddev,
-        rate,
-        Arc::new(b.quantile_q.finish()),
-        Arc::new(b.quantile_value.finish()),
-        Arc::new(b.sketch.finish()),
-        accuracy,
-        origin,
-        mean_t,
-        mean_v,
-        m2_t,
-        m2_v,
-        c_tv,
-        Arc::new(b.partition.finish()),
-        Arc::new(b.offset.finish()),
-    ];
-    let names = AGGREGATE_COLUMNS.iter().chain(PROVENANCE_COLUMNS.iter());
-    let fields: Vec<Field> = names
-        .zip(&columns)
-        .map(|(name, column)| Field::new(*name, column.data_type().clone(), OPTIONAL.contains(name)))
-        .collect();
-    Ok(RecordBatch::try_new(SchemaRef::new(Schema::new(fields)), columns)?)
+    b.finish()
 }
 
 /// The columns that may be null: statistics that are undefined for some windows.
@@ -191,8 +437,7 @@ const OPTIONAL: [&str; 3] = ["gradient_per_second", "stddev", "rate_per_second"]
 
 /// The aggregates table's schema.
 pub fn aggregates_schema() -> SchemaRef {
-    // An empty batch builds every column, so the schema is the builders' own.
-    aggregates_to_batch(&[]).map(|batch| batch.schema()).unwrap_or_else(|_| unreachable!("an empty batch always builds"))
+    Kind::Aggregates.schema()
 }
 
 /// The rows of a record batch of the aggregates table.
@@ -274,30 +519,37 @@ pub fn from_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, SegmentError> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// `rows` (of `partition`, in offset order; possibly none, when every message was malformed) as the segment of offsets `[first_offset,
-/// next_offset)`: its Parquet bytes and listing. `first_offset` is where the partition's last segment
-/// ended (or where reading began), so consecutive segments leave no gap for a reader to wonder about.
+/// `batch` (rows of one partition in offset order, possibly none when every message was malformed) as
+/// the segment `name` of offsets `[first_offset, next_offset)`: its Parquet bytes and listing, with the
+/// bounds of its `time_column`. `first_offset` is where the partition's last segment ended (or where
+/// reading began), so consecutive segments leave no gap for a reader to wonder about.
 pub fn encode_segment(
-    rows: &[Located],
-    partition: i32,
-    kind: &str,
-    topic: &str,
+    batch: &RecordBatch,
+    time_column: &'static str,
+    name: String,
     first_offset: i64,
     next_offset: i64,
 ) -> Result<(Bytes, SegmentMeta), SegmentError> {
-    let bytes = to_parquet(&aggregates_to_batch(rows)?)?;
-    let starts = rows.iter().filter_map(|r| r.aggregate.window.as_ref().map(|w| w.start_ns));
-    let (min_time_ns, max_time_ns) = starts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let bytes = to_parquet(batch)?;
+    let times = batch.column_by_name(time_column).and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or(SegmentError::Column(time_column))?;
     let meta = SegmentMeta {
-        name: segment_name(kind, topic, partition, first_offset, next_offset),
+        name,
         first_offset,
         next_offset,
-        rows: rows.len() as u64,
+        rows: batch.num_rows() as u64,
         bytes: bytes.len() as u64,
-        min_time_ns,
-        max_time_ns,
+        min_time_ns: arrow::compute::min(times).unwrap_or(i64::MAX),
+        max_time_ns: arrow::compute::max(times).unwrap_or(i64::MIN),
     };
     Ok((bytes, meta))
+}
+
+/// `batches` (of one table) as one.
+pub fn concat(kind: Kind, batches: &[RecordBatch]) -> Result<RecordBatch, SegmentError> {
+    match batches {
+        [one] => Ok(one.clone()),
+        _ => Ok(arrow::compute::concat_batches(&kind.schema(), batches)?),
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +601,8 @@ mod tests {
     #[test]
     fn rows_become_a_segment_of_their_offset_range() {
         let rows: Vec<Located> = [(5, 300), (7, 100), (8, 200)].iter().map(|&(offset, start)| located(2, offset, "m", &[], start, false)).collect();
-        let (bytes, meta) = encode_segment(&rows, 2, "aggregates", "t", 4, 9).unwrap();
+        let encode = || encode_segment(&aggregates_to_batch(&rows).unwrap(), "start_ns", segment_name("aggregates", "t", 2, 4, 9), 4, 9);
+        let (bytes, meta) = encode().unwrap();
         assert_eq!(
             meta,
             SegmentMeta {
@@ -364,7 +617,7 @@ mod tests {
         );
         let read = batch_to_aggregates(&from_parquet(bytes.clone()).unwrap()[0]).unwrap();
         assert_eq!(read, rows);
-        assert_eq!(encode_segment(&rows, 2, "aggregates", "t", 4, 9).unwrap().0, bytes, "the same rows give the same bytes");
+        assert_eq!(encode().unwrap().0, bytes, "the same rows give the same bytes");
     }
 
     #[test]
@@ -387,5 +640,47 @@ mod tests {
         let without: Vec<usize> = (0..batch.num_columns()).filter(|i| *i != index).collect();
         let err = batch_to_aggregates(&batch.project(&without).unwrap()).unwrap_err();
         assert_eq!(err.to_string(), "column count is missing or of another type");
+    }
+
+    #[test]
+    fn points_and_alerts_decode_straight_into_their_columns() {
+        let tags: BTreeMap<String, String> = [("host".to_owned(), "a".to_owned())].into();
+        let point = Point { metric: "cpu".into(), tags: tags.clone(), timestamp_ns: -5, value: 0.25 };
+        let mut points = Kind::Points.builders();
+        points.append(Some(&point.encode_to_vec()), 3, 40).unwrap();
+        let err = points.append(Some(&[0xff, 0xff]), 3, 41).unwrap_err();
+        assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
+        assert!(matches!(points.append(None, 3, 42), Err(DecodeError::Empty)));
+        assert_eq!(points.len(), 1, "a refused message adds no row");
+        let batch = points.finish().unwrap();
+        assert_eq!(batch.schema(), Kind::Points.schema());
+        assert!(points.is_empty());
+        let column = |b: &RecordBatch, name: &str| b.column_by_name(name).unwrap().clone();
+        assert_eq!(column(&batch, "series").as_string::<i32>().value(0), r#"cpu{host="a"}"#);
+        assert_eq!(column(&batch, "time_ns").as_primitive::<Int64Type>().value(0), -5);
+        assert_eq!(column(&batch, "value").as_primitive::<Float64Type>().value(0), 0.25);
+        assert_eq!(column(&batch, "kafka_offset").as_primitive::<Int64Type>().value(0), 40);
+
+        let alert = Alert {
+            id: "hot/cpu{host=\"a\"}".into(),
+            rule: "hot".into(),
+            series: Some(Series { metric: "cpu".into(), tags }),
+            state: AlertState::Firing as i32,
+            value: 97.5,
+            threshold: 90.0,
+            window_start_ns: 100,
+            window_end_ns: 110,
+        };
+        let mut alerts = Kind::Alerts.builders();
+        alerts.append(Some(&alert.encode_to_vec()), 0, 7).unwrap();
+        alerts.append(Some(&Alert { state: 9, ..alert.clone() }.encode_to_vec()), 0, 8).unwrap();
+        let batch = alerts.finish().unwrap();
+        assert_eq!(batch.schema(), Kind::Alerts.schema());
+        let states = column(&batch, "state");
+        assert_eq!([states.as_string::<i32>().value(0), states.as_string::<i32>().value(1)], ["firing", "unknown(9)"]);
+        assert_eq!(column(&batch, "metric").as_string::<i32>().value(1), "cpu");
+        assert_eq!(column(&batch, "threshold").as_primitive::<Float64Type>().value(0), 90.0);
+        let (_, meta) = encode_segment(&batch, Kind::Alerts.time_column(), "a".into(), 7, 9).unwrap();
+        assert_eq!((meta.min_time_ns, meta.max_time_ns, meta.rows), (110, 110, 2));
     }
 }

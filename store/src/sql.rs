@@ -20,11 +20,16 @@ use datafusion::sql::sqlparser::parser::ParserError;
 
 use crate::error::{Error, Result};
 use crate::rollup;
-use crate::segment::{Located, aggregates_schema, aggregates_to_batch, batch_to_aggregates};
+use crate::segment::{Kind, Located, aggregates_to_batch, batch_to_aggregates};
 use crate::table::{Snapshot, Table};
 
-/// The column whose bounds prune the aggregates' segments.
-const TIME_COLUMN: &str = "start_ns";
+/// The store's tables, one per kind of record.
+#[derive(Debug, Clone)]
+pub(crate) struct Tables {
+    pub(crate) points: Arc<Table>,
+    pub(crate) aggregates: Arc<Table>,
+    pub(crate) alerts: Arc<Table>,
+}
 
 /// A runtime of its own for SQL: a CPU-bound query runs there, never on the threads that ingest and
 /// answer the other queries.
@@ -63,15 +68,19 @@ impl Drop for Executor {
     }
 }
 
-/// A session over the store's tables: read-only, with at most `memory_bytes` of working memory.
-pub(crate) fn session(aggregates: &Arc<Table>, memory_bytes: usize) -> Result<SessionContext> {
+/// A session over the store's tables (`points`, `aggregates` and each of its tiers, `alerts`):
+/// read-only, with at most `memory_bytes` of working memory.
+pub(crate) fn session(tables: &Tables, memory_bytes: usize) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(memory_bytes, 1.0).build_arc().map_err(sql_error)?;
     let config = SessionConfig::new().with_information_schema(true).with_target_partitions(2);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    ctx.register_table("aggregates", Arc::new(Aggregates { table: Arc::clone(aggregates), schema: aggregates_schema(), tier: None }))
-        .map_err(sql_error)?;
+    for table in [&tables.points, &tables.aggregates, &tables.alerts] {
+        let provider = Provider { table: Arc::clone(table), schema: table.record.schema(), tier: None };
+        ctx.register_table(table.kind.as_str(), Arc::new(provider)).map_err(sql_error)?;
+    }
+    let aggregates = &tables.aggregates;
     for (t, tier) in aggregates.tiers.iter().enumerate() {
-        let provider = Aggregates { table: Arc::clone(aggregates), schema: aggregates_schema(), tier: Some(t) };
+        let provider = Provider { table: Arc::clone(aggregates), schema: aggregates.record.schema(), tier: Some(t) };
         ctx.register_table(tier.kind.as_str(), Arc::new(provider)).map_err(sql_error)?;
     }
     Ok(ctx)
@@ -87,17 +96,17 @@ pub(crate) async fn plan(ctx: &SessionContext, query: &str) -> Result<SendableRe
     frame.execute_stream().await.map_err(sql_error)
 }
 
-/// The aggregates table (one row per series and window, the last delivered), or a tier of it (one row
-/// per series and step, its windows merged).
+/// A table: points or alerts (each record once), aggregates (one row per series and window, the last
+/// delivered), or a tier of the aggregates (one row per series and step, its windows merged).
 #[derive(Debug)]
-struct Aggregates {
+struct Provider {
     table: Arc<Table>,
     schema: SchemaRef,
     tier: Option<usize>,
 }
 
 #[async_trait::async_trait]
-impl TableProvider for Aggregates {
+impl TableProvider for Provider {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -108,9 +117,10 @@ impl TableProvider for Aggregates {
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
         // Inexact: the bounds only choose segments; DataFusion still filters every row.
+        let time = self.table.record.time_column();
         Ok(filters
             .iter()
-            .map(|f| if time_bounds(f).is_some() { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .map(|f| if time_bounds(f, time).is_some() { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
             .collect())
     }
 
@@ -121,11 +131,14 @@ impl TableProvider for Aggregates {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let (from, to) = filters.iter().filter_map(time_bounds).fold((i64::MIN, i64::MAX), |(lo, hi), (a, b)| (lo.max(a), hi.min(b)));
+        let time = self.table.record.time_column();
+        let (from, to) = filters.iter().filter_map(|f| time_bounds(f, time)).fold((i64::MIN, i64::MAX), |(lo, hi), (a, b)| (lo.max(a), hi.min(b)));
         let external = |err: Error| DataFusionError::External(Box::new(err));
         let snapshot = self.table.snapshot(from, to, self.tier).await.map_err(external)?;
         let batches = match self.tier.and_then(|t| self.table.tiers.get(t)) {
-            None => once_each(snapshot).map_err(external)?,
+            None if self.table.record == Kind::Aggregates => once_each(snapshot).map_err(external)?,
+            // Every offset is read once, and a point or an alert has no identity beyond its offset.
+            None => snapshot.segments.iter().map(|b| RecordBatch::clone(b)).collect(),
             Some(tier) => {
                 let step = tier.step_ns;
                 let rolled = tokio::task::spawn_blocking(move || rolled_up(snapshot, step)).await.map_err(|e| external(e.into()))?;
@@ -141,10 +154,10 @@ impl TableProvider for Aggregates {
     }
 }
 
-/// The time range `[from, to)` a filter confines `start_ns` to, if it is a comparison of that column
-/// with an integer.
-fn time_bounds(filter: &Expr) -> Option<(i64, i64)> {
-    let column = |e: &Expr| matches!(e, Expr::Column(c) if c.name == TIME_COLUMN);
+/// The time range `[from, to)` a filter confines the column `time` to, if it is a comparison of that
+/// column with an integer.
+fn time_bounds(filter: &Expr, time: &str) -> Option<(i64, i64)> {
+    let column = |e: &Expr| matches!(e, Expr::Column(c) if c.name == time);
     let literal = |e: &Expr| match e {
         Expr::Literal(ScalarValue::Int64(Some(v)), _) => Some(*v),
         _ => None,
@@ -177,11 +190,7 @@ fn time_bounds(filter: &Expr) -> Option<(i64, i64)> {
 /// The batches of a snapshot with each (series, window start) once: the copy delivered last (the
 /// highest offset), as `Range` answers.
 fn once_each(snapshot: Snapshot) -> Result<Vec<RecordBatch>> {
-    let mut batches: Vec<RecordBatch> = snapshot.segments.iter().map(|b| RecordBatch::clone(b)).collect();
-    if !snapshot.rows.is_empty() {
-        batches.push(aggregates_to_batch(&snapshot.rows)?);
-    }
-    keep_last(batches)
+    keep_last(snapshot.segments.iter().map(|b| RecordBatch::clone(b)).collect())
 }
 
 /// `batches` with each (series, start) once: the row with the highest offset.
@@ -191,7 +200,7 @@ fn keep_last(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     };
     let mut columns = Vec::with_capacity(batches.len());
     for batch in &batches {
-        columns.push((column(batch, "series")?, column(batch, TIME_COLUMN)?, column(batch, "kafka_offset")?));
+        columns.push((column(batch, "series")?, column(batch, Kind::Aggregates.time_column())?, column(batch, "kafka_offset")?));
     }
     // The winner of each key: (batch, row, offset).
     let mut winners: HashMap<(&str, i64), (usize, usize, i64)> = HashMap::new();
@@ -226,7 +235,7 @@ fn keep_last(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
 /// yet.
 fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<Vec<RecordBatch>> {
     // Nothing raw left and every step in one row (compaction made them whole): the batches as they are.
-    if snapshot.segments.is_empty() && snapshot.rows.is_empty() {
+    if snapshot.segments.is_empty() {
         let batches: Vec<RecordBatch> = snapshot.tier_segments.iter().map(|b| RecordBatch::clone(b)).collect();
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let kept = keep_last(batches.clone())?;
@@ -234,7 +243,7 @@ fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<Vec<RecordBatch>> {
             return Ok(batches);
         }
     }
-    let mut raw = snapshot.rows;
+    let mut raw = Vec::new();
     for batch in &snapshot.segments {
         raw.extend(batch_to_aggregates(batch)?);
     }
@@ -291,8 +300,9 @@ mod tests {
     async fn error_of(query: &str) -> Error {
         let dir = std::env::temp_dir().join(format!("runnel-sql-{}-{:?}", std::process::id(), std::time::SystemTime::now()));
         let objects = crate::objects::Objects::local(&dir).unwrap();
-        let table = Arc::new(Table::new("aggregates", "t".into(), 0, objects, Vec::new(), 1 << 20));
-        let ctx = session(&table, 64 << 20).unwrap();
+        let table = |kind: Kind| Arc::new(Table::new(kind, kind.name().into(), 0, objects.clone(), Vec::new(), 1 << 20));
+        let tables = Tables { points: table(Kind::Points), aggregates: table(Kind::Aggregates), alerts: table(Kind::Alerts) };
+        let ctx = session(&tables, 64 << 20).unwrap();
         let result = plan(&ctx, query).await;
         let _ = std::fs::remove_dir_all(&dir);
         match result {
@@ -314,13 +324,13 @@ mod tests {
 
     #[test]
     fn comparisons_of_the_time_column_bound_the_scan() {
-        assert_eq!(time_bounds(&col("start_ns").gt_eq(lit(10i64))), Some((10, i64::MAX)));
-        assert_eq!(time_bounds(&col("start_ns").lt(lit(20i64))), Some((i64::MIN, 20)));
-        assert_eq!(time_bounds(&lit(20i64).gt(col("start_ns"))), Some((i64::MIN, 20)), "the literal on the left");
-        assert_eq!(time_bounds(&col("start_ns").eq(lit(5i64))), Some((5, 6)));
-        assert_eq!(time_bounds(&col("start_ns").between(lit(5i64), lit(9i64))), Some((5, 10)));
-        assert_eq!(time_bounds(&col("end_ns").gt(lit(5i64))), None, "another column");
-        assert_eq!(time_bounds(&col("start_ns").gt(lit(5.5))), None, "not an integer");
-        assert_eq!(time_bounds(&col("start_ns").not_eq(lit(5i64))), None);
+        assert_eq!(time_bounds(&col("start_ns").gt_eq(lit(10i64)), "start_ns"), Some((10, i64::MAX)));
+        assert_eq!(time_bounds(&col("start_ns").lt(lit(20i64)), "start_ns"), Some((i64::MIN, 20)));
+        assert_eq!(time_bounds(&lit(20i64).gt(col("start_ns")), "start_ns"), Some((i64::MIN, 20)), "the literal on the left");
+        assert_eq!(time_bounds(&col("start_ns").eq(lit(5i64)), "start_ns"), Some((5, 6)));
+        assert_eq!(time_bounds(&col("start_ns").between(lit(5i64), lit(9i64)), "start_ns"), Some((5, 10)));
+        assert_eq!(time_bounds(&col("end_ns").gt(lit(5i64)), "start_ns"), None, "another column");
+        assert_eq!(time_bounds(&col("start_ns").gt(lit(5.5)), "start_ns"), None, "not an integer");
+        assert_eq!(time_bounds(&col("start_ns").not_eq(lit(5i64)), "start_ns"), None);
     }
 }

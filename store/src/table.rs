@@ -1,4 +1,4 @@
-//! One kind of data (today the aggregates) as a query reads it: the segments each partition's manifest
+//! One kind of data (points, aggregates or alerts) as a query reads it: the segments each partition's manifest
 //! lists in the shared object store, plus the rows this instance has read from Kafka and not yet made
 //! durable. Every record is read once: a partition this instance ingests is read from its own manifest
 //! and memory under one lock (rows leave memory in the same step that lists their segment), any other
@@ -11,15 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray as _, RecordBatch};
 
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::objects::{Objects, ObjectsError};
-use crate::segment::{Located, from_parquet};
-
-/// The object name prefix of the aggregates.
-pub(crate) const AGGREGATES: &str = "aggregates";
+use crate::segment::{Builders, DecodeError, Kind, SegmentError, from_parquet};
 
 /// How many manifest versions a partition keeps: readers that listed an older one list again.
 const MANIFEST_VERSIONS_KEPT: u64 = 8;
@@ -33,9 +30,9 @@ pub(crate) struct Owned {
     pub(crate) manifest: Arc<Manifest>,
     /// Records read and not yet listed in a segment, in offset order, all at or past the manifest's end
     /// and past those being flushed.
-    pub(crate) rows: Vec<Located>,
+    pub(crate) pending: Pending,
     /// The records a flush is writing: still served from memory until their segment is listed.
-    pub(crate) flushing: Option<Arc<Vec<Located>>>,
+    pub(crate) flushing: Option<Arc<Vec<RecordBatch>>>,
     /// The offset of the first message read (where the first segment starts when nothing is durable).
     pub(crate) first_read: Option<i64>,
     /// One past the offset of the last message read.
@@ -45,10 +42,93 @@ pub(crate) struct Owned {
     /// A segment written from the manifest's end before a crash and never listed ends here: the replay
     /// cuts its first segment at the same offset, so it rewrites that object instead of adding another.
     pub(crate) cut_at: Option<i64>,
-    /// Flushes skipped while waiting to reach `cut_at`.
-    pub(crate) waited: u32,
+    /// When the replay gives up waiting to reach `cut_at`.
+    pub(crate) cut_deadline: std::time::Instant,
+    /// The segments found unlisted at the take-over, from where reading resumed.
+    pub(crate) unlisted: Vec<String>,
     /// Each tier's manifest, in the order of `Table::tiers`.
     pub(crate) tiers: Vec<Arc<Manifest>>,
+}
+
+/// Most rows of one record batch in memory: a query reads memory a batch at a time.
+const CHUNK_ROWS: usize = 8_192;
+
+/// Records not yet durable, decoded into columns as they arrive: sealed record batches, then the rows
+/// still being built.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    chunks: Vec<RecordBatch>,
+    building: Builders,
+    rows: usize,
+}
+
+impl Pending {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self { chunks: Vec::new(), building: kind.builders(), rows: 0 }
+    }
+
+    /// Appends the record of the message at `offset`; a message that is not one is refused.
+    pub(crate) fn push(&mut self, payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<(), DecodeError> {
+        self.building.append(payload, partition, offset)?;
+        self.rows += 1;
+        if self.building.len() >= CHUNK_ROWS {
+            self.seal();
+        }
+        Ok(())
+    }
+
+    /// Rows held.
+    pub(crate) fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Turns the rows being built into a record batch, so that they can be read.
+    fn seal(&mut self) {
+        if self.building.is_empty() {
+            return;
+        }
+        match self.building.finish() {
+            Ok(batch) => self.chunks.push(batch),
+            // The builders' columns always agree with their schema.
+            Err(err) => unreachable!("pending rows do not form a batch: {err}"),
+        }
+    }
+
+    /// Every row, as record batches.
+    pub(crate) fn batches(&mut self) -> &[RecordBatch] {
+        self.seal();
+        &self.chunks
+    }
+
+    /// Takes the rows at offsets before `cut`.
+    pub(crate) fn take_before(&mut self, cut: i64) -> Result<Vec<RecordBatch>, SegmentError> {
+        self.seal();
+        let mut taken = Vec::new();
+        let mut rest = Vec::new();
+        for chunk in self.chunks.drain(..) {
+            let offsets = chunk
+                .column_by_name("kafka_offset")
+                .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+                .ok_or(SegmentError::Column("kafka_offset"))?;
+            let split = offsets.values().partition_point(|&offset| offset < cut);
+            if split > 0 {
+                taken.push(chunk.slice(0, split));
+            }
+            if split < chunk.num_rows() {
+                rest.push(chunk.slice(split, chunk.num_rows() - split));
+            }
+        }
+        self.chunks = rest;
+        self.rows -= taken.iter().map(RecordBatch::num_rows).sum::<usize>();
+        Ok(taken)
+    }
+
+    /// Puts back rows taken by `take_before` (a flush that failed), ahead of those read since.
+    pub(crate) fn put_back(&mut self, batches: Vec<RecordBatch>) {
+        self.rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+        let later = std::mem::replace(&mut self.chunks, batches);
+        self.chunks.extend(later);
+    }
 }
 
 /// A downsampled tier of the aggregates.
@@ -79,10 +159,8 @@ impl Tier {
 /// What a query reads: every record of the selected time range once (and possibly others).
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
-    /// Raw segments.
+    /// Raw segments, and the rows in memory not yet durable.
     pub(crate) segments: Vec<Arc<RecordBatch>>,
-    /// Raw rows not yet durable.
-    pub(crate) rows: Vec<Located>,
     /// Segments of the tier asked for: rows of one step each, possibly several partial rows of one
     /// step (to be merged, never deduplicated).
     pub(crate) tier_segments: Vec<Arc<RecordBatch>>,
@@ -100,6 +178,7 @@ struct Cache {
 #[derive(Debug)]
 pub(crate) struct Table {
     pub(crate) kind: String,
+    pub(crate) record: Kind,
     pub(crate) topic: String,
     partitions: i32,
     pub(crate) objects: Objects,
@@ -126,9 +205,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Table {
-    pub(crate) fn new(kind: &str, topic: String, partitions: i32, objects: Objects, tiers: Vec<Tier>, cache_budget: usize) -> Self {
+    pub(crate) fn new(record: Kind, topic: String, partitions: i32, objects: Objects, tiers: Vec<Tier>, cache_budget: usize) -> Self {
         Self {
-            kind: kind.to_owned(),
+            kind: record.name().to_owned(),
+            record,
             topic,
             partitions,
             objects,
@@ -190,12 +270,13 @@ impl Table {
             }
         };
         let owned: Vec<i32> = {
-            let owned = lock(&self.owned);
-            for state in owned.values() {
+            let mut owned = lock(&self.owned);
+            for state in owned.values_mut() {
                 take(&state.manifest, tier.and_then(|t| state.tiers.get(t)).map(Arc::as_ref));
-                // Only the rows the query can use are copied: memory may hold a flush interval of data.
-                let in_range = |r: &&Located| r.aggregate.window.as_ref().is_some_and(|w| (from_ns..to_ns).contains(&w.start_ns));
-                snapshot.rows.extend(state.flushing.iter().flat_map(|f| f.iter()).chain(&state.rows).filter(in_range).cloned());
+                // Record batches share their columns: taking memory's batches copies no rows.
+                let flushing = state.flushing.iter().flat_map(|f| f.iter());
+                let memory: Vec<RecordBatch> = flushing.chain(state.pending.batches()).cloned().collect();
+                snapshot.segments.extend(memory.into_iter().map(Arc::new));
             }
             owned.keys().copied().collect()
         };
@@ -244,10 +325,10 @@ impl Table {
             return Ok(Arc::clone(batch));
         }
         let bytes = self.objects.get(&segment.name).await?;
+        let record = self.record;
         let batch = tokio::task::spawn_blocking(move || -> Result<RecordBatch> {
             let batches = from_parquet(bytes)?;
-            let schema = batches.first().map_or_else(crate::segment::aggregates_schema, RecordBatch::schema);
-            Ok(arrow::compute::concat_batches(&schema, &batches).map_err(crate::segment::SegmentError::from)?)
+            Ok(crate::segment::concat(record, &batches)?)
         })
         .await??;
         let batch = Arc::new(batch);
@@ -314,6 +395,42 @@ impl Table {
 
     /// Rows held in memory, not yet durable.
     pub(crate) fn pending_rows(&self) -> usize {
-        lock(&self.owned).values().map(|o| o.rows.len() + o.flushing.as_ref().map_or(0, |f| f.len())).sum()
+        let flushing = |f: &Arc<Vec<RecordBatch>>| f.iter().map(RecordBatch::num_rows).sum::<usize>();
+        lock(&self.owned).values().map(|o| o.pending.len() + o.flushing.as_ref().map_or(0, flushing)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::prost::Message as _;
+    use proto::v1::Point;
+
+    use super::*;
+
+    fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
+        let column = |b: &RecordBatch| b.column_by_name("kafka_offset").unwrap().as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
+        batches.iter().flat_map(column).collect()
+    }
+
+    #[test]
+    fn pending_rows_split_at_a_cut_and_go_back_in_order() {
+        let mut pending = Pending::new(Kind::Points);
+        let payload = Point { metric: "m".into(), ..Point::default() }.encode_to_vec();
+        // Two sealed chunks and some rows still being built.
+        let total = 2 * CHUNK_ROWS as i64 + 5;
+        for offset in 0..total {
+            pending.push(Some(&payload), 0, offset).unwrap();
+        }
+        assert_eq!(pending.len(), total as usize);
+        let cut = CHUNK_ROWS as i64 + 3;
+        let taken = pending.take_before(cut).unwrap();
+        assert_eq!(offsets(&taken), (0..cut).collect::<Vec<_>>());
+        assert_eq!(pending.len(), (total - cut) as usize);
+        assert_eq!(offsets(pending.batches()), (cut..total).collect::<Vec<_>>());
+        pending.push(Some(&payload), 0, total).unwrap();
+        pending.put_back(taken);
+        assert_eq!(pending.len(), total as usize + 1);
+        assert_eq!(offsets(pending.batches()), (0..=total).collect::<Vec<_>>());
+        assert!(pending.take_before(0).unwrap().is_empty(), "nothing before the first");
     }
 }
