@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: validates the deployment files, starts a Kafka broker unless KAFKA_BROKERS names
-# one, and runs every test of the workspace against it. The broker it started is stopped at the end.
+# one, installs an S3-compatible server for the store's S3 test (moto, from PyPI, into .cache/s3-venv)
+# unless RUNNEL_MOTO_SERVER names one, and runs every test of the workspace. The broker it started is
+# stopped at the end.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +19,17 @@ if [[ -z ${KAFKA_BROKERS:-} ]]; then
   deploy/kafka.sh start >/dev/null
   KAFKA_BROKERS=$(deploy/kafka.sh brokers)
   export KAFKA_BROKERS
+fi
+
+MOTO_VERSION=5.2.5
+if [[ -z ${RUNNEL_MOTO_SERVER:-} ]]; then
+  venv=$ROOT/.cache/s3-venv
+  if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    echo "==> installing moto $MOTO_VERSION (an S3-compatible server for the tests) into .cache/s3-venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  fi
+  export RUNNEL_MOTO_SERVER=$venv/bin/moto_server
 fi
 
 echo "==> cargo test (Kafka at $KAFKA_BROKERS)"

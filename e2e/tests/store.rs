@@ -16,11 +16,11 @@ use e2e::oracle::{LATENESS, S, Topics, WINDOW};
 use e2e::process::Service;
 use e2e::services::{range_of, spawn_store, spawn_store_with, start_event_time_processor};
 use e2e::stored::{StoredPoint, stored};
-use e2e::verify::{Expected, FormulaData, Observed, Options, Reading, compare};
+use e2e::verify::{Expected, FormulaData, Options, compare};
 use e2e::{Running, eventually, kafka, now_ns, produce_points, unique};
 use proto::v1::query_service_client::QueryServiceClient;
 use proto::prost::Message as _;
-use proto::v1::{LatestRequest, ListSeriesRequest, RangeRequest, SeriesSelector, WindowStats};
+use proto::v1::{LatestRequest, ListSeriesRequest, SeriesSelector, WindowStats};
 use store::Kind;
 
 /// These tests load both cores; one at a time.

@@ -1,6 +1,8 @@
 //! The store's settings.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::str::FromStr as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -83,9 +85,19 @@ impl Retention {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
-    /// The folder holding segments and manifests (the object store); created if missing. Every store
-    /// instance of a pipeline points at the same one.
+    /// The folder holding segments and manifests (the object store) when `url` is unset; created if
+    /// missing. Every store instance of a pipeline points at the same one.
     pub path: PathBuf,
+    /// An S3 bucket instead of the folder: `s3://<bucket>` or `s3://<bucket>/<prefix>`, on Amazon S3
+    /// or any S3-compatible store (with `options.aws_endpoint`). The store needs conditional writes
+    /// (`If-None-Match`), which fence a former owner of a partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Options of the store at `url`, by the names of the `object_store` crate: `aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`, ... They override
+    /// the standard `AWS_*` environment variables.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     /// How often rows read from Kafka are written as segments: how stale another instance's answers
     /// can be, and how much a crash makes the store read again.
     #[serde(with = "humantime_serde")]
@@ -161,6 +173,8 @@ impl Default for Settings {
             },
             storage: Storage {
                 path: PathBuf::from("data/store"),
+                url: None,
+                options: BTreeMap::new(),
                 flush_interval: Duration::from_secs(1),
                 max_pending_rows: 2_000_000,
                 cache_bytes: 1 << 30,
@@ -204,6 +218,15 @@ impl ServiceSettings for Settings {
         let names: std::collections::HashSet<&str> = Kind::ALL.iter().map(|k| self.topics.of(*k).name.as_str()).collect();
         check(&mut errors, names.len() == Kind::ALL.len(), "topics", "points, aggregates and alerts must each have a topic of their own");
         check(&mut errors, !self.storage.path.as_os_str().is_empty(), "storage.path", "must not be empty");
+        if let Some(url) = &self.storage.url
+            && let Err(reason) = crate::objects::s3_url(url)
+        {
+            check(&mut errors, false, "storage.url", reason);
+        }
+        for key in self.storage.options.keys() {
+            let known = object_store::aws::AmazonS3ConfigKey::from_str(key).is_ok();
+            check(&mut errors, known, &format!("storage.options.{key}"), "is not an option of an S3 store");
+        }
         check(&mut errors, !self.storage.flush_interval.is_zero(), "storage.flush_interval", "must be positive");
         check(&mut errors, self.storage.max_pending_rows >= 1, "storage.max_pending_rows", "must be at least 1");
         let st = &self.storage;
@@ -230,5 +253,26 @@ impl ServiceSettings for Settings {
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_object_store_or_topic_layout_is_named() {
+        let mut s = Settings::default();
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        s.storage.url = Some("http://bucket/prefix".into());
+        s.storage.options.insert("aws_endpoint".into(), "http://127.0.0.1:9000".into());
+        s.storage.options.insert("aws_endpont".into(), "typo".into());
+        s.topics.alerts = s.topics.points.clone();
+        let keys: Vec<String> = s.validate().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["topics", "storage.url", "storage.options.aws_endpont"]);
+        s.storage.url = Some("s3://bucket/a/b".into());
+        s.storage.options.remove("aws_endpont");
+        s.topics.alerts = TopicSettings::new(topics::ALERTS);
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
     }
 }

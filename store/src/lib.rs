@@ -51,7 +51,7 @@ impl App {
     /// Opens the object store, creates the topics if needed, connects a consumer per table and binds.
     pub async fn build(settings: Settings) -> Result<Self> {
         let Settings { grpc, kafka, group_id, topics, storage, query, .. } = settings;
-        let objects = Objects::local(&storage.path)?;
+        let objects = Objects::open(&storage)?;
         kafka.ensure_topics(&Kind::ALL.map(|kind| topics.of(kind))).await?;
         let mut ingests = Vec::with_capacity(Kind::ALL.len());
         for kind in Kind::ALL {

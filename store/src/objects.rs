@@ -1,5 +1,5 @@
-//! The store's objects in an object store (a local folder by default, any `object_store` backend by
-//! design): segments, and each partition's manifest as a log of versions.
+//! The store's objects in an object store (a local folder by default, or any S3-compatible store):
+//! segments, and each partition's manifest as a log of versions.
 //!
 //! A manifest version is a new object, `manifests/<kind>/<topic>/p<partition>/<version>.json`, created
 //! only if it does not exist yet (`PutMode::Create`, which a local folder and S3 both support, unlike
@@ -12,11 +12,38 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt as _;
+use std::str::FromStr as _;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 
 use crate::manifest::Manifest;
+
+/// An object store error of `store` that is not one of the backend's own.
+fn generic(store: &'static str, reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> object_store::Error {
+    object_store::Error::Generic { store, source: reason.into() }
+}
+
+/// The parts of an `s3://<bucket>/<prefix>` URL.
+#[derive(Debug, PartialEq)]
+pub struct S3Url {
+    pub bucket: String,
+    pub prefix: Option<String>,
+}
+
+/// Checks that `url` names an S3 bucket: `s3://<bucket>` or `s3://<bucket>/<prefix>`.
+pub fn s3_url(url: &str) -> Result<S3Url, String> {
+    let parsed = url::Url::parse(url).map_err(|err| format!("{url:?} is not a URL: {err}"))?;
+    if parsed.scheme() != "s3" {
+        return Err(format!("{url:?} must start with s3:// (a local store is set by `path`)"));
+    }
+    let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| format!("{url:?} names no bucket"))?;
+    let prefix = parsed.path().trim_matches('/');
+    Ok(S3Url { bucket: bucket.to_owned(), prefix: (!prefix.is_empty()).then(|| prefix.to_owned()) })
+}
 
 /// Why an object could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +66,35 @@ pub struct Objects {
 }
 
 impl Objects {
+    /// The object store `storage` names: the S3 bucket (and prefix) of `storage.url` when it is set,
+    /// else the folder `storage.path`.
+    pub fn open(storage: &crate::config::Storage) -> Result<Self, ObjectsError> {
+        match &storage.url {
+            Some(url) => Self::s3(url, &storage.options),
+            None => Self::local(&storage.path),
+        }
+    }
+
+    /// Objects under `s3://<bucket>/<prefix>`, with `options` by `object_store`'s names (`aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, ...) over the standard `AWS_*` environment variables.
+    pub fn s3(url: &str, options: &std::collections::BTreeMap<String, String>) -> Result<Self, ObjectsError> {
+        let parsed = s3_url(url).map_err(|reason| generic("s3", reason))?;
+        let mut builder = AmazonS3Builder::from_env().with_url(url);
+        for (key, value) in options {
+            let key = AmazonS3ConfigKey::from_str(key)?;
+            builder = builder.with_config(key, value);
+        }
+        let bucket = builder.build()?;
+        let store: Arc<dyn ObjectStore> = match parsed.prefix {
+            Some(prefix) => Arc::new(PrefixStore::new(bucket, prefix)),
+            None => Arc::new(bucket),
+        };
+        Ok(Self { store })
+    }
+
     /// Objects in the folder `dir`, created if needed.
     pub fn local(dir: &Path) -> Result<Self, ObjectsError> {
-        std::fs::create_dir_all(dir).map_err(|err| object_store::Error::Generic { store: "local", source: Box::new(err) })?;
+        std::fs::create_dir_all(dir).map_err(|err| generic("local", err))?;
         Ok(Self { store: Arc::new(LocalFileSystem::new_with_prefix(dir)?) })
     }
 
