@@ -60,6 +60,9 @@ enum Command {
         /// Aggregates in the ingest topic: enough that the last flush (up to 1 s) is a small part.
         #[arg(long, default_value_t = 3_000_000)]
         aggregates: u64,
+        /// Raw points in the points ingest topic (over 10,000 series).
+        #[arg(long, default_value_t = 10_000_000)]
+        points: u64,
         /// Its partitions.
         #[arg(long, default_value_t = 4)]
         partitions: i32,
@@ -99,12 +102,13 @@ fn main() -> anyhow::Result<()> {
             write_section(&cli.report, "Processor", &format!("{section}\nReproduce: `{command}`\n"))?;
             println!("{section}");
         }
-        Command::Store { aggregates, partitions, rounds, scales, python } => {
+        Command::Store { aggregates, points, partitions, rounds, scales, python } => {
             let command = format!(
-                "deploy/bench.sh store --aggregates {aggregates} --partitions {partitions} --rounds {rounds} --scales {}",
+                "deploy/bench.sh store --aggregates {aggregates} --points {points} --partitions {partitions} --rounds {rounds} --scales {}",
                 scales.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
             );
-            let options = store::Options { aggregates, partitions, rounds, scales, python: python.unwrap_or_else(store::default_python) };
+            let python = python.unwrap_or_else(store::default_python);
+            let options = store::Options { aggregates, points, partitions, rounds, scales, python };
             let section = runtime.block_on(store::store_bench(&kafka, &options))?;
             write_section(&cli.report, "Store", &format!("{section}Reproduce: `{command}`\n"))?;
             println!("{section}");
@@ -265,7 +269,7 @@ fn humantime_now() -> String {
 
 /// Writes the points: series `i` has one point per second from an hour ago, value `i + s`, sent in
 /// event-time order, keyed by series.
-fn load(kafka: &KafkaSettings, topic: &str, points: u64, series: u64) -> anyhow::Result<u64> {
+pub(crate) fn load(kafka: &KafkaSettings, topic: &str, points: u64, series: u64) -> anyhow::Result<u64> {
     let producer: BaseProducer = kafka.producer("bench-load").set("linger.ms", "20").create()?;
     let base = (now_ns() - 3600 * S) / (10 * S) * (10 * S);
     let seconds = points / series;

@@ -1,4 +1,5 @@
-//! `runnel-bench store`: the store's ingest beside a bare rdkafka consumer draining the same topic; its
+//! `runnel-bench store`: the store's ingest (of aggregates, and of raw points) beside a bare rdkafka
+//! consumer draining the same topic; its
 //! Parquet encoding beside pyarrow writing the same batch with the same codec; and the latency of a
 //! dashboard `Range` and a `Sql` group-by as the stored series grow from 1,000 to 100,000.
 
@@ -14,6 +15,7 @@ use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::{Aggregate, RangeRequest, Series, SeriesSelector, SqlRequest, Statistic};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{BaseProducer, Producer as _};
+use store::Kind;
 use store::manifest::Manifest;
 use store::objects::Objects;
 use store::segment::{Located, aggregates_to_batch, encode_segment, to_parquet};
@@ -64,6 +66,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 pub(crate) struct Options {
     pub(crate) aggregates: u64,
+    pub(crate) points: u64,
     pub(crate) partitions: i32,
     pub(crate) rounds: u32,
     pub(crate) scales: Vec<u64>,
@@ -73,6 +76,7 @@ pub(crate) struct Options {
 pub(crate) async fn store_bench(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
     let mut out = format!("{}\n\n", machine());
     out.push_str(&ingest(kafka, o).await?);
+    out.push_str(&ingest_points(kafka, o).await?);
     out.push_str(&encoding(&o.python)?);
     out.push_str(&queries(kafka, o).await?);
     Ok(out)
@@ -97,10 +101,10 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
         };
         eprintln!("round {round}: bare consumer {:.0} records/s", run.rate());
         bare.push(run);
-        let run = run_store(kafka, &topic, loaded, true).await?;
+        let run = run_store(kafka, Kind::Aggregates, &topic, loaded, true).await?;
         eprintln!("round {round}: store {:.0} records/s", run.rate());
         stored.push(run);
-        let run = run_store(kafka, &topic, loaded, false).await?;
+        let run = run_store(kafka, Kind::Aggregates, &topic, loaded, false).await?;
         eprintln!("round {round}: store without tiers {:.0} records/s", run.rate());
         untiered.push(run);
     }
@@ -124,6 +128,44 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
         s / b,
         all(&untiered),
         u / b
+    ))
+}
+
+/// Ingest of raw points from Kafka into Parquet, beside a bare consumer draining the same topic.
+async fn ingest_points(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
+    let topic = TopicSettings { name: unique("bench-points"), partitions: o.partitions, replication_factor: 1 };
+    kafka.ensure_topics(&[&topic]).await?;
+    let series_count = 10_000u64.min(o.points.max(1));
+    let loaded = {
+        let (kafka, name, points) = (kafka.clone(), topic.name.clone(), o.points);
+        tokio::task::spawn_blocking(move || crate::load(&kafka, &name, points, series_count)).await??
+    };
+    eprintln!("loaded {loaded} points");
+    let (mut bare, mut stored) = (Vec::new(), Vec::new());
+    for round in 0..o.rounds {
+        let run = {
+            let (kafka, name) = (kafka.clone(), topic.name.clone());
+            tokio::task::spawn_blocking(move || drain(&kafka, &name, loaded)).await??
+        };
+        eprintln!("round {round}: bare consumer {:.0} points/s", run.rate());
+        bare.push(run);
+        let run = run_store(kafka, Kind::Points, &topic, loaded, true).await?;
+        eprintln!("round {round}: store {:.0} points/s", run.rate());
+        stored.push(run);
+    }
+    let (b, s) = (median(bare.iter().map(Run::rate).collect()), median(stored.iter().map(Run::rate).collect()));
+    let all = |runs: &[Run]| runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
+    Ok(format!(
+        "### Ingest of raw points\n\n{loaded} points ({series_count} series, one point a second each), {} \
+         partitions, timed as above. Median of {} rounds.\n\n\
+         | run | points/s (median) | every round | ratio |\n|---|---|---|---|\n\
+         | bare rdkafka consumer (baseline) | {b:.0} | {} | 1.00 |\n\
+         | store: consumed, encoded, written, listed | {s:.0} | {} | {:.2} |\n\n",
+        o.partitions,
+        o.rounds,
+        all(&bare),
+        all(&stored),
+        s / b,
     ))
 }
 
@@ -166,20 +208,24 @@ fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run
 
 // Settings read better assigned one by one.
 #[allow(clippy::field_reassign_with_default)]
-async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64, tiers: bool) -> anyhow::Result<Run> {
+async fn run_store(kafka: &KafkaSettings, kind: Kind, topic: &TopicSettings, records: u64, tiers: bool) -> anyhow::Result<Run> {
     let dir = std::env::temp_dir().join(unique("bench-store"));
     let mut s = store::Settings::default();
     s.kafka = kafka.clone();
     s.grpc.listen = "127.0.0.1:0".parse()?;
     s.group_id = unique("bench-store");
     quiet_topics(&mut s);
-    s.topics.aggregates = topic.clone();
+    match kind {
+        Kind::Points => s.topics.points = topic.clone(),
+        Kind::Aggregates => s.topics.aggregates = topic.clone(),
+        Kind::Alerts => s.topics.alerts = topic.clone(),
+    }
     s.storage.path = dir.clone();
     if !tiers {
         s.storage.tiers.clear();
     }
     let app = store::App::build(s).await?;
-    let stats = app.stats(store::Kind::Aggregates);
+    let stats = app.stats(kind);
     let shutdown = plumbing::Shutdown::new();
     let started = Instant::now();
     let task = tokio::spawn(app.run(shutdown.clone()));
@@ -196,9 +242,10 @@ async fn run_store(kafka: &KafkaSettings, topic: &TopicSettings, records: u64, t
     Ok(Run { seconds, records })
 }
 
-/// Points and alerts from topics of their own, empty: the store measured reads only the aggregates.
+/// Every table from a topic of its own, empty: the store measured reads only the topic it is given.
 fn quiet_topics(s: &mut store::Settings) {
     s.topics.points = TopicSettings::new(&unique("bench-points"));
+    s.topics.aggregates = TopicSettings::new(&unique("bench-aggregates"));
     s.topics.alerts = TopicSettings::new(&unique("bench-alerts"));
 }
 
@@ -230,7 +277,8 @@ fn encoding(python: &Path) -> anyhow::Result<String> {
         drop(bytes);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("pyarrow_encode.py");
-    let output = std::process::Command::new(python).arg(&script).arg(&ipc).arg("5").output().context("running pyarrow")?;
+    let plain = store::segment::plain_columns(&batch.schema()).join(",");
+    let output = std::process::Command::new(python).arg(&script).arg(&ipc).arg("5").arg(&plain).output().context("running pyarrow")?;
     let _ = std::fs::remove_file(&ipc);
     if !output.status.success() {
         bail!("pyarrow failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -251,11 +299,12 @@ fn encoding(python: &Path) -> anyhow::Result<String> {
         "### Parquet encoding\n\nOne batch of {rows} aggregates (all {} columns, sketches included) written as one \
          zstd (level 3) row group, in memory; median of 5. pyarrow {version} reads the same batch from an Arrow IPC \
          file first (not timed) and writes it with `pq.write_table(compression=\"zstd\", compression_level=3, \
-         row_group_size=rows)`.\n\n\
+         row_group_size=rows, use_dictionary=...)`, a dictionary for the same columns as the store (all but the \
+         floats and the sketch: `{plain}` are written plain).\n\n\
          | encoder | rows/s (median) | bytes | ratio |\n|---|---|---|---|\n\
          | pyarrow (baseline) | {theirs:.0} | {} | 1.00 |\n\
          | Runnel `to_parquet` (the arrow-rs writer) | {ours:.0} | {} | {:.2} |\n\
-         | Runnel rows to Arrow to Parquet (what a flush does) | {whole:.0} | | {:.2} |\n\n",
+         | Runnel rows to Arrow columns to Parquet (building the columns too) | {whole:.0} | | {:.2} |\n\n",
         batch.num_columns(),
         sizes.1,
         sizes.0,

@@ -2,7 +2,8 @@
 //! into the 1-minute and 1-hour tiers, their raw windows then expired and deleted) and ten minutes of
 //! recent ones flow through a real processor into a store that does its upkeep every 300 ms. A query
 //! loop running all along never sees a step count more than its points (a duplicate) or fewer than it
-//! saw before (a gap); at the end every tier's counts and percentiles match the raw values.
+//! saw before (a gap); at the end every tier's counts and percentiles match the raw values, and the raw
+//! points past their own retention are gone while the recent ones are there once each.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
@@ -89,11 +90,13 @@ async fn tiers_compaction_and_retention_under_queries_lose_and_duplicate_nothing
     s.storage.delete_grace = Duration::from_millis(500);
     // The old load is past the raw retention, the recent one is not; the tiers keep everything.
     s.storage.retention.aggregates = Some(Duration::from_secs(3 * 3600));
+    s.storage.retention.points = Some(Duration::from_secs(3 * 3600));
     for tier in &mut s.storage.tiers {
         tier.retention = None;
     }
     let app = store::App::build(s).await.unwrap();
     let (addr, upkeep): (SocketAddr, Arc<store::Upkeep>) = (app.grpc_addr(), app.upkeep(store::Kind::Aggregates));
+    let points_upkeep = app.upkeep(store::Kind::Points);
     let store = Running::spawn(|shutdown| app.run(shutdown));
     let mut client = QueryServiceClient::connect(format!("http://{addr}")).await.unwrap();
 
@@ -148,6 +151,19 @@ async fn tiers_compaction_and_retention_under_queries_lose_and_duplicate_nothing
     assert_eq!(tier_rows, 120 * SERIES as usize, "one row per series and minute in SQL too");
     let hours_query = format!("SELECT * FROM aggregates_1h WHERE start_ns >= {old} AND start_ns < {}", old + 2 * HOUR);
     assert_eq!(count_rows(&mut sql, &hours_query).await, 2 * SERIES as usize, "two hours of each series");
+
+    // The raw points have a retention of their own: the old load's go (all but those sharing a segment
+    // with recent points, which can only be the last ones), the recent ones stay, each once, through
+    // the compactions of their segments too.
+    let first_hour = format!("SELECT * FROM points WHERE time_ns < {}", old + HOUR);
+    eventually("the old points to expire", Duration::from_secs(60), || {
+        let (mut sql, first_hour) = (sql.clone(), first_hour.clone());
+        async move { (count_rows(&mut sql, &first_hour).await == 0).then_some(()) }
+    })
+    .await;
+    let recent_points = count_rows(&mut sql, &format!("SELECT * FROM points WHERE time_ns >= {recent}")).await;
+    assert_eq!(recent_points, SERIES as usize * 601, "every recent point (and closing point) once");
+    assert!(points_upkeep.expired.load(Ordering::SeqCst) > 0 && points_upkeep.compactions.load(Ordering::SeqCst) > 0, "{points_upkeep:?}");
 
     // Percentiles at every tier against the raw values: 10-second windows (recent), 1 minute and 1 hour.
     for (start, span, step, tier) in [(recent, 10 * MINUTE, WINDOW, "raw"), (old, 2 * HOUR, MINUTE, "1m"), (old, 2 * HOUR, HOUR, "1h")] {

@@ -109,7 +109,11 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Once a partition's prefetch queue holds `queued.min.messages` (100,000), librdkafka waits
+            // this long before fetching it again: 1 s by default, which caps a consumer of small
+            // messages (points) near 100,000 a second per partition. 10 ms keeps the queue fed.
+            .set("fetch.queue.backoff.ms", "10");
         config
     }
 

@@ -19,6 +19,13 @@ use std::collections::BTreeMap;
 /// partition, and the store and analyzer use it as the series identity.
 pub fn series_key(metric: &str, tags: &BTreeMap<String, String>) -> String {
     let mut key = String::with_capacity(metric.len() + 2 + tags.len() * 16);
+    write_series_key(&mut key, metric, tags);
+    key
+}
+
+/// Appends the [`series_key`] of `metric` and `tags` to `key`, so that a caller keying many series
+/// reuses one buffer.
+pub fn write_series_key(key: &mut String, metric: &str, tags: &BTreeMap<String, String>) {
     key.push_str(metric);
     key.push('{');
     for (i, (name, value)) in tags.iter().enumerate() {
@@ -36,7 +43,6 @@ pub fn series_key(metric: &str, tags: &BTreeMap<String, String>) -> String {
         key.push('"');
     }
     key.push('}');
-    key
 }
 
 impl v1::Series {

@@ -16,12 +16,13 @@ use arrow::array::{
     Array, ArrayRef, AsArray as _, BinaryBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
     RecordBatch, StringBuilder, UInt64Builder,
 };
-use arrow::datatypes::{Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use proto::prost::Message as _;
 use proto::v1::{Aggregate, Alert, AlertState, Moments, Point, Quantile, Series, WindowStats};
 
@@ -173,11 +174,18 @@ struct SeriesBuilders {
     series: StringBuilder,
     metric: StringBuilder,
     tags: MapBuilder<StringBuilder, StringBuilder>,
+    /// The series key being built, a buffer reused from row to row.
+    key: String,
 }
 
 impl Default for SeriesBuilders {
     fn default() -> Self {
-        Self { series: StringBuilder::new(), metric: StringBuilder::new(), tags: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()) }
+        Self {
+            series: StringBuilder::new(),
+            metric: StringBuilder::new(),
+            tags: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            key: String::new(),
+        }
     }
 }
 
@@ -189,7 +197,9 @@ impl std::fmt::Debug for SeriesBuilders {
 
 impl SeriesBuilders {
     fn append(&mut self, metric: &str, tags: &BTreeMap<String, String>) {
-        self.series.append_value(proto::series_key(metric, tags));
+        self.key.clear();
+        proto::write_series_key(&mut self.key, metric, tags);
+        self.series.append_value(&self.key);
         self.metric.append_value(metric);
         for (k, v) in tags {
             self.tags.keys().append_value(k);
@@ -504,13 +514,27 @@ pub fn batch_to_aggregates(batch: &RecordBatch) -> Result<Vec<Located>, SegmentE
 /// A segment's Parquet bytes: one row group, zstd, with statistics per column (so a reader skips
 /// segments and pages outside a time range).
 pub fn to_parquet(batch: &RecordBatch) -> Result<Bytes, SegmentError> {
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(None)
-        .build();
-    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
+        .set_max_row_group_row_count(None);
+    for column in plain_columns(&batch.schema()) {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.build()))?;
     writer.write(batch)?;
     Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// The columns written without a dictionary: measurements (floats) and sketches are nearly all
+/// distinct, so a dictionary only costs time until the writer falls back to plain encoding. Names,
+/// tags and times repeat, and keep theirs.
+pub fn plain_columns(schema: &Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Float64 | DataType::Binary))
+        .map(|f| f.name().clone())
+        .collect()
 }
 
 /// The record batches of a segment's Parquet bytes.
