@@ -16,13 +16,12 @@ use arrow::array::{
     Array, ArrayRef, AsArray as _, BinaryBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
     RecordBatch, StringBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use parquet::schema::types::ColumnPath;
 use proto::prost::Message as _;
 use proto::v1::{Aggregate, Alert, AlertState, Moments, Point, Quantile, Series, WindowStats};
 
@@ -512,29 +511,17 @@ pub fn batch_to_aggregates(batch: &RecordBatch) -> Result<Vec<Located>, SegmentE
 }
 
 /// A segment's Parquet bytes: one row group, zstd, with statistics per column (so a reader skips
-/// segments and pages outside a time range).
+/// segments and pages outside a time range). Every column may use a dictionary: measured values
+/// repeat more than one would think (integers, constants like the sketch accuracy), and the writer
+/// falls back to plain encoding where they do not; writing floats plain was 9% faster but 30% larger.
 pub fn to_parquet(batch: &RecordBatch) -> Result<Bytes, SegmentError> {
-    let mut props = WriterProperties::builder()
+    let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .set_max_row_group_row_count(None);
-    for column in plain_columns(&batch.schema()) {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
-    }
-    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.build()))?;
+        .set_max_row_group_row_count(None)
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
     writer.write(batch)?;
     Ok(Bytes::from(writer.into_inner()?))
-}
-
-/// The columns written without a dictionary: measurements (floats) and sketches are nearly all
-/// distinct, so a dictionary only costs time until the writer falls back to plain encoding. Names,
-/// tags and times repeat, and keep theirs.
-pub fn plain_columns(schema: &Schema) -> Vec<String> {
-    schema
-        .fields()
-        .iter()
-        .filter(|f| matches!(f.data_type(), DataType::Float64 | DataType::Binary))
-        .map(|f| f.name().clone())
-        .collect()
 }
 
 /// The record batches of a segment's Parquet bytes.
