@@ -215,6 +215,10 @@ pub(crate) fn log_path(name: &str) -> PathBuf {
 /// the profile are respected). `cargo test -p e2e` builds the services' libraries but not their
 /// binaries, and a binary left from an earlier build may predate the code under test, so each binary is
 /// built once per test process; when the code is unchanged cargo only checks that it is fresh.
+///
+/// The build takes every target of the workspace, as `cargo test --workspace` does: the same selection
+/// resolves the dependencies' features alike, so their compiled units are reused. (Building one package
+/// alone resolves fewer features and compiles half of the DataFusion chain a second time.)
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let (dir, profile) = profile_dir();
@@ -249,15 +253,13 @@ fn profile_dir() -> (PathBuf, String) {
 /// Builds the binary `name` of the workspace with cargo, in the same target folder and profile as the
 /// running test, bounded by `BUILD_LIMIT`.
 fn build(name: &str, profile: &str, path: &Path) {
-    // Every binary's package is named after it, but for the command line's.
-    let package = if name == "runnel" { "runnel-cli" } else { name };
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     // The cargo that built this test (CARGO is set when cargo compiles a crate), so that the toolchain is
     // the same; a plain `cargo` from PATH only if that is unknown.
     let cargo =
         std::env::var_os("CARGO").or_else(|| option_env!("CARGO").map(Into::into)).unwrap_or_else(|| "cargo".into());
     let target_dir = path.parent().and_then(Path::parent).unwrap_or(path);
-    let args = ["build", "--profile", profile, "-p", package, "--bin", name];
+    let args = ["build", "--profile", profile, "--workspace", "--all-targets"];
     // Straight to stderr rather than through eprintln!, which the test harness captures: a build can
     // take a while, and whoever waits should see why.
     let _ = writeln!(std::io::stderr().lock(), "e2e: building {name} unless it is fresh: cargo {}", args.join(" "));
@@ -279,7 +281,7 @@ fn build(name: &str, profile: &str, path: &Path) {
             let _ = writeln!(std::io::stderr().lock(), "e2e: cannot run cargo ({err}); using {}", path.display());
             return;
         }
-        Err(err) => panic!("cannot run cargo to build {name}: {err}; run `cargo build --workspace --bins` first"),
+        Err(err) => panic!("cannot run cargo to build {name}: {err}; run `cargo build --workspace --all-targets` first"),
     };
     let deadline = Instant::now() + BUILD_LIMIT;
     let status = loop {
@@ -290,7 +292,7 @@ fn build(name: &str, profile: &str, path: &Path) {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "building {name} took over {BUILD_LIMIT:?}; run `cargo build --workspace --bins` first (log {})",
+                    "building {name} took over {BUILD_LIMIT:?}; run `cargo build --workspace --all-targets` first (log {})",
                     log.display()
                 );
             }
@@ -301,12 +303,12 @@ fn build(name: &str, profile: &str, path: &Path) {
     if !status.success() {
         let tail: Vec<&str> = output.lines().collect();
         panic!(
-            "building {name} failed ({status}); run `cargo build --workspace --bins` first; the end of its output:\n{}",
+            "building {name} failed ({status}); run `cargo build --workspace --all-targets` first; the end of its output:\n{}",
             tail[tail.len().saturating_sub(30)..].join("\n")
         );
     }
     if !path.exists() {
-        panic!("cargo built {name} but {} does not exist; run `cargo build --workspace --bins` first", path.display());
+        panic!("cargo built {name} but {} does not exist; run `cargo build --workspace --all-targets` first", path.display());
     }
     let _ = std::fs::remove_file(&log);
 }
