@@ -19,27 +19,30 @@ use std::collections::BTreeMap;
 /// partition, and the store and analyzer use it as the series identity.
 pub fn series_key(metric: &str, tags: &BTreeMap<String, String>) -> String {
     let mut key = String::with_capacity(metric.len() + 2 + tags.len() * 16);
-    write_series_key(&mut key, metric, tags);
+    write_series_key(&mut key, metric, tags.iter().map(|(name, value)| (name.as_str(), value.as_str())));
     key
 }
 
-/// Appends the [`series_key`] of `metric` and `tags` to `key`, so that a caller keying many series
-/// reuses one buffer.
-pub fn write_series_key(key: &mut String, metric: &str, tags: &BTreeMap<String, String>) {
+/// Appends the [`series_key`] of `metric` and `tags` (in key order, each key once) to `key`, so that a
+/// caller keying many series reuses one buffer.
+pub fn write_series_key<'a>(key: &mut String, metric: &str, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
     key.push_str(metric);
     key.push('{');
-    for (i, (name, value)) in tags.iter().enumerate() {
+    for (i, (name, value)) in tags.into_iter().enumerate() {
         if i > 0 {
             key.push(',');
         }
         key.push_str(name);
         key.push_str("=\"");
-        for c in value.chars() {
-            if c == '\\' || c == '"' {
-                key.push('\\');
-            }
-            key.push(c);
+        // Each run between characters to escape goes in whole.
+        let mut rest = value;
+        while let Some(at) = rest.find(['\\', '"']) {
+            key.push_str(&rest[..at]);
+            key.push('\\');
+            key.push_str(&rest[at..=at]);
+            rest = &rest[at + 1..];
         }
+        key.push_str(rest);
         key.push('"');
     }
     key.push('}');
@@ -78,6 +81,8 @@ mod tests {
         let key = series_key("cpu", &tags(&[("zone", "a\"b"), ("host", "x\\y")]));
         assert_eq!(key, r#"cpu{host="x\\y",zone="a\"b"}"#);
         assert_eq!(series_key("up", &BTreeMap::new()), "up{}");
+        // Adjacent, leading and trailing characters to escape, beside multi-byte ones.
+        assert_eq!(series_key("m", &tags(&[("k", "\\\"é\"")])), r#"m{k="\\\"é\""}"#);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod segment;
 pub mod select;
 mod sql;
 mod table;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -23,7 +23,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use proto::prost::Message as _;
-use proto::v1::{Aggregate, Alert, AlertState, Moments, Point, Quantile, Series, WindowStats};
+use proto::v1::{Aggregate, Alert, AlertState, Moments, Quantile, Series, WindowStats};
 
 use crate::manifest::SegmentMeta;
 
@@ -109,6 +109,8 @@ pub enum DecodeError {
     Empty,
     #[error("{0}")]
     Protobuf(#[from] proto::prost::DecodeError),
+    #[error("{0}")]
+    Wire(#[from] crate::wire::WireError),
 }
 
 /// A table's rows under construction: messages decoded straight into columns.
@@ -124,7 +126,7 @@ impl Builders {
     pub fn append(&mut self, payload: Option<&[u8]>, partition: i32, offset: i64) -> Result<(), DecodeError> {
         let payload = payload.ok_or(DecodeError::Empty)?;
         match self {
-            Builders::Points(b) => b.append(&Point::decode(payload)?, partition, offset),
+            Builders::Points(b) => b.append(payload, partition, offset)?,
             Builders::Aggregates(b) => b.append(&Aggregate::decode(payload)?, partition, offset),
             Builders::Alerts(b) => b.append(&Alert::decode(payload)?, partition, offset),
         }
@@ -195,9 +197,10 @@ impl std::fmt::Debug for SeriesBuilders {
 }
 
 impl SeriesBuilders {
-    fn append(&mut self, metric: &str, tags: &BTreeMap<String, String>) {
+    /// Appends a series whose `tags` are in key order, each key once.
+    fn append<'a>(&mut self, metric: &str, tags: impl Iterator<Item = (&'a str, &'a str)> + Clone) {
         self.key.clear();
-        proto::write_series_key(&mut self.key, metric, tags);
+        proto::write_series_key(&mut self.key, metric, tags.clone());
         self.series.append_value(&self.key);
         self.metric.append_value(metric);
         for (k, v) in tags {
@@ -213,6 +216,11 @@ impl SeriesBuilders {
     }
 }
 
+/// The pairs of a tag map, borrowed.
+fn str_pairs(tags: &BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> + Clone {
+    tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
 /// Builders for every column of the points table.
 #[derive(Debug, Default)]
 pub struct PointBuilders {
@@ -221,15 +229,21 @@ pub struct PointBuilders {
     value: Float64Builder,
     partition: Int32Builder,
     offset: Int64Builder,
+    /// The tags of the point being read, a buffer reused from point to point (empty between them).
+    tags: Vec<(&'static str, &'static str)>,
 }
 
 impl PointBuilders {
-    fn append(&mut self, point: &Point, partition: i32, offset: i64) {
-        self.series.append(&point.metric, &point.tags);
+    /// Reads a point's message straight into the columns: nothing is allocated per point.
+    fn append(&mut self, payload: &[u8], partition: i32, offset: i64) -> Result<(), crate::wire::WireError> {
+        let point = crate::wire::point(payload, std::mem::take(&mut self.tags))?;
+        self.series.append(point.metric, point.tags.iter().copied());
         self.time.append_value(point.timestamp_ns);
         self.value.append_value(point.value);
         self.partition.append_value(partition);
         self.offset.append_value(offset);
+        self.tags = crate::wire::reuse(point.tags);
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
@@ -279,7 +293,7 @@ impl AlertBuilders {
         let series = alert.series.as_ref().unwrap_or(&empty);
         self.id.append_value(&alert.id);
         self.rule.append_value(&alert.rule);
-        self.series.append(&series.metric, &series.tags);
+        self.series.append(&series.metric, str_pairs(&series.tags));
         self.state.append_value(state_name(alert.state));
         for (builder, value) in self.f64s.iter_mut().zip([alert.value, alert.threshold]) {
             builder.append_value(value);
@@ -359,7 +373,7 @@ impl AggregateBuilders {
         let empty = WindowStats::default();
         let w = aggregate.window.as_ref().unwrap_or(&empty);
         let m = w.moments.unwrap_or_default();
-        self.series.append(&series.metric, &series.tags);
+        self.series.append(&series.metric, str_pairs(&series.tags));
         // start_ns, end_ns, first_ns, last_ns, moments_origin_ns
         for (builder, value) in self.i64s.iter_mut().zip([w.start_ns, w.end_ns, w.first_ns, w.last_ns, m.origin_ns]) {
             builder.append_value(value);
@@ -565,6 +579,8 @@ pub fn concat(kind: Kind, batches: &[RecordBatch]) -> Result<RecordBatch, Segmen
 
 #[cfg(test)]
 mod tests {
+    use proto::v1::Point;
+
     use super::*;
 
     fn located(partition: i32, offset: i64, metric: &str, tags: &[(&str, &str)], start: i64, optional: bool) -> Located {
@@ -660,7 +676,7 @@ mod tests {
         let mut points = Kind::Points.builders();
         points.append(Some(&point.encode_to_vec()), 3, 40).unwrap();
         let err = points.append(Some(&[0xff, 0xff]), 3, 41).unwrap_err();
-        assert!(matches!(err, DecodeError::Protobuf(_)), "{err}");
+        assert!(matches!(err, DecodeError::Wire(_)), "{err}");
         assert!(matches!(points.append(None, 3, 42), Err(DecodeError::Empty)));
         assert_eq!(points.len(), 1, "a refused message adds no row");
         let batch = points.finish().unwrap();
