@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -29,6 +31,9 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Counters a test or an operator can read.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Messages polled from Kafka, a message read again after a take-over counted again (published
+    /// every few hundred messages, and whenever reading idles).
+    pub read: AtomicU64,
     /// Rows made durable (listed in a manifest).
     pub rows: AtomicU64,
     /// Segments listed.
@@ -43,29 +48,116 @@ pub struct Stats {
     pub malformed: AtomicU64,
 }
 
-/// Drops the memory of partitions this instance no longer owns.
+/// Takes partitions over as they are assigned, and drops the memory of those revoked.
 pub(crate) struct IngestContext {
     pub(crate) table: Arc<Table>,
+    pub(crate) stats: Arc<Stats>,
+    /// How long a segment found orphaned at a take-over stays readable before it is deleted.
+    pub(crate) delete_grace: Duration,
+    /// Runs the take-over's object store reads from the thread that polls (where rebalances run).
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let revoked: Vec<i32> = match rebalance {
-            Rebalance::Revoke(tpl) => tpl.elements_for_topic(&self.table.topic).iter().map(|e| e.partition()).collect(),
-            // librdkafka unassigns everything after a rebalance error.
-            Rebalance::Error(_) => lock(&self.table.owned).keys().copied().collect(),
-            Rebalance::Assign(_) => return,
+    /// librdkafka's rebalance, with each assigned partition taken over first and assigned at its
+    /// manifest's end: fetching starts where reading must, instead of being corrected by a seek (after
+    /// which librdkafka waits its fetch backoff, half a second, before fetching the partition again).
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<i32> = tpl.elements_for_topic(&self.table.topic).iter().map(|e| e.partition()).collect();
+                for partition in partitions {
+                    match self.runtime.block_on(self.take_over(partition)) {
+                        Ok(position) => {
+                            if let Err(err) = tpl.set_partition_offset(&self.table.topic, partition, position) {
+                                tracing::warn!(error = %err, partition, "assignment offset not set");
+                            }
+                        }
+                        // Assigned anyway: its first message tries the take-over again.
+                        Err(err) => {
+                            tracing::warn!(error = %err, topic = %self.table.topic, partition, "partition could not be taken over yet")
+                        }
+                    }
+                }
+                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.hand_over(consumer, tpl.elements_for_topic(&self.table.topic).iter().map(|e| e.partition()));
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            err => {
+                // librdkafka unassigns everything after a rebalance error.
+                tracing::error!(error = ?RDKafkaErrorCode::from(err), topic = %self.table.topic, "rebalance failed");
+                let all: Vec<i32> = lock(&self.table.owned).keys().copied().collect();
+                self.hand_over(consumer, all.into_iter());
+                consumer.unassign()
+            }
         };
-        // Unflushed rows are not lost: nothing past the manifest was committed, so the next owner reads
-        // them again.
+        if let Err(err) = outcome {
+            tracing::error!(error = %err, topic = %self.table.topic, "assignment not applied");
+        }
+    }
+}
+
+impl IngestContext {
+    /// Drops the memory of partitions no longer owned. Their unflushed rows are not lost: nothing past
+    /// the manifest was committed, so the next owner reads them again.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, partitions: impl Iterator<Item = i32>) {
         let mut owned = lock(&self.table.owned);
-        for partition in revoked {
+        for partition in partitions {
             if let Some(state) = owned.remove(&partition) {
                 tracing::info!(topic = %self.table.topic, partition, pending = state.pending.len(), lost = consumer.assignment_lost(), "partition handed over");
             }
         }
+    }
+
+    /// Reads a partition's manifest and owns the partition from there; returns where reading resumes.
+    async fn take_over(&self, partition: i32) -> Result<Offset> {
+        let table = &self.table;
+        let manifest = table.objects.latest_manifest(&table.kind, &table.topic, partition).await?;
+        let mut tiers = Vec::with_capacity(table.tiers.len());
+        for tier in &table.tiers {
+            tiers.push(Arc::new(table.objects.latest_manifest(&tier.kind, &table.topic, partition).await?));
+        }
+        // Segments a former owner compacted or expired but did not live to delete: unlisted, and ending
+        // at or before the manifest's end. (One starting at the end is a flush cut short by a crash,
+        // which the replay below rewrites.)
+        for (kind, listed) in std::iter::once(&manifest).chain(tiers.iter().map(Arc::as_ref)).enumerate() {
+            let Some(end) = listed.next_offset() else { continue };
+            let names = table.objects.names_starting(&table.prefix_of(kind, partition), "").await?;
+            let orphans = names.into_iter().filter(|name| {
+                !listed.segments.iter().any(|s| s.name == *name) && segment_end(name).is_some_and(|e| e <= end)
+            });
+            maintain::doom_names(table, self.delete_grace, orphans);
+        }
+        // Segments written from where the manifest ends (or, with nothing listed yet, from anywhere) and
+        // never listed: flushes cut short by a crash. Reading resumes where the earliest of them starts,
+        // and the first segment is cut where it ends, so the replay rewrites that very object.
+        let listed_end = manifest.next_offset();
+        let after = listed_end.map_or_else(String::new, |from| format!("{from:020}-"));
+        let unlisted: Vec<String> = table.objects.names_starting(&table.prefix_of(0, partition), &after).await?;
+        let resume_from = listed_end.or_else(|| unlisted.iter().filter_map(|name| segment_range(name)).map(|(first, _)| first).min());
+        let cut_at = unlisted.iter().filter_map(|name| segment_range(name)).filter(|(first, _)| Some(*first) == resume_from).map(|(_, end)| end).max();
+        tracing::info!(topic = %table.topic, partition, ?resume_from, ?cut_at, version = manifest.version, "partition taken over");
+        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        let state = Owned {
+            generation: table.next_generation(),
+            manifest: Arc::new(manifest),
+            pending: Pending::new(table.record),
+            first_read: None,
+            next_read: None,
+            resume_from,
+            cut_at,
+            cut_deadline: Instant::now() + CUT_PATIENCE,
+            unlisted,
+            tiers,
+            flushing: None,
+        };
+        lock(&table.owned).insert(partition, state);
+        Ok(resume_from.map_or(Offset::Beginning, Offset::Offset))
     }
 }
 
@@ -140,20 +232,32 @@ impl Ingest {
 
     /// Polls messages into memory until `shutdown`; only a fatal consumer error ends it early.
     fn read_loop(&self, shutdown: &plumbing::Shutdown, runtime: &tokio::runtime::Handle) -> Result<()> {
-        let mut since_check = 0u32;
-        while !shutdown.is_cancelled() {
-            // Past the memory budget, reading pauses until a flush makes room. Counting takes the lock
-            // the queries take, so it is done every 256 messages rather than for each.
-            since_check += 1;
-            if since_check >= 256 {
+        // The shutdown and the memory budget are looked at every 256 messages, and whenever a poll
+        // comes back empty: both cost more than reading a message does (counting the rows takes the
+        // lock the queries take).
+        const CHECK_EVERY: u32 = 256;
+        let mut since_check = CHECK_EVERY;
+        let mut read = 0;
+        loop {
+            if since_check >= CHECK_EVERY {
+                self.stats.read.fetch_add(std::mem::take(&mut read), Ordering::Relaxed);
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                // Past the memory budget, reading pauses until a flush makes room.
                 if self.table.pending_rows() >= self.max_pending_rows {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
                 since_check = 0;
             }
-            let Some(polled) = self.consumer.poll(Duration::from_millis(100)) else { continue };
+            since_check += 1;
+            let Some(polled) = self.consumer.poll(Duration::from_millis(100)) else {
+                since_check = CHECK_EVERY;
+                continue;
+            };
             let Some(message) = plumbing::kafka::unless_transient(polled)? else { continue };
+            read += 1;
             if let Some(partition) = self.read(&message) {
                 drop(message);
                 if let Err(err) = runtime.block_on(self.take_over(partition)) {
@@ -196,52 +300,15 @@ impl Ingest {
         Some(partition)
     }
 
-    /// Reads a partition's manifest and positions reading at its end; the message that revealed the
-    /// partition is read again from there.
+    /// Takes over a partition whose assignment could not (its first message revealed it): reading
+    /// is positioned again where it resumes, and that message read again from there.
     async fn take_over(&self, partition: i32) -> Result<()> {
-        let table = &self.table;
-        let manifest = table.objects.latest_manifest(&table.kind, &table.topic, partition).await?;
-        let mut tiers = Vec::with_capacity(table.tiers.len());
-        for tier in &table.tiers {
-            tiers.push(Arc::new(table.objects.latest_manifest(&tier.kind, &table.topic, partition).await?));
+        let position = self.consumer.context().take_over(partition).await?;
+        if let Err(err) = self.consumer.seek(&self.table.topic, partition, position, SEEK_TIMEOUT) {
+            // Not owned after all: the next message tries again.
+            lock(&self.table.owned).remove(&partition);
+            return Err(err.into());
         }
-        // Segments a former owner compacted or expired but did not live to delete: unlisted, and ending
-        // at or before the manifest's end. (One starting at the end is a flush cut short by a crash,
-        // which the replay below rewrites.)
-        for (kind, listed) in std::iter::once(&manifest).chain(tiers.iter().map(Arc::as_ref)).enumerate() {
-            let Some(end) = listed.next_offset() else { continue };
-            let names = table.objects.names_starting(&table.prefix_of(kind, partition), "").await?;
-            let orphans = names.into_iter().filter(|name| {
-                !listed.segments.iter().any(|s| s.name == *name) && segment_end(name).is_some_and(|e| e <= end)
-            });
-            maintain::doom_names(table, self.maintenance.delete_grace, orphans);
-        }
-        // Segments written from where the manifest ends (or, with nothing listed yet, from anywhere) and
-        // never listed: flushes cut short by a crash. Reading resumes where the earliest of them starts,
-        // and the first segment is cut where it ends, so the replay rewrites that very object.
-        let listed_end = manifest.next_offset();
-        let after = listed_end.map_or_else(String::new, |from| format!("{from:020}-"));
-        let unlisted: Vec<String> = table.objects.names_starting(&table.prefix_of(0, partition), &after).await?;
-        let resume_from = listed_end.or_else(|| unlisted.iter().filter_map(|name| segment_range(name)).map(|(first, _)| first).min());
-        let cut_at = unlisted.iter().filter_map(|name| segment_range(name)).filter(|(first, _)| Some(*first) == resume_from).map(|(_, end)| end).max();
-        let position = resume_from.map_or(Offset::Beginning, Offset::Offset);
-        self.consumer.seek(&table.topic, partition, position, SEEK_TIMEOUT)?;
-        tracing::info!(topic = %table.topic, partition, ?resume_from, ?cut_at, version = manifest.version, "partition taken over");
-        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-        let state = Owned {
-            generation: table.next_generation(),
-            manifest: Arc::new(manifest),
-            pending: Pending::new(table.record),
-            first_read: None,
-            next_read: None,
-            resume_from,
-            cut_at,
-            cut_deadline: Instant::now() + CUT_PATIENCE,
-            unlisted,
-            tiers,
-            flushing: None,
-        };
-        lock(&table.owned).insert(partition, state);
         Ok(())
     }
 }

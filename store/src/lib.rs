@@ -67,16 +67,22 @@ impl App {
                 Kind::Points | Kind::Alerts => Vec::new(),
             };
             let table = Arc::new(Table::new(kind, topic, partitions, objects.clone(), tiers, storage.cache_bytes));
-            let context = kafka::IngestContext { table: Arc::clone(&table) };
+            let (stats, maintenance) = (Arc::<kafka::Stats>::default(), maintain::Policy::of(kind, &storage));
+            let context = kafka::IngestContext {
+                table: Arc::clone(&table),
+                stats: Arc::clone(&stats),
+                delete_grace: maintenance.delete_grace,
+                runtime: tokio::runtime::Handle::current(),
+            };
             let group = format!("{group_id}.{}", kind.name());
             let consumer = kafka.consumer("runnel-store", &group).create_with_context(context)?;
             ingests.push(kafka::Ingest {
                 consumer: Arc::new(consumer),
                 table,
-                stats: Arc::default(),
+                stats,
                 flush_interval: storage.flush_interval,
                 max_pending_rows: storage.max_pending_rows,
-                maintenance: maintain::Policy::of(kind, &storage),
+                maintenance,
                 upkeep: Arc::default(),
             });
         }
