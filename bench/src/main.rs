@@ -60,8 +60,9 @@ enum Command {
         /// Aggregates in the ingest topic: enough that the last flush (up to 1 s) is a small part.
         #[arg(long, default_value_t = 3_000_000)]
         aggregates: u64,
-        /// Raw points in the points ingest topic (over 10,000 series).
-        #[arg(long, default_value_t = 10_000_000)]
+        /// Raw points in the points ingest topic (over 10,000 series): enough that the last flush (up to
+        /// 1 s) and the start are a small part.
+        #[arg(long, default_value_t = 20_000_000)]
         points: u64,
         /// Its partitions.
         #[arg(long, default_value_t = 4)]
