@@ -127,7 +127,11 @@ impl Builders {
         let payload = payload.ok_or(DecodeError::Empty)?;
         match self {
             Builders::Points(b) => b.append(payload, partition, offset)?,
-            Builders::Aggregates(b) => b.append(&Aggregate::decode(payload)?, partition, offset),
+            Builders::Aggregates(b) => {
+                let aggregate = crate::wire::aggregate(payload, &mut b.buffers)?;
+                b.append(&aggregate, partition, offset);
+                b.buffers.recycle(aggregate);
+            }
             Builders::Alerts(b) => b.append(&Alert::decode(payload)?, partition, offset),
         }
         Ok(())
@@ -350,6 +354,8 @@ pub struct AggregateBuilders {
     sketch: BinaryBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
+    /// What reading a message borrows, reused from message to message.
+    buffers: crate::wire::Buffers,
 }
 
 impl AggregateBuilders {
@@ -364,16 +370,13 @@ impl AggregateBuilders {
             sketch: BinaryBuilder::new(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
+            buffers: crate::wire::Buffers::default(),
         }
     }
 
-    fn append(&mut self, aggregate: &Aggregate, partition: i32, offset: i64) {
-        let empty = Series::default();
-        let series = aggregate.series.as_ref().unwrap_or(&empty);
-        let empty = WindowStats::default();
-        let w = aggregate.window.as_ref().unwrap_or(&empty);
-        let m = w.moments.unwrap_or_default();
-        self.series.append(&series.metric, str_pairs(&series.tags));
+    fn append(&mut self, aggregate: &crate::wire::AggregateView<'_>, partition: i32, offset: i64) {
+        let (w, m) = (&aggregate.window, &aggregate.window.moments);
+        self.series.append(aggregate.metric, aggregate.tags.iter().copied());
         // start_ns, end_ns, first_ns, last_ns, moments_origin_ns
         for (builder, value) in self.i64s.iter_mut().zip([w.start_ns, w.end_ns, w.first_ns, w.last_ns, m.origin_ns]) {
             builder.append_value(value);
@@ -399,9 +402,9 @@ impl AggregateBuilders {
         for (builder, value) in self.f64s.iter_mut().zip(f64s) {
             builder.append_option(value);
         }
-        self.quantile_q.append_value(w.quantiles.iter().map(|q| Some(q.q)));
-        self.quantile_value.append_value(w.quantiles.iter().map(|q| Some(q.value)));
-        self.sketch.append_value(&w.sketch);
+        self.quantile_q.append_value(w.quantiles.iter().map(|(q, _)| Some(*q)));
+        self.quantile_value.append_value(w.quantiles.iter().map(|(_, value)| Some(*value)));
+        self.sketch.append_value(w.sketch);
         self.partition.append_value(partition);
         self.offset.append_value(offset);
     }
@@ -450,7 +453,7 @@ impl AggregateBuilders {
 pub fn aggregates_to_batch(rows: &[Located]) -> Result<RecordBatch, SegmentError> {
     let mut b = AggregateBuilders::new();
     for row in rows {
-        b.append(&row.aggregate, row.partition, row.offset);
+        b.append(&(&row.aggregate).into(), row.partition, row.offset);
     }
     b.finish()
 }

@@ -1,11 +1,14 @@
-//! Points read from their protobuf bytes without allocating: the metric and tags borrowed from the
-//! message, for the ingest to append straight into Arrow columns.
+//! Points and aggregates read from their protobuf bytes without allocating: strings and sketches
+//! borrowed from the message, for the ingest to append straight into Arrow columns.
 //!
 //! Why not prost: it decodes into an owned `Point`, a `String` per metric, tag key and tag value and a
 //! `BTreeMap` node per tag, all freed a moment later. At millions of points a second those allocations
-//! were a third of the ingest thread's own work. This reader follows the protobuf wire format for the
-//! four fields of `runnel.v1.Point` (skipping unknown ones, the last of a repeated scalar winning, the
-//! last value of a repeated map key winning) and is tested against prost on the same bytes.
+//! were a third of the ingest thread's own work. This reader follows the protobuf wire format for
+//! `runnel.v1.Point` and `runnel.v1.Aggregate` (skipping unknown fields, the last of a repeated scalar
+//! winning, a repeated embedded message merged, the last value of a repeated map key winning) and is
+//! tested against prost on the same bytes.
+
+use proto::v1::{Aggregate, Moments};
 
 /// Why bytes are not a protobuf `Point`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -18,8 +21,10 @@ pub enum WireError {
     Key,
     #[error("field {field} has wire type {wire_type}, not the one its type needs")]
     WireType { field: u32, wire_type: u8 },
-    #[error("wire type {0} is not valid")]
+    #[error("wire type {0} is not valid here")]
     UnknownWireType(u8),
+    #[error("groups nested too deep")]
+    Nesting,
     #[error("field number 0 is not valid")]
     FieldZero,
     #[error("field {0} is not valid UTF-8")]
@@ -29,7 +34,11 @@ pub enum WireError {
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
 const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
 const FIXED32: u8 = 5;
+/// Groups nested deeper are refused (prost refuses messages nested 100 deep).
+const MAX_GROUP_DEPTH: u32 = 90;
 
 /// A cursor over protobuf bytes.
 struct Reader<'a> {
@@ -84,13 +93,44 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.length_delimited()?).map_err(|_| WireError::Utf8(name))
     }
 
-    fn skip(&mut self, wire_type: u8) -> Result<(), WireError> {
+    /// An `int64` (the two's complement of the varint's 64 bits) or `uint64`.
+    fn int64(&mut self, field: u32, wire_type: u8) -> Result<i64, WireError> {
+        expect(field, wire_type, VARINT)?;
+        Ok(self.varint()? as i64)
+    }
+
+    fn double(&mut self, field: u32, wire_type: u8) -> Result<f64, WireError> {
+        expect(field, wire_type, FIXED64)?;
+        let bytes = self.bytes(8)?;
+        Ok(f64::from_le_bytes(bytes.try_into().map_err(|_| WireError::Truncated)?))
+    }
+
+    /// A length-delimited field: a string, bytes or an embedded message.
+    fn field_bytes(&mut self, field: u32, wire_type: u8) -> Result<&'a [u8], WireError> {
+        expect(field, wire_type, LEN)?;
+        self.length_delimited()
+    }
+
+    fn skip(&mut self, field: u32, wire_type: u8) -> Result<(), WireError> {
+        self.skip_nested(field, wire_type, 0)
+    }
+
+    fn skip_nested(&mut self, field: u32, wire_type: u8, depth: u32) -> Result<(), WireError> {
         match wire_type {
             VARINT => self.varint().map(drop),
             FIXED64 => self.bytes(8).map(drop),
             LEN => self.length_delimited().map(drop),
             FIXED32 => self.bytes(4).map(drop),
-            // Groups (3, 4) are gone from proto3; nothing Runnel reads has them.
+            // A group (gone from proto3, but still valid on the wire): its fields up to its end.
+            START_GROUP if depth < MAX_GROUP_DEPTH => loop {
+                match self.key()? {
+                    Some((inner, END_GROUP)) if inner == field => return Ok(()),
+                    Some((_, END_GROUP)) => return Err(WireError::UnknownWireType(END_GROUP)),
+                    Some((inner, inner_type)) => self.skip_nested(inner, inner_type, depth + 1)?,
+                    None => return Err(WireError::Truncated),
+                }
+            },
+            START_GROUP => Err(WireError::Nesting),
             other => Err(WireError::UnknownWireType(other)),
         }
     }
@@ -120,36 +160,209 @@ pub fn point<'a>(buf: &'a [u8], tags: Vec<(&'_ str, &'_ str)>) -> Result<PointVi
                 expect(field, wire_type, LEN)?;
                 point.metric = reader.string("metric")?;
             }
-            2 => {
-                expect(field, wire_type, LEN)?;
-                point.tags.push(map_entry(reader.length_delimited()?)?);
-            }
-            3 => {
-                expect(field, wire_type, VARINT)?;
-                // int64 is the two's complement of the varint's 64 bits.
-                point.timestamp_ns = reader.varint()? as i64;
-            }
-            4 => {
-                expect(field, wire_type, FIXED64)?;
-                let bytes = reader.bytes(8)?;
-                point.value = f64::from_le_bytes(bytes.try_into().map_err(|_| WireError::Truncated)?);
-            }
-            _ => reader.skip(wire_type)?,
+            2 => point.tags.push(map_entry(reader.field_bytes(field, wire_type)?)?),
+            3 => point.timestamp_ns = reader.int64(field, wire_type)?,
+            4 => point.value = reader.double(field, wire_type)?,
+            _ => reader.skip(field, wire_type)?,
         }
     }
-    // Senders may write map entries in any order, and a key more than once (the last one counts).
-    if !point.tags.is_sorted_by(|a, b| a.0 < b.0) {
-        point.tags.sort_by(|a, b| a.0.cmp(b.0));
-        let mut deduped: Vec<(&str, &str)> = Vec::with_capacity(point.tags.len());
-        for tag in point.tags.drain(..) {
-            match deduped.last_mut() {
-                Some(last) if last.0 == tag.0 => *last = tag,
-                _ => deduped.push(tag),
-            }
-        }
-        point.tags = deduped;
-    }
+    canonical(&mut point.tags);
     Ok(point)
+}
+
+/// Puts tags in key order, each key once. Senders may write map entries in any order, and a key more
+/// than once (the last one counts, as it does when protobuf merges maps).
+fn canonical(tags: &mut Vec<(&str, &str)>) {
+    if tags.is_sorted_by(|a, b| a.0 < b.0) {
+        return;
+    }
+    // Stable, so the entries of one key keep their order and the last one is kept.
+    tags.sort_by(|a, b| a.0.cmp(b.0));
+    let mut kept = 0;
+    for i in 0..tags.len() {
+        if kept > 0 && tags[kept - 1].0 == tags[i].0 {
+            tags[kept - 1] = tags[i];
+        } else {
+            tags[kept] = tags[i];
+            kept += 1;
+        }
+    }
+    tags.truncate(kept);
+}
+
+/// An aggregate borrowed from its message (or from an `Aggregate`): its series, in key order, and its
+/// window. An absent series or window reads as an empty one.
+#[derive(Debug, PartialEq)]
+pub struct AggregateView<'a> {
+    pub metric: &'a str,
+    pub tags: Vec<(&'a str, &'a str)>,
+    pub window: WindowView<'a>,
+}
+
+/// A `WindowStats`, its sketch borrowed.
+#[derive(Debug, Default, PartialEq)]
+pub struct WindowView<'a> {
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub count: u64,
+    pub sum: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub gradient_per_second: Option<f64>,
+    pub first: f64,
+    pub last: f64,
+    pub first_ns: i64,
+    pub last_ns: i64,
+    pub stddev: Option<f64>,
+    pub rate_per_second: Option<f64>,
+    /// (q, value) pairs.
+    pub quantiles: Vec<(f64, f64)>,
+    pub sketch: &'a [u8],
+    pub sketch_relative_accuracy: f64,
+    /// Absent moments read as zeros, as the table stores them.
+    pub moments: Moments,
+}
+
+/// Buffers an aggregate's reading reuses from message to message (empty between them).
+#[derive(Debug, Default)]
+pub struct Buffers {
+    tags: Vec<(&'static str, &'static str)>,
+    quantiles: Vec<(f64, f64)>,
+}
+
+impl Buffers {
+    /// Takes back the buffers of a view read with them.
+    pub fn recycle(&mut self, view: AggregateView<'_>) {
+        self.tags = reuse(view.tags);
+        self.quantiles = view.window.quantiles;
+        self.quantiles.clear();
+    }
+}
+
+/// Reads a `runnel.v1.Aggregate` with the buffers of `buffers` (return them with `Buffers::recycle`).
+/// An embedded message that appears more than once is merged, as protobuf's parsers do.
+pub fn aggregate<'a>(buf: &'a [u8], buffers: &mut Buffers) -> Result<AggregateView<'a>, WireError> {
+    let mut view = AggregateView {
+        metric: "",
+        tags: reuse(std::mem::take(&mut buffers.tags)),
+        window: WindowView { quantiles: std::mem::take(&mut buffers.quantiles), ..WindowView::default() },
+    };
+    let mut reader = Reader { buf };
+    while let Some((field, wire_type)) = reader.key()? {
+        match field {
+            1 => series(reader.field_bytes(field, wire_type)?, &mut view)?,
+            2 => window(reader.field_bytes(field, wire_type)?, &mut view.window)?,
+            _ => reader.skip(field, wire_type)?,
+        }
+    }
+    canonical(&mut view.tags);
+    Ok(view)
+}
+
+/// Merges a `Series` message into `view`.
+fn series<'a>(buf: &'a [u8], view: &mut AggregateView<'a>) -> Result<(), WireError> {
+    let mut reader = Reader { buf };
+    while let Some((field, wire_type)) = reader.key()? {
+        match field {
+            1 => {
+                expect(field, wire_type, LEN)?;
+                view.metric = reader.string("series.metric")?;
+            }
+            2 => view.tags.push(map_entry(reader.field_bytes(field, wire_type)?)?),
+            _ => reader.skip(field, wire_type)?,
+        }
+    }
+    Ok(())
+}
+
+/// Merges a `WindowStats` message into `w`.
+fn window<'a>(buf: &'a [u8], w: &mut WindowView<'a>) -> Result<(), WireError> {
+    let mut r = Reader { buf };
+    while let Some((field, wt)) = r.key()? {
+        match field {
+            1 => w.start_ns = r.int64(field, wt)?,
+            2 => w.end_ns = r.int64(field, wt)?,
+            3 => w.count = r.int64(field, wt)? as u64,
+            4 => w.sum = r.double(field, wt)?,
+            5 => w.mean = r.double(field, wt)?,
+            6 => w.min = r.double(field, wt)?,
+            7 => w.max = r.double(field, wt)?,
+            8 => w.gradient_per_second = Some(r.double(field, wt)?),
+            9 => w.first = r.double(field, wt)?,
+            10 => w.last = r.double(field, wt)?,
+            11 => w.first_ns = r.int64(field, wt)?,
+            12 => w.last_ns = r.int64(field, wt)?,
+            13 => w.stddev = Some(r.double(field, wt)?),
+            14 => w.rate_per_second = Some(r.double(field, wt)?),
+            15 => w.quantiles.push(quantile(r.field_bytes(field, wt)?)?),
+            16 => w.sketch = r.field_bytes(field, wt)?,
+            17 => w.sketch_relative_accuracy = r.double(field, wt)?,
+            18 => moments(r.field_bytes(field, wt)?, &mut w.moments)?,
+            _ => r.skip(field, wt)?,
+        }
+    }
+    Ok(())
+}
+
+fn quantile(buf: &[u8]) -> Result<(f64, f64), WireError> {
+    let (mut q, mut value) = (0.0, 0.0);
+    let mut r = Reader { buf };
+    while let Some((field, wt)) = r.key()? {
+        match field {
+            1 => q = r.double(field, wt)?,
+            2 => value = r.double(field, wt)?,
+            _ => r.skip(field, wt)?,
+        }
+    }
+    Ok((q, value))
+}
+
+/// Merges a `Moments` message into `m`.
+fn moments(buf: &[u8], m: &mut Moments) -> Result<(), WireError> {
+    let mut r = Reader { buf };
+    while let Some((field, wt)) = r.key()? {
+        match field {
+            1 => m.origin_ns = r.int64(field, wt)?,
+            2 => m.mean_t = r.double(field, wt)?,
+            3 => m.mean_v = r.double(field, wt)?,
+            4 => m.m2_t = r.double(field, wt)?,
+            5 => m.m2_v = r.double(field, wt)?,
+            6 => m.c_tv = r.double(field, wt)?,
+            _ => r.skip(field, wt)?,
+        }
+    }
+    Ok(())
+}
+
+impl<'a> From<&'a Aggregate> for AggregateView<'a> {
+    fn from(aggregate: &'a Aggregate) -> Self {
+        let (metric, tags) = match &aggregate.series {
+            Some(series) => (series.metric.as_str(), series.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+            None => ("", Vec::new()),
+        };
+        let window = aggregate.window.as_ref().map_or_else(WindowView::default, |w| WindowView {
+            start_ns: w.start_ns,
+            end_ns: w.end_ns,
+            count: w.count,
+            sum: w.sum,
+            mean: w.mean,
+            min: w.min,
+            max: w.max,
+            gradient_per_second: w.gradient_per_second,
+            first: w.first,
+            last: w.last,
+            first_ns: w.first_ns,
+            last_ns: w.last_ns,
+            stddev: w.stddev,
+            rate_per_second: w.rate_per_second,
+            quantiles: w.quantiles.iter().map(|q| (q.q, q.value)).collect(),
+            sketch: &w.sketch,
+            sketch_relative_accuracy: w.sketch_relative_accuracy,
+            moments: w.moments.unwrap_or_default(),
+        });
+        Self { metric, tags, window }
+    }
 }
 
 /// One entry of a `map<string, string>`: a message of key (1) and value (2), either possibly absent.
@@ -166,7 +379,7 @@ fn map_entry(buf: &[u8]) -> Result<(&str, &str), WireError> {
                 expect(field, wire_type, LEN)?;
                 value = reader.string("tags value")?;
             }
-            _ => reader.skip(wire_type)?,
+            _ => reader.skip(field, wire_type)?,
         }
     }
     Ok((key, value))
@@ -184,7 +397,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use proto::prost::Message as _;
-    use proto::v1::Point;
+    use proto::v1::{Point, Quantile, Series, WindowStats};
 
     use super::*;
 
@@ -335,6 +548,84 @@ mod tests {
         }
         // The cases exercise both outcomes.
         assert!(refused > 1000 && refused < 19_000, "{refused} refused");
+    }
+
+    fn random_aggregate(rng: &mut Rng) -> Aggregate {
+        let words = ["", "a", "host", "zone", "ä€", "x\"y"];
+        let pick = |rng: &mut Rng| words[rng.below(words.len() as u64) as usize].to_string();
+        let float = |rng: &mut Rng| match rng.below(6) {
+            0 => 0.0,
+            1 => f64::NAN,
+            2 => -0.0,
+            _ => f64::from_bits(rng.next()),
+        };
+        let series = (rng.below(5) > 0).then(|| Series {
+            metric: pick(rng),
+            tags: (0..rng.below(4)).map(|_| (pick(rng), pick(rng))).collect(),
+        });
+        let window = (rng.below(5) > 0).then(|| WindowStats {
+            start_ns: rng.next() as i64,
+            end_ns: rng.next() as i64 >> rng.below(64),
+            count: rng.next() >> rng.below(64),
+            sum: float(rng),
+            mean: float(rng),
+            min: float(rng),
+            max: float(rng),
+            gradient_per_second: (rng.below(2) == 0).then(|| float(rng)),
+            first: float(rng),
+            last: float(rng),
+            first_ns: rng.next() as i64,
+            last_ns: -(rng.below(1000) as i64),
+            stddev: (rng.below(2) == 0).then(|| float(rng)),
+            rate_per_second: (rng.below(2) == 0).then(|| float(rng)),
+            quantiles: (0..rng.below(4)).map(|_| Quantile { q: float(rng), value: float(rng) }).collect(),
+            sketch: (0..rng.below(40)).map(|_| rng.next() as u8).collect(),
+            sketch_relative_accuracy: float(rng),
+            moments: (rng.below(3) > 0).then(|| Moments {
+                origin_ns: rng.next() as i64,
+                mean_t: float(rng),
+                mean_v: float(rng),
+                m2_t: float(rng),
+                m2_v: float(rng),
+                c_tv: float(rng),
+            }),
+        });
+        Aggregate { series, window }
+    }
+
+    /// Messages as the processor writes them, two of them concatenated (which protobuf merges), cut
+    /// short or with a byte changed: both readers must agree on each, accepting or refusing alike.
+    /// Compared through `Debug`, so NaN and -0.0 compare by what they are.
+    #[test]
+    fn agrees_with_prost_on_aggregates() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut buffers = Buffers::default();
+        let (mut refused, mut merged) = (0, 0);
+        for case in 0..20_000 {
+            let mut bytes = random_aggregate(&mut rng).encode_to_vec();
+            if rng.below(4) == 0 {
+                bytes.extend(random_aggregate(&mut rng).encode_to_vec());
+                merged += 1;
+            }
+            match rng.below(8) {
+                0 if !bytes.is_empty() => bytes.truncate(rng.below(bytes.len() as u64) as usize),
+                1 if !bytes.is_empty() => {
+                    let at = rng.below(bytes.len() as u64) as usize;
+                    bytes[at] = rng.next() as u8;
+                }
+                _ => {}
+            }
+            let expected = Aggregate::decode(bytes.as_slice()).ok();
+            let expected = expected.as_ref().map(|a| format!("{:?}", AggregateView::from(a)));
+            let read = aggregate(&bytes, &mut buffers);
+            let got = read.as_ref().ok().map(|view| format!("{view:?}"));
+            assert_eq!(got, expected, "case {case}: {bytes:?}");
+            refused += usize::from(expected.is_none());
+            if let Ok(view) = read {
+                buffers.recycle(view);
+            }
+        }
+        assert!(refused > 500 && refused < 5000 && merged > 4000, "{refused} refused, {merged} merged");
     }
 
     #[test]
