@@ -453,7 +453,11 @@ impl AggregateBuilders {
 pub fn aggregates_to_batch(rows: &[Located]) -> Result<RecordBatch, SegmentError> {
     let mut b = AggregateBuilders::new();
     for row in rows {
-        b.append(&(&row.aggregate).into(), row.partition, row.offset);
+        let mut buffers = std::mem::take(&mut b.buffers);
+        let view = buffers.view(&row.aggregate);
+        b.append(&view, row.partition, row.offset);
+        buffers.recycle(view);
+        b.buffers = buffers;
     }
     b.finish()
 }

@@ -337,31 +337,46 @@ fn moments(buf: &[u8], m: &mut Moments) -> Result<(), WireError> {
 
 impl<'a> From<&'a Aggregate> for AggregateView<'a> {
     fn from(aggregate: &'a Aggregate) -> Self {
-        let (metric, tags) = match &aggregate.series {
-            Some(series) => (series.metric.as_str(), series.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
-            None => ("", Vec::new()),
+        Buffers::default().view(aggregate)
+    }
+}
+
+impl Buffers {
+    /// The view of an owned aggregate, on these buffers (return them with `Buffers::recycle`).
+    pub fn view<'a>(&mut self, aggregate: &'a Aggregate) -> AggregateView<'a> {
+        let mut tags = reuse(std::mem::take(&mut self.tags));
+        let mut quantiles = std::mem::take(&mut self.quantiles);
+        let metric = match &aggregate.series {
+            Some(series) => {
+                tags.extend(series.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                series.metric.as_str()
+            }
+            None => "",
         };
-        let window = aggregate.window.as_ref().map_or_else(WindowView::default, |w| WindowView {
-            start_ns: w.start_ns,
-            end_ns: w.end_ns,
-            count: w.count,
-            sum: w.sum,
-            mean: w.mean,
-            min: w.min,
-            max: w.max,
-            gradient_per_second: w.gradient_per_second,
-            first: w.first,
-            last: w.last,
-            first_ns: w.first_ns,
-            last_ns: w.last_ns,
-            stddev: w.stddev,
-            rate_per_second: w.rate_per_second,
-            quantiles: w.quantiles.iter().map(|q| (q.q, q.value)).collect(),
-            sketch: &w.sketch,
-            sketch_relative_accuracy: w.sketch_relative_accuracy,
-            moments: w.moments.unwrap_or_default(),
+        let window = aggregate.window.as_ref().map_or_else(WindowView::default, |w| {
+            quantiles.extend(w.quantiles.iter().map(|q| (q.q, q.value)));
+            WindowView {
+                start_ns: w.start_ns,
+                end_ns: w.end_ns,
+                count: w.count,
+                sum: w.sum,
+                mean: w.mean,
+                min: w.min,
+                max: w.max,
+                gradient_per_second: w.gradient_per_second,
+                first: w.first,
+                last: w.last,
+                first_ns: w.first_ns,
+                last_ns: w.last_ns,
+                stddev: w.stddev,
+                rate_per_second: w.rate_per_second,
+                quantiles: Vec::new(),
+                sketch: &w.sketch,
+                sketch_relative_accuracy: w.sketch_relative_accuracy,
+                moments: w.moments.unwrap_or_default(),
+            }
         });
-        Self { metric, tags, window }
+        AggregateView { metric, tags, window: WindowView { quantiles, ..window } }
     }
 }
 
