@@ -193,26 +193,23 @@ impl Ingest {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut upkeep = tokio::time::interval(this.maintenance.interval);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Flushes and upkeep run beside each other (each one at a time), and publish manifests in turns.
         let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
+        let mut upkeeping: Option<tokio::task::JoinHandle<()>> = None;
         let read = loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break None,
                 read = &mut reader => break Some(read),
-                _ = async {
-                    match flushing.as_mut() {
-                        Some(task) => { let _ = task.await; }
-                        None => std::future::pending().await,
-                    }
-                }, if flushing.is_some() => flushing = None,
+                _ = finished(&mut flushing), if flushing.is_some() => flushing = None,
+                _ = finished(&mut upkeeping), if upkeeping.is_some() => upkeeping = None,
                 _ = ticker.tick(), if flushing.is_none() => {
                     let flush = this.flusher();
                     flushing = Some(tokio::spawn(async move { flush.flush(CommitMode::Async).await }));
                 }
-                // Upkeep takes the flushes' turn: one writer per manifest.
-                _ = upkeep.tick(), if flushing.is_none() => {
+                _ = upkeep.tick(), if upkeeping.is_none() => {
                     let (table, policy, counters) = (Arc::clone(&this.table), this.maintenance.clone(), Arc::clone(&this.upkeep));
-                    flushing = Some(tokio::spawn(async move { maintain::run(&table, &policy, &counters).await }));
+                    upkeeping = Some(tokio::spawn(async move { maintain::run(&table, &policy, &counters).await }));
                 }
             }
         };
@@ -221,7 +218,7 @@ impl Ingest {
             Some(read) => read,
             None => reader.await,
         };
-        if let Some(task) = flushing {
+        for task in [flushing, upkeeping].into_iter().flatten() {
             let _ = task.await;
         }
         this.flusher().flush(CommitMode::Sync).await;
@@ -313,6 +310,13 @@ impl Ingest {
     }
 }
 
+/// Waits for a task to end (its panic, already logged by the runtime, ends it too).
+async fn finished(task: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = task.as_mut() {
+        let _ = task.await;
+    }
+}
+
 /// The offsets a segment's name says it holds: `.../<first>-<next>.parquet`.
 fn segment_range(name: &str) -> Option<(i64, i64)> {
     let (first, next) = name.rsplit('/').next()?.strip_suffix(".parquet")?.split_once('-')?;
@@ -336,7 +340,6 @@ struct Flusher {
 struct Work {
     partition: i32,
     generation: u64,
-    manifest: Arc<crate::manifest::Manifest>,
     rows: Arc<Vec<arrow::array::RecordBatch>>,
     first: i64,
     cut: i64,
@@ -405,7 +408,7 @@ impl Flusher {
                 }
             };
             state.flushing = Some(Arc::clone(&rows));
-            work.push(Work { partition, generation: state.generation, manifest: Arc::clone(&state.manifest), rows, first, cut });
+            work.push(Work { partition, generation: state.generation, rows, first, cut });
         }
         work
     }
@@ -428,7 +431,7 @@ impl Flusher {
 
     async fn write_segment(&self, work: Work) -> Result<()> {
         let table = &self.table;
-        let Work { partition, generation, manifest, rows, first, cut } = work;
+        let Work { partition, generation, rows, first, cut, .. } = work;
         let (record, name) = (table.record, segment_name(&table.kind, &table.topic, partition, first, cut));
         let (bytes, meta) =
             tokio::task::spawn_blocking(move || encode_segment(&concat(record, &rows)?, record.time_column(), name, first, cut)).await??;
@@ -439,19 +442,25 @@ impl Flusher {
         if let Some(ms) = fail::eval("store::before_publish", |arg| arg.and_then(|a| a.parse::<u64>().ok())).flatten() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-        let mut next = (*manifest).clone();
-        next.append(meta).map_err(|err| crate::Error::Internal(err.to_string()))?;
-        let fenced = table
-            .publish(0, partition, generation, next, |state| {
+        let listing = |current: &crate::manifest::Manifest| {
+            let mut next = current.clone();
+            next.append(meta).map_err(|err| crate::Error::Internal(err.to_string()))?;
+            Ok(Some(next))
+        };
+        let published = table
+            .publish(0, partition, generation, listing, |state| {
                 state.flushing = None;
                 state.cut_at = None;
                 state.unlisted.clear();
             })
             .await;
-        if let Err(crate::Error::Objects(ObjectsError::Fenced { .. })) = &fenced {
+        if let Err(crate::Error::Objects(ObjectsError::Fenced { .. })) = &published {
             self.stats.fenced.fetch_add(1, Ordering::Relaxed);
         }
-        fenced?;
+        if !published? {
+            // Handed over meanwhile: the next owner lists these records (the same segment, rewritten).
+            return Err(crate::Error::Internal(format!("partition {partition} was handed over before its segment was listed")));
+        }
         self.stats.rows.fetch_add(row_count, Ordering::Relaxed);
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
         Ok(())

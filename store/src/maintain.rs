@@ -1,5 +1,6 @@
-//! The upkeep of the partitions this instance owns, run by the same task as the flushes (so that each
-//! manifest has one writer): rolling raw windows up into the tiers, compacting runs of small segments,
+//! The upkeep of the partitions this instance owns, run beside the flushes (a manifest change is applied
+//! to the version held at the moment it is published, and publishers take turns): rolling raw windows
+//! up into the tiers, compacting runs of small segments,
 //! expiring what is past retention, and deleting the segments no manifest lists any more once their
 //! grace is over.
 //!
@@ -17,8 +18,8 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::objects::ObjectsError;
-use crate::rollup::{once_each, roll_up};
-use crate::segment::{Kind, aggregates_to_batch, batch_to_aggregates, concat, encode_segment, segment_name};
+use crate::rollup::{Rows, roll_up};
+use crate::segment::{Kind, concat, encode_segment, segment_name};
 use crate::table::{Table, lock};
 
 /// Most raw rows one roll-up reads, so that one partition's backlog does not hold up the others.
@@ -132,18 +133,17 @@ async fn roll_up_tier(table: &Table, counters: &Upkeep, partition: i32, generati
     let name = segment_name(&table.tiers[tier].kind, &table.topic, partition, first, next);
     let step = table.tiers[tier].step_ns;
     let (bytes, meta) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut rows = Vec::new();
-        for batch in &batches {
-            rows.extend(batch_to_aggregates(batch)?);
-        }
-        let rolled = aggregates_to_batch(&roll_up(once_each(&rows), step))?;
+        let rolled = roll_up(&concat(Kind::Aggregates, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?, step, Rows::Windows)?;
         Ok(encode_segment(&rolled, Kind::Aggregates.time_column(), name, first, next)?)
     })
     .await??;
     table.objects.put_segment(&meta.name, bytes).await?;
-    let mut manifest = (**rolled).clone();
-    manifest.append(meta).map_err(|err| Error::Internal(err.to_string()))?;
-    table.publish(tier + 1, partition, generation, manifest, |_| {}).await?;
+    let listing = |current: &Manifest| {
+        let mut next = current.clone();
+        next.append(meta).map_err(|err| Error::Internal(err.to_string()))?;
+        Ok(Some(next))
+    };
+    table.publish(tier + 1, partition, generation, listing, |_| {}).await?;
     counters.rollups.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -189,13 +189,7 @@ async fn compact(table: &Table, policy: &Policy, counters: &Upkeep, partition: i
     let (bytes, meta) = tokio::task::spawn_blocking(move || -> Result<_> {
         let merged = match step {
             // A tier's partial rows of one step become one.
-            Some(step) => {
-                let mut rows = Vec::new();
-                for batch in &batches {
-                    rows.extend(batch_to_aggregates(batch)?);
-                }
-                aggregates_to_batch(&roll_up(&rows, step))?
-            }
+            Some(step) => roll_up(&concat(record, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?, step, Rows::Parts)?,
             // Raw records are kept as they are, every copy, in offset order.
             None => concat(record, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?,
         };
@@ -203,10 +197,15 @@ async fn compact(table: &Table, policy: &Policy, counters: &Upkeep, partition: i
     })
     .await??;
     table.objects.put_segment(&meta.name, bytes).await?;
-    let mut next_manifest = (**manifest).clone();
-    let replaced = next_manifest.compact(meta, kind == 0).map_err(|err| Error::Internal(err.to_string()))?;
-    table.publish(kind, partition, generation, next_manifest, |_| {}).await?;
-    doom(table, policy, replaced);
+    let mut replaced = Vec::new();
+    let merging = |current: &Manifest| {
+        let mut next = current.clone();
+        replaced = next.compact(meta, kind == 0).map_err(|err| Error::Internal(err.to_string()))?;
+        Ok(Some(next))
+    };
+    if table.publish(kind, partition, generation, merging, |_| {}).await? {
+        doom(table, policy, replaced);
+    }
     counters.compactions.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -217,19 +216,22 @@ async fn expire(table: &Table, policy: &Policy, counters: &Upkeep, partition: i3
     let now_ns = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let Some(manifests) = manifests(table, partition, generation) else { return Ok(()) };
     let rolled = rolled_by_all(&manifests);
-    for (kind, manifest) in manifests.iter().enumerate() {
+    for kind in 0..manifests.len() {
         let (retention, step) = match kind.checked_sub(1) {
             None => (policy.retention, 0),
             Some(t) => (table.tiers[t].retention, table.tiers[t].step_ns),
         };
         let Some(retention) = retention else { continue };
         let cutoff = now_ns.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
-        let mut next = (**manifest).clone();
-        let gone = next.expire(|s| s.max_time_ns.saturating_add(step) < cutoff && (kind > 0 || s.next_offset <= rolled));
-        if gone.is_empty() {
+        let mut gone = Vec::new();
+        let expiring = |current: &Manifest| {
+            let mut next = current.clone();
+            gone = next.expire(|s| s.max_time_ns.saturating_add(step) < cutoff && (kind > 0 || s.next_offset <= rolled));
+            Ok((!gone.is_empty()).then_some(next))
+        };
+        if !table.publish(kind, partition, generation, expiring, |_| {}).await? {
             continue;
         }
-        table.publish(kind, partition, generation, next, |_| {}).await?;
         counters.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
         tracing::info!(partition, kind = table.kind_name(kind), segments = gone.len(), "segments past retention removed");
         doom(table, policy, gone);

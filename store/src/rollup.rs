@@ -5,21 +5,23 @@
 //! the sketch's relative accuracy (quantiles, from the merged DDSketch). A step of a `Range` and a
 //! downsampled tier are both such merges.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use proto::v1::{Aggregate, Moments, Quantile, Statistic, WindowStats};
+use arrow::array::RecordBatch;
+use proto::v1::{Moments, Quantile, Statistic, WindowStats};
 use sketches_ddsketch::DDSketch;
 
-use crate::segment::Located;
+use crate::segment::{AggregateBuilders, AggregateColumns, SegmentError};
+use crate::wire::{AggregateView, WindowView};
 
 /// Merges `windows` (of one series, in start order, at least one) into one window `[start_ns, end_ns)`.
 /// Its reported quantiles are those the first window reports, recomputed from the merged sketch.
 pub fn merge(windows: &[&WindowStats], start_ns: i64, end_ns: i64) -> WindowStats {
     let mut merged = Merged::default();
     for w in windows {
-        merged.add(w);
+        merged.add(&WindowView::without_quantiles(w));
     }
-    merged.finish(start_ns, end_ns, windows.first().map_or(&[][..], |w| &w.quantiles))
+    merged.finish(start_ns, end_ns, windows.first().into_iter().flat_map(|w| w.quantiles.iter().map(|q| q.q)))
 }
 
 /// Windows being merged.
@@ -37,11 +39,11 @@ struct Merged {
 }
 
 impl Merged {
-    fn add(&mut self, w: &WindowStats) {
+    fn add(&mut self, w: &WindowView<'_>) {
         if w.count == 0 {
             return;
         }
-        let m = w.moments.unwrap_or_default();
+        let m = w.moments;
         if self.count == 0 {
             *self = Self {
                 count: w.count,
@@ -51,7 +53,7 @@ impl Merged {
                 first: (w.first_ns, w.first),
                 last: (w.last_ns, w.last),
                 moments: m,
-                sketch: DDSketch::from_java_bytes(&w.sketch).ok(),
+                sketch: DDSketch::from_java_bytes(w.sketch).ok(),
                 relative_accuracy: w.sketch_relative_accuracy,
             };
             return;
@@ -79,7 +81,7 @@ impl Merged {
             self.last = (w.last_ns, w.last);
         }
         self.relative_accuracy = self.relative_accuracy.max(w.sketch_relative_accuracy);
-        let other = DDSketch::from_java_bytes(&w.sketch).ok();
+        let other = DDSketch::from_java_bytes(w.sketch).ok();
         match (&mut self.sketch, other) {
             (Some(sketch), Some(other)) => {
                 if sketch.merge(&other).is_err() {
@@ -99,14 +101,13 @@ impl Merged {
         }
     }
 
-    fn finish(self, start_ns: i64, end_ns: i64, report: &[Quantile]) -> WindowStats {
+    /// The merged window, reporting the quantiles `report`.
+    fn finish(self, start_ns: i64, end_ns: i64, report: impl Iterator<Item = f64>) -> WindowStats {
         let n = self.count as f64;
         let m = self.moments;
         let elapsed = (self.last.0 - self.first.0) as f64 / 1e9;
-        let quantiles = report
-            .iter()
-            .filter_map(|q| quantile_of(self.sketch.as_ref(), q.q, self.min, self.max).map(|value| Quantile { q: q.q, value }))
-            .collect();
+        let quantiles =
+            report.filter_map(|q| quantile_of(self.sketch.as_ref(), q, self.min, self.max).map(|value| Quantile { q, value })).collect();
         WindowStats {
             start_ns,
             end_ns,
@@ -163,46 +164,68 @@ pub fn by_step(windows: &[WindowStats], step_ns: i64) -> Vec<WindowStats> {
     out
 }
 
-/// Each (series, window start) of `rows` once: the copy delivered last (the highest offset). Raw
-/// windows go through this before they are rolled up; a tier's partial rows of one step must not.
-pub fn once_each(rows: &[Located]) -> Vec<&Located> {
-    let mut latest: BTreeMap<(String, i64), &Located> = BTreeMap::new();
-    for row in rows {
-        let (Some(series), Some(window)) = (&row.aggregate.series, &row.aggregate.window) else { continue };
-        let slot = latest.entry((series.key(), window.start_ns)).or_insert(row);
-        if row.offset >= slot.offset {
-            *slot = row;
-        }
-    }
-    latest.into_values().collect()
+/// What the rows of one (series, window start) are to a roll-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Raw windows: several are copies of one window (a re-delivery), and the last (the highest offset)
+    /// counts.
+    Windows,
+    /// A tier's rows: several are parts of one step (rolled up by different flushes' segments), and
+    /// every one counts.
+    Parts,
 }
 
-/// `rows` rolled up into steps of `step_ns` counted from the epoch: one row per series and step,
-/// merging every row whose window starts in it (raw windows, or a tier's partial rows of that step,
-/// which is how a tier's compaction makes them whole). Each row keeps the partition of the first and
-/// the highest offset it merged. Ordered by series key, then step.
-pub fn roll_up<'a>(rows: impl IntoIterator<Item = &'a Located>, step_ns: i64) -> Vec<Located> {
-    let mut groups: BTreeMap<(String, i64), Vec<&Located>> = BTreeMap::new();
-    for row in rows {
-        let (Some(series), Some(window)) = (&row.aggregate.series, &row.aggregate.window) else { continue };
-        groups.entry((series.key(), window.start_ns.div_euclid(step_ns))).or_default().push(row);
+/// `batch` (of the aggregates table) rolled up into steps of `step_ns` counted from the epoch: one row
+/// per series and step, merging every row whose window starts in it. Each row keeps the partition of
+/// the first and the highest offset it merged. Ordered by series key, then step.
+///
+/// Columnar: rows are read in place and grouped by index, so what is allocated per row is an index; a
+/// merge decodes the sketches it merges.
+pub fn roll_up(batch: &RecordBatch, step_ns: i64, rows: Rows) -> Result<RecordBatch, SegmentError> {
+    let columns = AggregateColumns::of(batch)?;
+    let mut by_series: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (i, key) in columns.series()?.iter().enumerate() {
+        by_series.entry(key.unwrap_or_default()).or_default().push(i as u32);
     }
-    groups
-        .into_iter()
-        .filter_map(|((_, bucket), mut run)| {
-            run.sort_by_key(|r| r.aggregate.window.as_ref().map_or(0, |w| w.start_ns));
-            let first = *run.first()?;
-            let windows: Vec<&WindowStats> = run.iter().filter_map(|r| r.aggregate.window.as_ref()).collect();
-            Some(Located {
-                partition: first.partition,
-                offset: run.iter().map(|r| r.offset).max().unwrap_or(first.offset),
-                aggregate: Aggregate {
-                    series: first.aggregate.series.clone(),
-                    window: Some(merge(&windows, bucket * step_ns, (bucket + 1) * step_ns)),
-                },
-            })
-        })
-        .collect()
+    let mut by_series: Vec<(&str, Vec<u32>)> = by_series.into_iter().collect();
+    by_series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let start = |i: &u32| columns.start_ns(*i as usize);
+    let mut out = AggregateBuilders::new();
+    let mut tags = Vec::new();
+    for (_, mut indices) in by_series {
+        indices.sort_unstable_by_key(|&i| (start(&i), columns.offset(i as usize)));
+        if rows == Rows::Windows {
+            // Of the copies of a window (now adjacent, by offset), the last.
+            indices.reverse();
+            indices.dedup_by_key(|i| start(i));
+            indices.reverse();
+        }
+        for run in indices.chunk_by(|a, b| start(a).div_euclid(step_ns) == start(b).div_euclid(step_ns)) {
+            let first = run[0] as usize;
+            let bucket = columns.start_ns(first).div_euclid(step_ns);
+            let (start_ns, end_ns) = (bucket * step_ns, (bucket + 1) * step_ns);
+            let offset = run.iter().map(|&i| columns.offset(i as usize)).max().unwrap_or_else(|| columns.offset(first));
+            let only = columns.window(first);
+            let merged;
+            let window = match run {
+                // A tier's whole row of this very step is its own merge: no need to decode its sketch.
+                [_] if only.start_ns == start_ns && only.end_ns == end_ns => WindowView { quantiles: columns.quantiles(first).collect(), ..only },
+                _ => {
+                    let mut merging = Merged::default();
+                    for &i in run {
+                        merging.add(&columns.window(i as usize));
+                    }
+                    merged = merging.finish(start_ns, end_ns, columns.quantiles(first).map(|(q, _)| q));
+                    WindowView { quantiles: merged.quantiles.iter().map(|q| (q.q, q.value)).collect(), ..WindowView::without_quantiles(&merged) }
+                }
+            };
+            tags.extend(columns.tags(first));
+            let view = AggregateView { metric: columns.metric(first), tags, window };
+            out.append(&view, columns.partition(first), offset);
+            tags = crate::wire::reuse(view.tags);
+        }
+    }
+    out.finish()
 }
 
 /// The `statistic` of `w` (`quantile` for [`Statistic::Quantile`]); `None` where it is undefined.
@@ -233,6 +256,7 @@ mod tests {
     use sketches_ddsketch::Config;
 
     use super::*;
+    use crate::segment::{Located, aggregates_to_batch, batch_to_aggregates};
 
     const S: i64 = 1_000_000_000;
 
@@ -309,9 +333,14 @@ mod tests {
         }
     }
 
+    /// `rows` rolled up, through their columns.
+    fn rolled(rows: &[Located], step_ns: i64, kind: Rows) -> Vec<Located> {
+        batch_to_aggregates(&roll_up(&aggregates_to_batch(rows).unwrap(), step_ns, kind).unwrap()).unwrap()
+    }
+
     #[test]
     fn rolling_up_in_parts_equals_rolling_up_at_once_and_counts_a_redelivery_once() {
-        use proto::v1::Series;
+        use proto::v1::{Aggregate, Series};
 
         let located = |offset: i64, host: &str, w: WindowStats| Located {
             partition: 1,
@@ -333,7 +362,7 @@ mod tests {
                 offset += 1;
             }
         }
-        let once = roll_up(once_each(&rows), 60 * S);
+        let once = rolled(&rows, 60 * S, Rows::Windows);
         assert_eq!(once.len(), 4, "two series, two minutes");
         let counts: Vec<(String, i64, u64)> =
             once.iter().map(|r| (r.aggregate.series.as_ref().unwrap().key(), r.aggregate.window.as_ref().unwrap().start_ns, r.aggregate.window.as_ref().unwrap().count)).collect();
@@ -347,12 +376,23 @@ mod tests {
             ],
             "the re-delivered window counts once"
         );
+        // Each series' rows are its windows merged by the minute, as a `Range` merges them; each keeps
+        // the highest offset it merged.
+        for host in ["a", "b"] {
+            let of_host = |r: &&Located| r.aggregate.series.as_ref().unwrap().tags["host"] == host;
+            let mut windows: Vec<WindowStats> = rows.iter().filter(of_host).map(|r| r.aggregate.window.clone().unwrap()).collect();
+            windows.dedup_by_key(|w| w.start_ns);
+            let got: Vec<&Located> = once.iter().filter(of_host).collect();
+            assert_eq!(got.iter().map(|r| r.aggregate.window.clone().unwrap()).collect::<Vec<_>>(), by_step(&windows, 60 * S));
+            let last_offsets: Vec<i64> = (0..2).map(|m| rows.iter().filter(of_host).filter(|r| r.aggregate.window.as_ref().unwrap().start_ns / (60 * S) == m).map(|r| r.offset).max().unwrap()).collect();
+            assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), last_offsets);
+        }
         // Rolled up in two parts (as two flushes' segments), then those partial rows rolled up again.
         let (left, right) = rows.split_at(9);
-        let mut parts = roll_up(once_each(left), 60 * S);
-        parts.extend(roll_up(once_each(right), 60 * S));
+        let mut parts = rolled(left, 60 * S, Rows::Windows);
+        parts.extend(rolled(right, 60 * S, Rows::Windows));
         assert!(parts.len() > 4, "a minute is split across the parts");
-        let merged = roll_up(&parts, 60 * S);
+        let merged = rolled(&parts, 60 * S, Rows::Parts);
         for (a, b) in merged.iter().zip(&once) {
             let (a, b) = (a.aggregate.window.as_ref().unwrap(), b.aggregate.window.as_ref().unwrap());
             assert_eq!((a.start_ns, a.count, a.min, a.max, a.first, a.last), (b.start_ns, b.count, b.min, b.max, b.first, b.last));
@@ -360,7 +400,7 @@ mod tests {
             assert_eq!(statistic(a, Statistic::Quantile, 0.9), statistic(b, Statistic::Quantile, 0.9), "merged sketches are the same sketch");
         }
         // An hour tier from the same rows.
-        let hour = roll_up(once_each(&rows), 3600 * S);
+        let hour = rolled(&rows, 3600 * S, Rows::Windows);
         assert_eq!(hour.iter().map(|r| r.aggregate.window.as_ref().unwrap().count).collect::<Vec<_>>(), vec![120, 120]);
     }
 

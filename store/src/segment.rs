@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder as _,
-    Array, ArrayRef, AsArray as _, BinaryBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
-    RecordBatch, StringBuilder, UInt64Builder,
+    Array, ArrayBuilder as _, ArrayRef, AsArray as _, BinaryArray, BinaryBuilder, Float64Array, Float64Builder, Int32Array,
+    Int32Builder, Int64Array, Int64Builder, ListArray, ListBuilder, MapArray, MapBuilder, RecordBatch, StringArray,
+    StringBuilder, UInt64Array, UInt64Builder,
 };
-use arrow::datatypes::{Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{Field, Float64Type, Int64Type, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -26,6 +26,7 @@ use proto::prost::Message as _;
 use proto::v1::{Aggregate, Alert, AlertState, Moments, Quantile, Series, WindowStats};
 
 use crate::manifest::SegmentMeta;
+use crate::wire::WindowView;
 
 /// An aggregate as read from Kafka: where it came from, and what it says.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,7 +360,7 @@ pub struct AggregateBuilders {
 }
 
 impl AggregateBuilders {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             series: SeriesBuilders::default(),
             i64s: std::array::from_fn(|_| Int64Builder::new()),
@@ -374,7 +375,7 @@ impl AggregateBuilders {
         }
     }
 
-    fn append(&mut self, aggregate: &crate::wire::AggregateView<'_>, partition: i32, offset: i64) {
+    pub(crate) fn append(&mut self, aggregate: &crate::wire::AggregateView<'_>, partition: i32, offset: i64) {
         let (w, m) = (&aggregate.window, &aggregate.window.moments);
         self.series.append(aggregate.metric, aggregate.tags.iter().copied());
         // start_ns, end_ns, first_ns, last_ns, moments_origin_ns
@@ -409,7 +410,7 @@ impl AggregateBuilders {
         self.offset.append_value(offset);
     }
 
-    fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
+    pub(crate) fn finish(&mut self) -> Result<RecordBatch, SegmentError> {
         let [start, end, first_ns, last_ns, origin] = self.i64s.each_mut().map(|x| Arc::new(x.finish()) as ArrayRef);
         let [sum, mean, min, max, gradient, first, last, stddev, rate, accuracy, mean_t, mean_v, m2_t, m2_v, c_tv] =
             self.f64s.each_mut().map(|x| Arc::new(x.finish()) as ArrayRef);
@@ -470,65 +471,154 @@ pub fn aggregates_schema() -> SchemaRef {
     Kind::Aggregates.schema()
 }
 
+/// The columns of a record batch of the aggregates table, typed, for reading rows without copying.
+#[derive(Debug)]
+pub struct AggregateColumns<'a> {
+    /// The series keys, when the batch has them (they are derived from the metric and tags).
+    series: Option<&'a StringArray>,
+    metric: &'a StringArray,
+    tags: &'a MapArray,
+    tag_keys: &'a StringArray,
+    tag_values: &'a StringArray,
+    /// start_ns, end_ns, first_ns, last_ns, moments_origin_ns, kafka_offset
+    i64s: [&'a Int64Array; 6],
+    count: &'a UInt64Array,
+    /// sum, mean, min, max, gradient_per_second, first, last, stddev, rate_per_second,
+    /// sketch_relative_accuracy, moments_mean_t, moments_mean_v, moments_m2_t, moments_m2_v, moments_c_tv
+    f64s: [&'a Float64Array; 15],
+    quantile_q: &'a ListArray,
+    quantile_value: &'a ListArray,
+    sketch: &'a BinaryArray,
+    partition: &'a Int32Array,
+}
+
+impl<'a> AggregateColumns<'a> {
+    /// The columns of `batch`, or the first one missing or of the wrong type.
+    pub fn of(batch: &'a RecordBatch) -> Result<Self, SegmentError> {
+        fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &'static str) -> Result<&'b T, SegmentError> {
+            batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or(SegmentError::Column(name))
+        }
+        let tags: &MapArray = column(batch, "tags")?;
+        let strings = |array: &'a ArrayRef| array.as_string_opt::<i32>().ok_or(SegmentError::Column("tags"));
+        let i64s = ["start_ns", "end_ns", "first_ns", "last_ns", "moments_origin_ns", "kafka_offset"];
+        let f64s = [
+            "sum", "mean", "min", "max", "gradient_per_second", "first", "last", "stddev", "rate_per_second",
+            "sketch_relative_accuracy", "moments_mean_t", "moments_mean_v", "moments_m2_t", "moments_m2_v", "moments_c_tv",
+        ];
+        Ok(Self {
+            series: column(batch, "series").ok(),
+            metric: column(batch, "metric")?,
+            tags,
+            tag_keys: strings(tags.keys())?,
+            tag_values: strings(tags.values())?,
+            i64s: try_map(i64s, |name| column(batch, name))?,
+            count: column(batch, "count")?,
+            f64s: try_map(f64s, |name| column(batch, name))?,
+            quantile_q: column(batch, "quantile_q")?,
+            quantile_value: column(batch, "quantile_value")?,
+            sketch: column(batch, "sketch")?,
+            partition: column(batch, "kafka_partition")?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.metric.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The series keys.
+    pub fn series(&self) -> Result<&'a StringArray, SegmentError> {
+        self.series.ok_or(SegmentError::Column("series"))
+    }
+
+    pub fn metric(&self, i: usize) -> &'a str {
+        self.metric.value(i)
+    }
+
+    /// Row `i`'s tags, in key order.
+    pub fn tags(&self, i: usize) -> impl Iterator<Item = (&'a str, &'a str)> + Clone + use<'a> {
+        let (keys, values) = (self.tag_keys, self.tag_values);
+        let offsets = self.tags.value_offsets();
+        (offsets[i] as usize..offsets[i + 1] as usize).map(move |j| (keys.value(j), values.value(j)))
+    }
+
+    pub fn start_ns(&self, i: usize) -> i64 {
+        self.i64s[0].value(i)
+    }
+
+    pub fn offset(&self, i: usize) -> i64 {
+        self.i64s[5].value(i)
+    }
+
+    pub fn partition(&self, i: usize) -> i32 {
+        self.partition.value(i)
+    }
+
+    /// Row `i`'s reported quantiles: (q, value) pairs.
+    pub fn quantiles(&self, i: usize) -> impl Iterator<Item = (f64, f64)> + use<'a> {
+        let (qs, values) = (self.quantile_q, self.quantile_value);
+        let (q_offsets, v_offsets) = (qs.value_offsets(), values.value_offsets());
+        let (q_values, v_values) = (qs.values().as_primitive::<Float64Type>(), values.values().as_primitive::<Float64Type>());
+        let (q_from, v_from) = (q_offsets[i] as usize, v_offsets[i] as usize);
+        let n = (q_offsets[i + 1] as usize - q_from).min(v_offsets[i + 1] as usize - v_from);
+        (0..n).map(move |j| (q_values.value(q_from + j), v_values.value(v_from + j)))
+    }
+
+    /// Row `i`'s window, its quantiles left out (see `quantiles`).
+    pub fn window(&self, i: usize) -> WindowView<'a> {
+        let [start_ns, end_ns, first_ns, last_ns, origin_ns, _] = self.i64s.map(|c| c.value(i));
+        let [sum, mean, min, max, _, first, last, _, _, accuracy, mean_t, mean_v, m2_t, m2_v, c_tv] = self.f64s.map(|c| c.value(i));
+        let optional = |k: usize| self.f64s[k].is_valid(i).then(|| self.f64s[k].value(i));
+        WindowView {
+            start_ns,
+            end_ns,
+            count: self.count.value(i),
+            sum,
+            mean,
+            min,
+            max,
+            gradient_per_second: optional(4),
+            first,
+            last,
+            first_ns,
+            last_ns,
+            stddev: optional(7),
+            rate_per_second: optional(8),
+            quantiles: Vec::new(),
+            sketch: self.sketch.value(i),
+            sketch_relative_accuracy: accuracy,
+            moments: Moments { origin_ns, mean_t, mean_v, m2_t, m2_v, c_tv },
+        }
+    }
+}
+
+/// `names` mapped by a fallible `f`, the first error returned.
+fn try_map<T, U, E, const N: usize>(names: [T; N], mut f: impl FnMut(T) -> Result<U, E>) -> Result<[U; N], E> {
+    let mut out = Vec::with_capacity(N);
+    for name in names {
+        out.push(f(name)?);
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!("one value per name")))
+}
+
 /// The rows of a record batch of the aggregates table.
 pub fn batch_to_aggregates(batch: &RecordBatch) -> Result<Vec<Located>, SegmentError> {
-    let string = |name: &'static str| batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or(SegmentError::Column(name));
-    let i64s = |name: &'static str| batch.column_by_name(name).and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or(SegmentError::Column(name));
-    let f64s = |name: &'static str| batch.column_by_name(name).and_then(|c| c.as_primitive_opt::<Float64Type>()).ok_or(SegmentError::Column(name));
-    let lists = |name: &'static str| batch.column_by_name(name).and_then(|c| c.as_list_opt::<i32>()).ok_or(SegmentError::Column(name));
-    let metric = string("metric")?;
-    let tags = batch.column_by_name("tags").and_then(|c| c.as_map_opt()).ok_or(SegmentError::Column("tags"))?;
-    let count = batch.column_by_name("count").and_then(|c| c.as_primitive_opt::<UInt64Type>()).ok_or(SegmentError::Column("count"))?;
-    let sketch = batch.column_by_name("sketch").and_then(|c| c.as_binary_opt::<i32>()).ok_or(SegmentError::Column("sketch"))?;
-    let partition = batch.column_by_name("kafka_partition").and_then(|c| c.as_primitive_opt::<Int32Type>()).ok_or(SegmentError::Column("kafka_partition"))?;
-    let (start, end, first_ns, last_ns) = (i64s("start_ns")?, i64s("end_ns")?, i64s("first_ns")?, i64s("last_ns")?);
-    let (origin, offset) = (i64s("moments_origin_ns")?, i64s("kafka_offset")?);
-    let (sum, mean, min, max) = (f64s("sum")?, f64s("mean")?, f64s("min")?, f64s("max")?);
-    let (gradient, first, last, stddev, rate) = (f64s("gradient_per_second")?, f64s("first")?, f64s("last")?, f64s("stddev")?, f64s("rate_per_second")?);
-    let accuracy = f64s("sketch_relative_accuracy")?;
-    let (mean_t, mean_v, m2_t, m2_v, c_tv) = (f64s("moments_mean_t")?, f64s("moments_mean_v")?, f64s("moments_m2_t")?, f64s("moments_m2_v")?, f64s("moments_c_tv")?);
-    let (quantile_q, quantile_value) = (lists("quantile_q")?, lists("quantile_value")?);
-    let optional = |column: &arrow::array::Float64Array, i: usize| column.is_valid(i).then(|| column.value(i));
-    let mut rows = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        let entries = tags.value(i);
-        let (keys, values) = (entries.column(0).as_string::<i32>(), entries.column(1).as_string::<i32>());
-        let tags: BTreeMap<String, String> =
-            (0..keys.len()).map(|j| (keys.value(j).to_owned(), values.value(j).to_owned())).collect();
-        let (qs, vs) = (quantile_q.value(i), quantile_value.value(i));
-        let (qs, vs) = (qs.as_primitive::<Float64Type>(), vs.as_primitive::<Float64Type>());
-        let quantiles = (0..qs.len()).map(|j| Quantile { q: qs.value(j), value: vs.value(j) }).collect();
-        let window = WindowStats {
-            start_ns: start.value(i),
-            end_ns: end.value(i),
-            count: count.value(i),
-            sum: sum.value(i),
-            mean: mean.value(i),
-            min: min.value(i),
-            max: max.value(i),
-            gradient_per_second: optional(gradient, i),
-            first: first.value(i),
-            last: last.value(i),
-            first_ns: first_ns.value(i),
-            last_ns: last_ns.value(i),
-            stddev: optional(stddev, i),
-            rate_per_second: optional(rate, i),
-            quantiles,
-            sketch: sketch.value(i).to_vec(),
-            sketch_relative_accuracy: accuracy.value(i),
-            moments: Some(Moments {
-                origin_ns: origin.value(i),
-                mean_t: mean_t.value(i),
-                mean_v: mean_v.value(i),
-                m2_t: m2_t.value(i),
-                m2_v: m2_v.value(i),
-                c_tv: c_tv.value(i),
-            }),
-        };
-        let series = Series { metric: metric.value(i).to_owned(), tags };
-        rows.push(Located { partition: partition.value(i), offset: offset.value(i), aggregate: Aggregate { series: Some(series), window: Some(window) } });
-    }
-    Ok(rows)
+    let columns = AggregateColumns::of(batch)?;
+    Ok((0..columns.len())
+        .map(|i| {
+            let view = columns.window(i);
+            let window = WindowStats {
+                quantiles: columns.quantiles(i).map(|(q, value)| Quantile { q, value }).collect(),
+                ..view.to_stats()
+            };
+            let tags = columns.tags(i).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            let series = Series { metric: columns.metric(i).to_owned(), tags };
+            Located { partition: columns.partition(i), offset: columns.offset(i), aggregate: Aggregate { series: Some(series), window: Some(window) } }
+        })
+        .collect())
 }
 
 /// A segment's Parquet bytes: one row group, zstd, with statistics per column (so a reader skips

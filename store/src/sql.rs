@@ -19,8 +19,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::parser::ParserError;
 
 use crate::error::{Error, Result};
-use crate::rollup;
-use crate::segment::{Kind, Located, aggregates_to_batch, batch_to_aggregates};
+use crate::rollup::{self, Rows};
+use crate::segment::{Kind, concat};
 use crate::table::{Snapshot, Table};
 
 /// The store's tables, one per kind of record.
@@ -243,15 +243,10 @@ fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<Vec<RecordBatch>> {
             return Ok(batches);
         }
     }
-    let mut raw = Vec::new();
-    for batch in &snapshot.segments {
-        raw.extend(batch_to_aggregates(batch)?);
-    }
-    let mut rows: Vec<Located> = rollup::once_each(&raw).into_iter().cloned().collect();
-    for batch in &snapshot.tier_segments {
-        rows.extend(batch_to_aggregates(batch)?);
-    }
-    Ok(vec![aggregates_to_batch(&rollup::roll_up(&rows, step_ns))?])
+    let owned = |batches: &[Arc<RecordBatch>]| batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>();
+    let mut parts = owned(&snapshot.tier_segments);
+    parts.push(rollup::roll_up(&concat(Kind::Aggregates, &owned(&snapshot.segments))?, step_ns, Rows::Windows)?);
+    Ok(vec![rollup::roll_up(&concat(Kind::Aggregates, &parts)?, step_ns, Rows::Parts)?])
 }
 
 /// What a caller should hear of a DataFusion error.

@@ -193,6 +193,8 @@ pub(crate) struct Table {
     /// Segments no manifest lists any more, each deleted once its time comes: a query that listed it
     /// a moment before can still read it.
     pub(crate) doomed: Mutex<VecDeque<(std::time::Instant, String)>>,
+    /// Held while a manifest is published: a flush and upkeep publish concurrently, in turns.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 /// A manifest and the name of the version it was read from.
@@ -219,6 +221,7 @@ impl Table {
             manifests: Mutex::default(),
             cache: Mutex::default(),
             cache_budget,
+            publishing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -346,18 +349,32 @@ impl Table {
         Ok(batch)
     }
 
-    /// Publishes `manifest` as the next version of kind `kind` (0 raw, t + 1 tier t) of a partition this
-    /// instance owns under `generation`, then applies `update` to the partition's state. When another
-    /// instance published that version first, this one has lost the partition: its state is dropped
-    /// and `Fenced` returned.
+    /// Publishes the next version of kind `kind` (0 raw, t + 1 tier t) of a partition this instance owns
+    /// under `generation`: `change` applied to the version it holds now (`None` from `change`: nothing
+    /// to publish), then applies `update` to the partition's state. Returns whether it published; not
+    /// when the partition is no longer owned under `generation`. When another instance published that
+    /// version first, this one has lost the partition: its state is dropped and `Fenced` returned.
+    ///
+    /// The publishers of a table take turns, so a flush listing a segment and upkeep compacting others
+    /// in the same partition each change the version the other published, never the same one.
     pub(crate) async fn publish(
         &self,
         kind: usize,
         partition: i32,
         generation: u64,
-        manifest: Manifest,
+        change: impl FnOnce(&Manifest) -> Result<Option<Manifest>>,
         update: impl FnOnce(&mut Owned),
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let _turn = self.publishing.lock().await;
+        let current = {
+            let owned = lock(&self.owned);
+            let Some(state) = owned.get(&partition).filter(|s| s.generation == generation) else { return Ok(false) };
+            match kind.checked_sub(1) {
+                None => Arc::clone(&state.manifest),
+                Some(t) => Arc::clone(state.tiers.get(t).ok_or_else(|| Error::Internal(format!("no tier {t}")))?),
+            }
+        };
+        let Some(manifest) = change(&current)? else { return Ok(false) };
         let name = self.kind_name(kind).to_owned();
         if let Err(err) = self.objects.publish_manifest(&name, &self.topic, partition, &manifest).await {
             if let ObjectsError::Fenced { .. } = err {
@@ -390,7 +407,7 @@ impl Table {
         {
             tracing::debug!(error = %err, partition, "old manifest versions not pruned yet");
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Rows held in memory, not yet durable.

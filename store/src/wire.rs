@@ -8,7 +8,7 @@
 //! winning, a repeated embedded message merged, the last value of a repeated map key winning) and is
 //! tested against prost on the same bytes.
 
-use proto::v1::{Aggregate, Moments};
+use proto::v1::{Aggregate, Moments, Quantile, WindowStats};
 
 /// Why bytes are not a protobuf `Point`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -224,6 +224,56 @@ pub struct WindowView<'a> {
     pub moments: Moments,
 }
 
+impl<'a> WindowView<'a> {
+    /// The view of an owned window, its quantiles left out (they would need a buffer).
+    pub fn without_quantiles(w: &'a WindowStats) -> Self {
+        WindowView {
+            start_ns: w.start_ns,
+            end_ns: w.end_ns,
+            count: w.count,
+            sum: w.sum,
+            mean: w.mean,
+            min: w.min,
+            max: w.max,
+            gradient_per_second: w.gradient_per_second,
+            first: w.first,
+            last: w.last,
+            first_ns: w.first_ns,
+            last_ns: w.last_ns,
+            stddev: w.stddev,
+            rate_per_second: w.rate_per_second,
+            quantiles: Vec::new(),
+            sketch: &w.sketch,
+            sketch_relative_accuracy: w.sketch_relative_accuracy,
+            moments: w.moments.unwrap_or_default(),
+        }
+    }
+
+    /// The window, owned.
+    pub fn to_stats(&self) -> WindowStats {
+        WindowStats {
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            count: self.count,
+            sum: self.sum,
+            mean: self.mean,
+            min: self.min,
+            max: self.max,
+            gradient_per_second: self.gradient_per_second,
+            first: self.first,
+            last: self.last,
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            stddev: self.stddev,
+            rate_per_second: self.rate_per_second,
+            quantiles: self.quantiles.iter().map(|&(q, value)| Quantile { q, value }).collect(),
+            sketch: self.sketch.to_vec(),
+            sketch_relative_accuracy: self.sketch_relative_accuracy,
+            moments: Some(self.moments),
+        }
+    }
+}
+
 /// Buffers an aggregate's reading reuses from message to message (empty between them).
 #[derive(Debug, Default)]
 pub struct Buffers {
@@ -355,26 +405,7 @@ impl Buffers {
         };
         let window = aggregate.window.as_ref().map_or_else(WindowView::default, |w| {
             quantiles.extend(w.quantiles.iter().map(|q| (q.q, q.value)));
-            WindowView {
-                start_ns: w.start_ns,
-                end_ns: w.end_ns,
-                count: w.count,
-                sum: w.sum,
-                mean: w.mean,
-                min: w.min,
-                max: w.max,
-                gradient_per_second: w.gradient_per_second,
-                first: w.first,
-                last: w.last,
-                first_ns: w.first_ns,
-                last_ns: w.last_ns,
-                stddev: w.stddev,
-                rate_per_second: w.rate_per_second,
-                quantiles: Vec::new(),
-                sketch: &w.sketch,
-                sketch_relative_accuracy: w.sketch_relative_accuracy,
-                moments: w.moments.unwrap_or_default(),
-            }
+            WindowView::without_quantiles(w)
         });
         AggregateView { metric, tags, window: WindowView { quantiles, ..window } }
     }
