@@ -431,7 +431,7 @@ impl Flusher {
 
     async fn write_segment(&self, work: Work) -> Result<()> {
         let table = &self.table;
-        let Work { partition, generation, rows, first, cut, .. } = work;
+        let Work { partition, generation, rows, first, cut } = work;
         let (record, name) = (table.record, segment_name(&table.kind, &table.topic, partition, first, cut));
         let (bytes, meta) =
             tokio::task::spawn_blocking(move || encode_segment(&concat(record, &rows)?, record.time_column(), name, first, cut)).await??;

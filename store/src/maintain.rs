@@ -133,7 +133,7 @@ async fn roll_up_tier(table: &Table, counters: &Upkeep, partition: i32, generati
     let name = segment_name(&table.tiers[tier].kind, &table.topic, partition, first, next);
     let step = table.tiers[tier].step_ns;
     let (bytes, meta) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let rolled = roll_up(&concat(Kind::Aggregates, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?, step, Rows::Windows)?;
+        let rolled = roll_up(&concat(Kind::Aggregates, &batches)?, step, Rows::Windows)?;
         Ok(encode_segment(&rolled, Kind::Aggregates.time_column(), name, first, next)?)
     })
     .await??;
@@ -189,9 +189,9 @@ async fn compact(table: &Table, policy: &Policy, counters: &Upkeep, partition: i
     let (bytes, meta) = tokio::task::spawn_blocking(move || -> Result<_> {
         let merged = match step {
             // A tier's partial rows of one step become one.
-            Some(step) => roll_up(&concat(record, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?, step, Rows::Parts)?,
+            Some(step) => roll_up(&concat(record, &batches)?, step, Rows::Parts)?,
             // Raw records are kept as they are, every copy, in offset order.
-            None => concat(record, &batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>())?,
+            None => concat(record, &batches)?,
         };
         Ok(encode_segment(&merged, record.time_column(), name, first, next)?)
     })
@@ -205,8 +205,8 @@ async fn compact(table: &Table, policy: &Policy, counters: &Upkeep, partition: i
     };
     if table.publish(kind, partition, generation, merging, |_| {}).await? {
         doom(table, policy, replaced);
+        counters.compactions.fetch_add(1, Ordering::Relaxed);
     }
-    counters.compactions.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

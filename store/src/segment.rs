@@ -667,10 +667,10 @@ pub fn encode_segment(
 }
 
 /// `batches` (of one table) as one.
-pub fn concat(kind: Kind, batches: &[RecordBatch]) -> Result<RecordBatch, SegmentError> {
+pub fn concat<B: std::borrow::Borrow<RecordBatch>>(kind: Kind, batches: &[B]) -> Result<RecordBatch, SegmentError> {
     match batches {
-        [one] => Ok(one.clone()),
-        _ => Ok(arrow::compute::concat_batches(&kind.schema(), batches)?),
+        [one] => Ok(one.borrow().clone()),
+        _ => Ok(arrow::compute::concat_batches(&kind.schema(), batches.iter().map(B::borrow))?),
     }
 }
 

@@ -243,9 +243,8 @@ fn rolled_up(snapshot: Snapshot, step_ns: i64) -> Result<Vec<RecordBatch>> {
             return Ok(batches);
         }
     }
-    let owned = |batches: &[Arc<RecordBatch>]| batches.iter().map(|b| RecordBatch::clone(b)).collect::<Vec<_>>();
-    let mut parts = owned(&snapshot.tier_segments);
-    parts.push(rollup::roll_up(&concat(Kind::Aggregates, &owned(&snapshot.segments))?, step_ns, Rows::Windows)?);
+    let mut parts: Vec<RecordBatch> = snapshot.tier_segments.iter().map(|b| RecordBatch::clone(b)).collect();
+    parts.push(rollup::roll_up(&concat(Kind::Aggregates, &snapshot.segments)?, step_ns, Rows::Windows)?);
     Ok(vec![rollup::roll_up(&concat(Kind::Aggregates, &parts)?, step_ns, Rows::Parts)?])
 }
 
