@@ -51,12 +51,31 @@ fn window(i: u64, start: i64, len: i64, values: u32, spec: &SketchSpec) -> Aggre
 struct Run {
     seconds: f64,
     records: u64,
+    /// The process's CPU seconds (user and system, every thread) during the run.
+    cpu: f64,
 }
 
 impl Run {
     fn rate(&self) -> f64 {
         self.records as f64 / self.seconds
     }
+
+    /// CPU seconds per million records.
+    fn cpu_per_million(&self) -> f64 {
+        self.cpu / self.records as f64 * 1e6
+    }
+}
+
+/// This process's CPU seconds so far, user and system, from Linux's accounting (/proc/self/stat, in
+/// clock ticks of 1/100 s, `USER_HZ` on every Linux this runs on). The bench runs one measured thing at
+/// a time, so a difference of two readings is that thing's CPU time.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state, field 3; utime and
+    // stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A store's run: until every record was read into memory (where queries see it), and until every
@@ -116,10 +135,7 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
         eprintln!("round {round}: store without tiers {:.0} records/s", run.listed.rate());
         untiered.push(run.listed);
     }
-    let (b, s) = (median(bare.iter().map(Run::rate).collect()), median(stored.iter().map(Run::rate).collect()));
-    let u = median(untiered.iter().map(Run::rate).collect());
-    let r = median(read.iter().map(Run::rate).collect());
-    let all = |runs: &[Run]| runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
+    let b = median(bare.iter().map(Run::rate).collect());
     let upkeep = UPKEEP;
     Ok(format!(
         "### Ingest\n\n{loaded} aggregates ({series_count} series × {per_series} windows of 10 values, each with its \
@@ -129,22 +145,41 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
          that roll-ups and compactions run during the measurement as they do in a long run) ingests it; both timed from subscribing to the last record consumed \
          (the bare consumer) or listed in a manifest (the store; the last records wait for the next 1 s flush, then \
          their encoding). The store's time until it had read every record into memory, where queries already see \
-         it, is shown too. Median of {} rounds.\n\n\
-         | run | records/s (median) | every round | ratio |\n|---|---|---|---|\n\
-         | bare rdkafka consumer (baseline) | {b:.0} | {} | 1.00 |\n\
-         | store: consumed, encoded, written, listed | {s:.0} | {} | {:.2} |\n\
-         | store: read into memory (queryable) | {r:.0} | {} | {:.2} |\n\
-         | store without tiers (no roll-ups beside the flushes), listed | {u:.0} | {} | {:.2} |\n\n",
+         it, is shown too. CPU is the process's user and system time over the run (Linux's accounting), per \
+         million records. Median of {} rounds.\n\n{}{}{}{}{}\n{}\n\n",
         o.partitions,
         o.rounds,
-        all(&bare),
-        all(&stored),
-        s / b,
-        all(&read),
-        r / b,
-        all(&untiered),
-        u / b
+        HEADER,
+        row("bare rdkafka consumer (baseline)", &bare, b),
+        row("store: consumed, encoded, written, listed", &stored, b),
+        row("store: read into memory (queryable)", &read, b),
+        row("store without tiers (no roll-ups beside the flushes), listed", &untiered, b),
+        ceiling(&stored, b),
     ))
+}
+
+const HEADER: &str = "| run | records/s (median) | every round | ratio | CPU s per million (median) | cores busy |\n|---|---|---|---|---|---|\n";
+
+/// A table row: the median rate of `runs`, every round's, the ratio to `baseline`, and the CPU cost.
+fn row(name: &str, runs: &[Run], baseline: f64) -> String {
+    let rate = median(runs.iter().map(Run::rate).collect());
+    let all = runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
+    let cpu = median(runs.iter().map(Run::cpu_per_million).collect());
+    let cores = median(runs.iter().map(|r| r.cpu / r.seconds).collect());
+    let (cpu, cores) = if cpu.is_nan() { ("".to_owned(), "".to_owned()) } else { (format!("{cpu:.2}"), format!("{cores:.2}")) };
+    format!("| {name} | {rate:.0} | {all} | {:.2} | {cpu} | {cores} |\n", rate / baseline)
+}
+
+/// What the store's CPU cost per record allows on this machine: every core busy with nothing else.
+fn ceiling(stored: &[Run], baseline: f64) -> String {
+    let cpu = median(stored.iter().map(Run::cpu_per_million).collect());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let most = cores / cpu * 1e6;
+    format!(
+        "At {cpu:.2} CPU s per million records, the store could list at most {most:.0} records/s on this machine's \
+         {cores} cores with every core busy ({:.2} of the bare consumer).",
+        most / baseline
+    )
 }
 
 /// Ingest of raw points from Kafka into Parquet, beside a bare consumer draining the same topic.
@@ -170,23 +205,17 @@ async fn ingest_points(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<Str
         stored.push(run.listed);
         read.push(run.read);
     }
-    let (b, s) = (median(bare.iter().map(Run::rate).collect()), median(stored.iter().map(Run::rate).collect()));
-    let r = median(read.iter().map(Run::rate).collect());
-    let all = |runs: &[Run]| runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
+    let b = median(bare.iter().map(Run::rate).collect());
     Ok(format!(
         "### Ingest of raw points\n\n{loaded} points ({series_count} series, one point a second each), {} \
-         partitions, timed as above. Median of {} rounds.\n\n\
-         | run | points/s (median) | every round | ratio |\n|---|---|---|---|\n\
-         | bare rdkafka consumer (baseline) | {b:.0} | {} | 1.00 |\n\
-         | store: consumed, encoded, written, listed | {s:.0} | {} | {:.2} |\n\
-         | store: read into memory (queryable) | {r:.0} | {} | {:.2} |\n\n",
+         partitions, timed as above. Median of {} rounds.\n\n{}{}{}{}\n{}\n\n",
         o.partitions,
         o.rounds,
-        all(&bare),
-        all(&stored),
-        s / b,
-        all(&read),
-        r / b,
+        HEADER.replace("records/s", "points/s"),
+        row("bare rdkafka consumer (baseline)", &bare, b),
+        row("store: consumed, encoded, written, listed", &stored, b),
+        row("store: read into memory (queryable)", &read, b),
+        ceiling(&stored, b),
     ))
 }
 
@@ -212,7 +241,7 @@ fn load(kafka: &KafkaSettings, topic: &str, series_count: u64, per_series: u64) 
 /// The baseline: a bare consumer that counts the topic's records.
 fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run> {
     let consumer: BaseConsumer = kafka.consumer("bench-drain", &unique("bench-drain")).create()?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     consumer.subscribe(&[topic])?;
     let mut seen = 0u64;
     while seen < records {
@@ -224,7 +253,7 @@ fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run
             seen += 1;
         }
     }
-    Ok(Run { seconds: started.elapsed().as_secs_f64(), records: seen })
+    Ok(Run { seconds: started.elapsed().as_secs_f64(), records: seen, cpu: cpu_seconds() - cpu })
 }
 
 /// How often the measured stores run their upkeep.
@@ -254,7 +283,7 @@ async fn run_store(kafka: &KafkaSettings, kind: Kind, topic: &TopicSettings, rec
     let app = store::App::build(s).await?;
     let stats = app.stats(kind);
     let shutdown = plumbing::Shutdown::new();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     let task = tokio::spawn(app.run(shutdown.clone()));
     let mut all_read = None;
     while stats.rows.load(Ordering::SeqCst) < records {
@@ -266,13 +295,13 @@ async fn run_store(kafka: &KafkaSettings, kind: Kind, topic: &TopicSettings, rec
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let (seconds, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     shutdown.cancel();
     task.await??;
     let _ = std::fs::remove_dir_all(&dir);
     // Read at the latest when listed (the counter is published every few hundred messages).
-    let read = Run { seconds: all_read.unwrap_or(seconds), records };
-    Ok(Stored { listed: Run { seconds, records }, read })
+    let read = Run { seconds: all_read.unwrap_or(seconds), records, cpu: f64::NAN };
+    Ok(Stored { listed: Run { seconds, records, cpu }, read })
 }
 
 /// Every table from a topic of its own, empty: the store measured reads only the topic it is given.
