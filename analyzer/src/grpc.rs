@@ -39,7 +39,7 @@ impl AnalyzerService for Service {
         let analysis = self.analysis.lock().unwrap_or_else(PoisonError::into_inner);
         let trend = analysis.trend(&key).ok_or_else(|| Status::not_found(format!("series {key} has no windows yet")))?;
         let forecast = trend
-            .forecast(request.horizon_ns)
+            .forecast(request.horizon_ns, 0.95)
             .map_err(|err| Status::failed_precondition(format!("series {key}: {err}")))?;
         Ok(Response::new(ForecastResponse {
             value: forecast.value,

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 
 use proto::v1::{Aggregate, Alert, AlertState};
 
-use crate::model::Trend;
+use crate::model::Regression;
 use crate::rules::{Evaluator, Rule};
 
 #[derive(Debug)]
 pub struct Analysis {
     windows: usize,
-    trends: HashMap<String, Trend>,
+    trends: HashMap<String, Regression>,
     evaluator: Evaluator,
 }
 
@@ -26,7 +26,7 @@ impl Analysis {
         let key = series.key();
         self.trends
             .entry(key.clone())
-            .or_insert_with(|| Trend::new(self.windows))
+            .or_insert_with(|| Regression::new(self.windows))
             .observe(window.start_ns, window.end_ns, window.mean);
         let changes = self.evaluator.evaluate(&series.metric, &key, window.start_ns, window.mean);
         changes
@@ -47,7 +47,7 @@ impl Analysis {
             .collect()
     }
 
-    pub fn trend(&self, key: &str) -> Option<&Trend> {
+    pub fn trend(&self, key: &str) -> Option<&Regression> {
         self.trends.get(key)
     }
 }
