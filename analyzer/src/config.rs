@@ -1,6 +1,6 @@
 //! The analyzer's settings.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
+use crate::model::DetectorSpec;
 use crate::rules::Rule;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,8 +51,32 @@ pub struct Topics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
-    /// How many of a series' latest windows the trend line is fitted to.
+    /// How many of a series' latest windows the regression line is fitted to.
     pub windows: usize,
+    pub holt: HoltSettings,
+    /// The anomaly detector of every metric not named in `detectors`.
+    pub detector: DetectorSpec,
+    /// Detectors by metric name, overriding `detector`.
+    #[serde(default)]
+    pub detectors: BTreeMap<String, DetectorSpec>,
+    /// How many of a series' latest anomaly scores `AnomalyScores` can return.
+    pub scores: usize,
+}
+
+impl Model {
+    /// The detector `metric` uses.
+    pub fn detector_of(&self, metric: &str) -> &DetectorSpec {
+        self.detectors.get(metric).unwrap_or(&self.detector)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoltSettings {
+    /// Smoothing of the level, in (0, 1].
+    pub alpha: f64,
+    /// Smoothing of the trend, in [0, 1].
+    pub beta: f64,
 }
 
 impl Default for Settings {
@@ -64,7 +89,13 @@ impl Default for Settings {
                 aggregates: TopicSettings::new(topics::AGGREGATES),
                 alerts: TopicSettings::new(topics::ALERTS),
             },
-            model: Model { windows: 30 },
+            model: Model {
+                windows: 30,
+                holt: HoltSettings { alpha: 0.5, beta: 0.1 },
+                detector: DetectorSpec::default(),
+                detectors: BTreeMap::new(),
+                scores: 60,
+            },
             rules: Vec::new(),
             commit_interval: Duration::from_secs(1),
             telemetry: TelemetrySettings::default(),
@@ -79,7 +110,16 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.alerts.validate("topics.alerts"));
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
-        check(&mut errors, self.model.windows >= 2, "model.windows", format!("{} must be at least 2: a line needs two points", self.model.windows));
+        let m = &self.model;
+        check(&mut errors, m.windows >= 3, "model.windows", format!("{} must be at least 3: a line and its interval need three points", m.windows));
+        check(&mut errors, m.holt.alpha > 0.0 && m.holt.alpha <= 1.0, "model.holt.alpha", format!("{} is not in (0, 1]", m.holt.alpha));
+        check(&mut errors, (0.0..=1.0).contains(&m.holt.beta), "model.holt.beta", format!("{} is not in [0, 1]", m.holt.beta));
+        let named = m.detectors.iter().map(|(metric, spec)| (format!("model.detectors.{metric}"), spec));
+        for (path, spec) in std::iter::once(("model.detector".to_owned(), &m.detector)).chain(named) {
+            for (field, problem) in spec.problems() {
+                errors.push(FieldError::new(format!("{path}.{field}"), problem));
+            }
+        }
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
         let mut names = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! The analyzer gRPC service: forecasts from the trend models and a live stream of alert changes.
+//! The analyzer gRPC service: forecasts from the trend models, recent anomaly scores, and a live stream
+//! of alert changes.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -6,13 +7,32 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::Stream;
 use proto::tonic::{Request, Response, Status};
 use proto::v1::analyzer_service_server::AnalyzerService;
-use proto::v1::{Alert, ForecastRequest, ForecastResponse, WatchAlertsRequest};
+use proto::v1::{
+    Alert, AnomalyScore, AnomalyScoresRequest, AnomalyScoresResponse, ForecastModel, ForecastRequest, ForecastResponse, Series,
+    WatchAlertsRequest,
+};
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::state::Analysis;
+use crate::state::{Analysis, TrendModel};
+
+/// The interval's probability when a request leaves it 0.
+const DEFAULT_CONFIDENCE: f64 = 0.95;
+
+/// The key of a request's series, which must name a metric.
+fn series_key(series: Option<&Series>) -> Result<String, Status> {
+    let series = series.ok_or_else(|| Status::invalid_argument("series: must be set"))?;
+    if series.metric.is_empty() {
+        return Err(Status::invalid_argument("series.metric: must not be empty"));
+    }
+    Ok(series.key())
+}
+
+fn not_seen(key: &str) -> Status {
+    Status::not_found(format!("series {key} has no windows yet"))
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
@@ -26,27 +46,50 @@ pub(crate) struct Service {
 impl AnalyzerService for Service {
     async fn forecast(&self, request: Request<ForecastRequest>) -> Result<Response<ForecastResponse>, Status> {
         let request = request.into_inner();
-        let Some(series) = request.series else {
-            return Err(Status::invalid_argument("series: must be set"));
-        };
-        if series.metric.is_empty() {
-            return Err(Status::invalid_argument("series.metric: must not be empty"));
-        }
+        let key = series_key(request.series.as_ref())?;
         if request.horizon_ns < 0 {
             return Err(Status::invalid_argument(format!("horizon_ns: {} must not be negative", request.horizon_ns)));
         }
-        let key = series.key();
+        let confidence = if request.confidence == 0.0 { DEFAULT_CONFIDENCE } else { request.confidence };
+        if !(confidence > 0.0 && confidence < 1.0) {
+            return Err(Status::invalid_argument(format!("confidence: {confidence} is not between 0 and 1 (exclusive)")));
+        }
+        let (model, trend) = match ForecastModel::try_from(request.model) {
+            Ok(ForecastModel::Unspecified | ForecastModel::Regression) => (ForecastModel::Regression, TrendModel::Regression),
+            Ok(ForecastModel::Holt) => (ForecastModel::Holt, TrendModel::Holt),
+            Err(_) => return Err(Status::invalid_argument(format!("model: {} is not a forecast model", request.model))),
+        };
         let analysis = self.analysis.lock().unwrap_or_else(PoisonError::into_inner);
-        let trend = analysis.trend(&key).ok_or_else(|| Status::not_found(format!("series {key} has no windows yet")))?;
-        let forecast = trend
-            .forecast(request.horizon_ns, 0.95)
+        let series = analysis.series(&key).ok_or_else(|| not_seen(&key))?;
+        let forecast = series
+            .forecast(trend, request.horizon_ns, confidence)
             .map_err(|err| Status::failed_precondition(format!("series {key}: {err}")))?;
         Ok(Response::new(ForecastResponse {
             value: forecast.value,
             slope_per_second: forecast.slope_per_second,
             at_ns: forecast.at_ns,
             windows: u32::try_from(forecast.windows).unwrap_or(u32::MAX),
+            lower: forecast.lower,
+            upper: forecast.upper,
+            model: model as i32,
+            confidence,
         }))
+    }
+
+    async fn anomaly_scores(&self, request: Request<AnomalyScoresRequest>) -> Result<Response<AnomalyScoresResponse>, Status> {
+        let request = request.into_inner();
+        let key = series_key(request.series.as_ref())?;
+        let end_ns = if request.end_ns == 0 { i64::MAX } else { request.end_ns };
+        if end_ns < request.start_ns {
+            return Err(Status::invalid_argument(format!("end_ns: {} is before start_ns {}", request.end_ns, request.start_ns)));
+        }
+        let analysis = self.analysis.lock().unwrap_or_else(PoisonError::into_inner);
+        let series = analysis.series(&key).ok_or_else(|| not_seen(&key))?;
+        let scores = series
+            .scores(request.start_ns, end_ns)
+            .map(|s| AnomalyScore { window_start_ns: s.start_ns, window_end_ns: s.end_ns, mean: s.mean, score: s.score })
+            .collect();
+        Ok(Response::new(AnomalyScoresResponse { scores, detector: series.detector().name().to_owned() }))
     }
 
     type WatchAlertsStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;

@@ -42,7 +42,7 @@ impl App {
             producer: kafka.producer("runnel-analyzer").create()?,
             aggregates_topic: topics.aggregates.name,
             alerts_topic: topics.alerts.name,
-            analysis: Arc::new(Mutex::new(Analysis::new(model.windows, rules))),
+            analysis: Arc::new(Mutex::new(Analysis::new(model, rules))),
             alerts: broadcast::channel(WATCH_BUFFER).0,
             commit_interval,
         };

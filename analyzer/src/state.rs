@@ -1,34 +1,99 @@
-//! The analyzer's in-memory state: a trend model per series and the rule evaluator, shared by the
+//! The analyzer's in-memory state: the models of every series and the rule evaluator, shared by the
 //! consumer (which updates it) and the gRPC service (which reads it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use proto::v1::{Aggregate, Alert, AlertState};
 
-use crate::model::Regression;
+use crate::config::Model;
+use crate::model::{Detector, Forecast, Holt, NoForecast, Regression};
 use crate::rules::{Evaluator, Rule};
+
+/// Which trend model a forecast comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrendModel {
+    Regression,
+    Holt,
+}
+
+/// A window's anomaly score, as kept for `AnomalyScores`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub mean: f64,
+    pub score: f64,
+}
+
+/// Everything the analyzer keeps about one series; its size does not grow with the series' history.
+#[derive(Debug, Clone)]
+pub struct SeriesModels {
+    regression: Regression,
+    holt: Holt,
+    detector: Detector,
+    /// The latest `Model::scores` windows' scores, oldest first.
+    scores: VecDeque<Scored>,
+    /// The start of the latest window learned.
+    latest_start_ns: Option<i64>,
+}
+
+impl SeriesModels {
+    pub fn forecast(&self, model: TrendModel, horizon_ns: i64, confidence: f64) -> Result<Forecast, NoForecast> {
+        match model {
+            TrendModel::Regression => self.regression.forecast(horizon_ns, confidence),
+            TrendModel::Holt => self.holt.forecast(horizon_ns, confidence),
+        }
+    }
+
+    /// The kept scores of windows starting in `[start_ns, end_ns)`.
+    pub fn scores(&self, start_ns: i64, end_ns: i64) -> impl Iterator<Item = &Scored> {
+        self.scores.iter().filter(move |s| s.start_ns >= start_ns && s.start_ns < end_ns)
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+}
 
 #[derive(Debug)]
 pub struct Analysis {
-    windows: usize,
-    trends: HashMap<String, Regression>,
+    model: Model,
+    series: HashMap<String, SeriesModels>,
     evaluator: Evaluator,
 }
 
 impl Analysis {
-    pub fn new(windows: usize, rules: Vec<Rule>) -> Self {
-        Self { windows, trends: HashMap::new(), evaluator: Evaluator::new(rules) }
+    pub fn new(model: Model, rules: Vec<Rule>) -> Self {
+        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules) }
     }
 
     /// Folds in one aggregate; returns the alert changes it caused.
     pub fn observe(&mut self, aggregate: &Aggregate) -> Vec<Alert> {
         let (Some(series), Some(window)) = (&aggregate.series, &aggregate.window) else { return Vec::new() };
         let key = series.key();
-        self.trends
-            .entry(key.clone())
-            .or_insert_with(|| Regression::new(self.windows))
-            .observe(window.start_ns, window.end_ns, window.mean);
-        let changes = self.evaluator.evaluate(&series.metric, &key, window.start_ns, window.mean);
+        let model = &self.model;
+        let models = self.series.entry(key.clone()).or_insert_with(|| SeriesModels {
+            regression: Regression::new(model.windows),
+            holt: Holt::new(model.holt.alpha, model.holt.beta),
+            detector: model.detector_of(&series.metric).build(),
+            scores: VecDeque::with_capacity(model.scores.min(64)),
+            latest_start_ns: None,
+        });
+        let (start_ns, end_ns, mean) = (window.start_ns, window.end_ns, window.mean);
+        // A window at or before the latest one is a replay: the models already learned it.
+        if models.latest_start_ns.is_none_or(|latest| start_ns > latest) {
+            models.latest_start_ns = Some(start_ns);
+            models.regression.observe(start_ns, end_ns, mean);
+            models.holt.observe(start_ns, end_ns, mean);
+            let score = models.detector.observe(start_ns, mean);
+            if models.scores.len() == model.scores {
+                models.scores.pop_front();
+            }
+            if model.scores > 0 {
+                models.scores.push_back(Scored { start_ns, end_ns, mean, score });
+            }
+        }
+        let changes = self.evaluator.evaluate(&series.metric, &key, start_ns, mean);
         changes
             .into_iter()
             .map(|change| {
@@ -38,16 +103,74 @@ impl Analysis {
                     rule: rule.name.clone(),
                     series: Some(series.clone()),
                     state: if change.firing { AlertState::Firing } else { AlertState::Resolved } as i32,
-                    value: window.mean,
+                    value: mean,
                     threshold: rule.threshold,
-                    window_start_ns: window.start_ns,
-                    window_end_ns: window.end_ns,
+                    window_start_ns: start_ns,
+                    window_end_ns: end_ns,
                 }
             })
             .collect()
     }
 
-    pub fn trend(&self, key: &str) -> Option<&Regression> {
-        self.trends.get(key)
+    pub fn series(&self, key: &str) -> Option<&SeriesModels> {
+        self.series.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::v1::{Series, WindowStats};
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::model::DetectorSpec;
+
+    const S: i64 = 1_000_000_000;
+
+    fn window(metric: &str, i: i64, mean: f64) -> Aggregate {
+        let series = Series { metric: metric.to_owned(), tags: [("host".to_owned(), "a".to_owned())].into() };
+        Aggregate { series: Some(series), window: Some(WindowStats { start_ns: i * 10 * S, end_ns: (i + 1) * 10 * S, mean, ..Default::default() }) }
+    }
+
+    fn analysis(scores: usize) -> Analysis {
+        let mut model = Settings::default().model;
+        model.scores = scores;
+        model.detectors.insert("cpu".to_owned(), DetectorSpec::Mad { windows: 5, warmup: 3 });
+        Analysis::new(model, Vec::new())
+    }
+
+    #[test]
+    fn each_metric_gets_its_detector_and_keeps_its_latest_scores() {
+        let mut a = analysis(3);
+        for i in 0..5 {
+            a.observe(&window("cpu", i, i as f64));
+            a.observe(&window("temp", i, 20.0));
+        }
+        let cpu = a.series("cpu{host=\"a\"}").unwrap();
+        assert_eq!((cpu.detector().name(), a.series("temp{host=\"a\"}").unwrap().detector().name()), ("mad", "ewma"));
+        let kept: Vec<i64> = cpu.scores(0, i64::MAX).map(|s| s.start_ns / (10 * S)).collect();
+        assert_eq!(kept, [2, 3, 4]);
+        assert_eq!(cpu.scores(30 * S, 40 * S).count(), 1);
+        assert!(a.series("cpu{}").is_none());
+    }
+
+    #[test]
+    fn a_replayed_window_is_learned_once() {
+        let (mut once, mut twice) = (analysis(10), analysis(10));
+        for i in 0..6 {
+            let w = window("temp", i, (i * i) as f64);
+            once.observe(&w);
+            twice.observe(&w);
+            twice.observe(&w);
+        }
+        twice.observe(&window("temp", 2, 1000.0));
+        let key = "temp{host=\"a\"}";
+        for model in [TrendModel::Regression, TrendModel::Holt] {
+            let (a, b) = (once.series(key).unwrap().forecast(model, S, 0.9), twice.series(key).unwrap().forecast(model, S, 0.9));
+            assert_eq!(a, b, "{model:?}");
+        }
+        let scores = |a: &Analysis| a.series(key).unwrap().scores(0, i64::MAX).copied().collect::<Vec<_>>();
+        assert_eq!(scores(&once), scores(&twice));
+        assert_eq!(scores(&once).len(), 6);
     }
 }

@@ -13,7 +13,7 @@ use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::dead_letter::Reason;
 use proto::v1::tag_matcher::Op;
 use proto::v1::{
-    AlertState, ForecastRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, TagMatcher,
+    AlertState, ForecastModel, ForecastRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, TagMatcher,
     WatchAlertsRequest, WriteRequest,
 };
 
@@ -69,6 +69,9 @@ enum Command {
         /// How far past the latest window.
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         horizon: Duration,
+        /// Holt's linear smoothing instead of the least-squares line.
+        #[arg(long)]
+        holt: bool,
     },
     /// Print alert changes as they happen.
     Watch,
@@ -127,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { hosts, span } => demo(&cli.collector, hosts, span).await,
         Command::Range { metric, tags, since, last } => range(&cli.store, metric, tags, since, last).await,
         Command::Series { metric } => series(&cli.store, metric).await,
-        Command::Forecast { metric, tags, horizon } => forecast(&cli.analyzer, metric, tags, horizon).await,
+        Command::Forecast { metric, tags, horizon, holt } => forecast(&cli.analyzer, metric, tags, horizon, holt).await,
         Command::Watch => watch(&cli.analyzer).await,
         Command::Replay { brokers, reasons, deadletter_topic, points_topic, group } => {
             let kafka = plumbing::kafka::KafkaSettings { brokers, ..Default::default() };
@@ -226,17 +229,23 @@ async fn series(url: &str, metric: Option<String>) -> anyhow::Result<()> {
     }
 }
 
-async fn forecast(url: &str, metric: String, tags: Vec<(String, String)>, horizon: Duration) -> anyhow::Result<()> {
+async fn forecast(url: &str, metric: String, tags: Vec<(String, String)>, horizon: Duration, holt: bool) -> anyhow::Result<()> {
     let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
     let series = Series { metric, tags: tags.into_iter().collect() };
-    let reply = client.forecast(ForecastRequest { series: Some(series.clone()), horizon_ns: nanos(horizon) }).await?.into_inner();
+    let model = if holt { ForecastModel::Holt } else { ForecastModel::Regression };
+    let request = ForecastRequest { series: Some(series.clone()), horizon_ns: nanos(horizon), model: model as i32, confidence: 0.0 };
+    let reply = client.forecast(request).await?.into_inner();
     println!(
-        "{}: {:.3} expected at {} (trend {:+.5}/s over {} windows)",
+        "{}: {:.3} expected at {}, {:.0}% interval [{:.3}, {:.3}] (trend {:+.5}/s, {} windows, {})",
         series.key(),
         reply.value,
         time(reply.at_ns),
+        reply.confidence * 100.0,
+        reply.lower,
+        reply.upper,
         reply.slope_per_second,
-        reply.windows
+        reply.windows,
+        if holt { "Holt" } else { "least squares" }
     );
     Ok(())
 }

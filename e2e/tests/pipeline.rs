@@ -117,7 +117,7 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
         let mut client = analyzer_client.clone();
         let a = a.clone();
         async move {
-            let reply = client.forecast(ForecastRequest { series: Some(a), horizon_ns: horizon }).await.ok()?.into_inner();
+            let reply = client.forecast(ForecastRequest { series: Some(a), horizon_ns: horizon, ..Default::default() }).await.ok()?.into_inner();
             (reply.windows == 5).then_some(reply)
         }
     })

@@ -88,6 +88,15 @@ pub enum Detector {
 }
 
 impl Detector {
+    /// The detector's kind, as configured.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ewma(_) => "ewma",
+            Self::Mad(_) => "mad",
+            Self::Seasonal(_) => "seasonal",
+        }
+    }
+
     /// The score of the mean of the window starting at `start_ns`, then learns it.
     pub fn observe(&mut self, start_ns: i64, value: f64) -> f64 {
         match self {
