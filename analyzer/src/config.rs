@@ -22,7 +22,7 @@ pub struct Settings {
     pub group_id: String,
     pub topics: Topics,
     pub model: Model,
-    /// Threshold rules, evaluated on every window mean of their metric.
+    /// Alert rules (threshold, anomaly, forecast), evaluated on every window of their series.
     // An empty list does not survive the defaults layer, hence the serde default.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -123,15 +123,38 @@ impl ServiceSettings for Settings {
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
         let mut names = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
-            check(&mut errors, !rule.name.is_empty(), &format!("rules[{i}].name"), "must not be empty");
             check(&mut errors, names.insert(&rule.name), &format!("rules[{i}].name"), format!("{:?} is used by an earlier rule", rule.name));
-            check(&mut errors, !rule.metric.is_empty(), &format!("rules[{i}].metric"), "must not be empty");
-            check(&mut errors, rule.threshold.is_finite(), &format!("rules[{i}].threshold"), "must be a finite number");
+            for (field, problem) in rule.problems() {
+                errors.push(FieldError::new(format!("rules[{i}].{field}"), problem));
+            }
         }
         errors
     }
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Comparison, Kind};
+
+    #[test]
+    fn bad_rules_and_detectors_are_named_by_index_and_metric() {
+        let hot = Rule::threshold("hot", "temp", Comparison::Above, 30.0);
+        let mut s = Settings { rules: vec![hot.clone(), hot], ..Settings::default() };
+        s.rules[0].kind = Kind::Anomaly;
+        s.model.detectors.insert("cpu".to_owned(), DetectorSpec::Ewma { alpha: 2.0, warmup: 1 });
+        s.model.holt.beta = -1.0;
+        let keys: Vec<String> = s.validate().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, [
+            "model.holt.beta",
+            "model.detectors.cpu.alpha",
+            "rules[0].op",
+            "rules[0].score",
+            "rules[1].name"
+        ]);
     }
 }

@@ -1,13 +1,14 @@
 //! The analyzer's in-memory state: the models of every series and the rule evaluator, shared by the
-//! consumer (which updates it) and the gRPC service (which reads it).
+//! consumer (which updates it) and the gRPC service (which reads it). Turns rule changes into `Alert`
+//! messages.
 
 use std::collections::{HashMap, VecDeque};
 
-use proto::v1::{Aggregate, Alert, AlertState};
+use proto::v1::{Aggregate, Alert, AlertState, Series};
 
 use crate::config::Model;
 use crate::model::{Detector, Forecast, Holt, NoForecast, Regression};
-use crate::rules::{Evaluator, Rule};
+use crate::rules::{Change, Evaluator, Field, ForecastWith, Kind, Rule, State};
 
 /// Which trend model a forecast comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,7 @@ pub struct Scored {
 /// Everything the analyzer keeps about one series; its size does not grow with the series' history.
 #[derive(Debug, Clone)]
 pub struct SeriesModels {
+    series: Series,
     regression: Regression,
     holt: Holt,
     detector: Detector,
@@ -55,24 +57,31 @@ impl SeriesModels {
     }
 }
 
+/// The probability a forecast rule's interval is computed at (a rule compares the forecast value).
+const RULE_CONFIDENCE: f64 = 0.95;
+
 #[derive(Debug)]
 pub struct Analysis {
     model: Model,
     series: HashMap<String, SeriesModels>,
     evaluator: Evaluator,
+    /// The latest window end seen: the event time no-data policies are judged by.
+    watermark_ns: i64,
 }
 
 impl Analysis {
     pub fn new(model: Model, rules: Vec<Rule>) -> Self {
-        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules) }
+        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules), watermark_ns: i64::MIN }
     }
 
-    /// Folds in one aggregate; returns the alert changes it caused.
+    /// Folds in one aggregate; returns the alert changes it caused, and those of any series whose
+    /// silence the event time it brings reveals.
     pub fn observe(&mut self, aggregate: &Aggregate) -> Vec<Alert> {
         let (Some(series), Some(window)) = (&aggregate.series, &aggregate.window) else { return Vec::new() };
         let key = series.key();
         let model = &self.model;
         let models = self.series.entry(key.clone()).or_insert_with(|| SeriesModels {
+            series: series.clone(),
             regression: Regression::new(model.windows),
             holt: Holt::new(model.holt.alpha, model.holt.beta),
             detector: model.detector_of(&series.metric).build(),
@@ -80,36 +89,68 @@ impl Analysis {
             latest_start_ns: None,
         });
         let (start_ns, end_ns, mean) = (window.start_ns, window.end_ns, window.mean);
-        // A window at or before the latest one is a replay: the models already learned it.
-        if models.latest_start_ns.is_none_or(|latest| start_ns > latest) {
-            models.latest_start_ns = Some(start_ns);
-            models.regression.observe(start_ns, end_ns, mean);
-            models.holt.observe(start_ns, end_ns, mean);
-            let score = models.detector.observe(start_ns, mean);
+        // A window at or before the latest one is a replay: the models already learned it, and the
+        // rules evaluated it.
+        if models.latest_start_ns.is_some_and(|latest| start_ns <= latest) {
+            return Vec::new();
+        }
+        models.latest_start_ns = Some(start_ns);
+        models.regression.observe(start_ns, end_ns, mean);
+        models.holt.observe(start_ns, end_ns, mean);
+        let score = models.detector.observe(start_ns, mean);
+        if model.scores > 0 {
             if models.scores.len() == model.scores {
                 models.scores.pop_front();
             }
-            if model.scores > 0 {
-                models.scores.push_back(Scored { start_ns, end_ns, mean, score });
-            }
+            models.scores.push_back(Scored { start_ns, end_ns, mean, score });
         }
-        let changes = self.evaluator.evaluate(&series.metric, &key, start_ns, mean);
-        changes
-            .into_iter()
-            .map(|change| {
-                let rule = &self.evaluator.rules()[change.rule];
-                Alert {
-                    id: format!("{}/{key}", rule.name),
-                    rule: rule.name.clone(),
-                    series: Some(series.clone()),
-                    state: if change.firing { AlertState::Firing } else { AlertState::Resolved } as i32,
-                    value: mean,
-                    threshold: rule.threshold,
-                    window_start_ns: start_ns,
-                    window_end_ns: end_ns,
-                }
-            })
-            .collect()
+        let tag = |name: &str| series.tags.get(name).map(String::as_str);
+        let mut changes = self.evaluator.window(&series.metric, tag, &key, (start_ns, end_ns), |rule| match rule.kind {
+            Kind::Threshold => Some(match rule.field {
+                Field::Mean => mean,
+                Field::Min => window.min,
+                Field::Max => window.max,
+                Field::Sum => window.sum,
+                Field::Count => window.count as f64,
+            }),
+            Kind::Anomaly => Some(score),
+            Kind::Forecast => {
+                let trend = match rule.model {
+                    ForecastWith::Regression => TrendModel::Regression,
+                    ForecastWith::Holt => TrendModel::Holt,
+                };
+                let horizon = rule.horizon.map_or(0, |h| i64::try_from(h.as_nanos()).unwrap_or(i64::MAX));
+                models.forecast(trend, horizon, RULE_CONFIDENCE).ok().map(|f| f.value)
+            }
+        });
+        if end_ns > self.watermark_ns {
+            self.watermark_ns = end_ns;
+            changes.extend(self.evaluator.advance(end_ns));
+        }
+        changes.into_iter().map(|change| self.alert(change)).collect()
+    }
+
+    fn alert(&self, change: Change) -> Alert {
+        let rule = self.evaluator.rule(change.rule);
+        let state = match change.state {
+            State::Pending => AlertState::Pending,
+            State::Firing => AlertState::Firing,
+            State::Resolved => AlertState::Resolved,
+            State::Inactive => AlertState::Inactive,
+            State::NoData => AlertState::NoData,
+        };
+        let name = rule.map_or("", |r| r.name.as_str());
+        Alert {
+            id: format!("{name}/{}", change.key),
+            rule: name.to_owned(),
+            series: self.series.get(&change.key).map(|m| m.series.clone()),
+            state: state as i32,
+            value: change.value,
+            threshold: rule.map_or(f64::NAN, Rule::level),
+            window_start_ns: change.start_ns,
+            window_end_ns: change.end_ns,
+            since_ns: change.since_ns,
+        }
     }
 
     pub fn series(&self, key: &str) -> Option<&SeriesModels> {

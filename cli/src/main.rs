@@ -256,9 +256,8 @@ async fn watch(url: &str) -> anyhow::Result<()> {
     while let Some(alert) = stream.next().await {
         let alert = alert?;
         let state = match AlertState::try_from(alert.state) {
-            Ok(AlertState::Firing) => "FIRING",
-            Ok(AlertState::Resolved) => "RESOLVED",
-            _ => bail!("unknown alert state {}", alert.state),
+            Ok(AlertState::Unspecified) | Err(_) => bail!("unknown alert state {}", alert.state),
+            Ok(known) => known.as_str_name().trim_start_matches("ALERT_STATE_"),
         };
         println!("{state:<9} {} value {:.3} threshold {} window {}", alert.id, alert.value, alert.threshold, time(alert.window_start_ns));
     }

@@ -38,12 +38,7 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
     als.topics.aggregates = topics.aggregates.clone();
     als.topics.alerts = topics.alerts.clone();
     als.model.windows = 10;
-    als.rules = vec![analyzer::rules::Rule {
-        name: "hot".into(),
-        metric: "temp".into(),
-        op: analyzer::rules::Comparison::Above,
-        threshold: HOT,
-    }];
+    als.rules = vec![analyzer::rules::Rule::threshold("hot", "temp", analyzer::rules::Comparison::Above, HOT)];
     let analyzer_app = analyzer::App::build(als).await.expect("analyzer starts");
     let analyzer_addr = analyzer_app.grpc_addr();
     let analyzer = Running::spawn(|shutdown| analyzer_app.run(shutdown));

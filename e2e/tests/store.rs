@@ -238,6 +238,7 @@ async fn produce_alerts(topic: &str, n: u32) -> Vec<Vec<String>> {
                 threshold: 7.25,
                 window_start_ns: end - 10 * S,
                 window_end_ns: end,
+                since_ns: end - 10 * S,
             };
             alerts.push(alert);
         }

@@ -283,8 +283,8 @@ pub struct AlertBuilders {
     offset: Int64Builder,
 }
 
-/// An alert state as the alerts table spells it: `firing`, `resolved`, `unspecified`, or
-/// `unknown(<n>)` for a state this build does not know.
+/// An alert state as the alerts table spells it: `pending`, `firing`, `resolved`, `inactive`,
+/// `no_data`, `unspecified`, or `unknown(<n>)` for a state this build does not know.
 fn state_name(state: i32) -> String {
     match AlertState::try_from(state) {
         Ok(known) => known.as_str_name().trim_start_matches("ALERT_STATE_").to_ascii_lowercase(),
@@ -794,6 +794,7 @@ mod tests {
             threshold: 90.0,
             window_start_ns: 100,
             window_end_ns: 110,
+            since_ns: 100,
         };
         let mut alerts = Kind::Alerts.builders();
         alerts.append(Some(&alert.encode_to_vec()), 0, 7).unwrap();
