@@ -50,7 +50,7 @@ impl Consume {
                         tracing::warn!(partition = message.partition(), offset = message.offset(), "not an aggregate; skipped");
                         continue;
                     };
-                    let alerts = self.analysis.lock().unwrap_or_else(PoisonError::into_inner).observe(&aggregate);
+                    let alerts = self.analysis.lock().unwrap_or_else(PoisonError::into_inner).observe(message.partition(), &aggregate).alerts;
                     for alert in alerts {
                         tracing::info!(id = %alert.id, state = ?alert.state(), value = alert.value, "alert changed");
                         let payload = alert.encode_to_vec();

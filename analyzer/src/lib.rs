@@ -2,11 +2,13 @@
 //! threshold rules on every window, publishing each alert state change to the alerts topic and to
 //! `WatchAlerts` subscribers.
 
+pub mod backtest;
 pub mod config;
 pub mod error;
 mod grpc;
 mod kafka;
 pub mod model;
+pub mod nab;
 pub mod rules;
 pub mod state;
 

@@ -388,9 +388,10 @@ impl Evaluator {
         self.watches.get(index).map(|w| &w.rule)
     }
 
-    /// Event time has reached `now_ns`: applies the no-data policy to every alert whose series has
-    /// had no window for its rule's `no_data_after`. Changes come in rule, then series key, order.
-    pub fn advance(&mut self, now_ns: i64) -> Vec<Change> {
+    /// Event time has reached `now_ns` for the series `owned` accepts: applies the no-data policy to
+    /// every alert of those series that has had no window for its rule's `no_data_after`. Changes come
+    /// in rule, then series key, order.
+    pub fn advance(&mut self, now_ns: i64, owned: impl Fn(&str) -> bool) -> Vec<Change> {
         let mut changes = Vec::new();
         for (rule, watch) in self.watches.iter_mut().enumerate() {
             let (Some(after), policy) = (watch.rule.no_data_after, watch.rule.no_data) else { continue };
@@ -400,7 +401,7 @@ impl Evaluator {
             let after = nanos(after);
             let start = changes.len();
             for (key, alert) in &mut watch.alerts {
-                if alert.silent || now_ns.saturating_sub(alert.last_end_ns) < after {
+                if alert.silent || now_ns.saturating_sub(alert.last_end_ns) < after || !owned(key) {
                     continue;
                 }
                 alert.silent = true;
@@ -522,15 +523,15 @@ mod tests {
         for (p, want) in [("alert", Some(State::NoData)), ("resolve", Some(State::Resolved)), ("keep", None)] {
             let mut e = Evaluator::new(vec![policy(p)]);
             assert_eq!(evaluate(&mut e, "k", 0, 10 * S, 40.0).map(|c| c.state), Some(State::Firing));
-            assert_eq!(e.advance(69 * S), [], "{p}: 59 s of silence is not yet a minute");
-            let changes = e.advance(70 * S);
+            assert_eq!(e.advance(69 * S, |_| true), [], "{p}: 59 s of silence is not yet a minute");
+            let changes = e.advance(70 * S, |_| true);
             assert_eq!(changes.first().map(|c| c.state), want, "{p}");
-            assert_eq!(e.advance(200 * S), [], "{p}: the policy applies once per silence");
+            assert_eq!(e.advance(200 * S, |_| true), [], "{p}: the policy applies once per silence");
             // Data returns, below the threshold: a no-data alert resolves; a kept firing one too.
             let back = evaluate(&mut e, "k", 200 * S, 210 * S, 10.0).map(|c| c.state);
             assert_eq!(back, if p == "resolve" { None } else { Some(State::Resolved) }, "{p}");
         }
-        assert_eq!(Evaluator::new(vec![rule("op = \">\"\nthreshold = 30.0")]).advance(i64::MAX), []);
+        assert_eq!(Evaluator::new(vec![rule("op = \">\"\nthreshold = 30.0")]).advance(i64::MAX, |_| true), []);
     }
 
     #[test]
@@ -539,8 +540,9 @@ mod tests {
         for key in ["c", "a", "b"] {
             evaluate(&mut e, key, 0, 10 * S, 1.0);
         }
-        let keys: Vec<String> = e.advance(20 * S).into_iter().map(|c| c.key).collect();
-        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(e.advance(20 * S, |key| key == "x"), [], "none of these series is owned");
+        let keys: Vec<String> = e.advance(20 * S, |key| key != "b").into_iter().map(|c| c.key).collect();
+        assert_eq!(keys, ["a", "c"]);
     }
 
     #[test]

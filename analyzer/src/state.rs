@@ -30,6 +30,8 @@ pub struct Scored {
 #[derive(Debug, Clone)]
 pub struct SeriesModels {
     series: Series,
+    /// The input partition the series' windows come from.
+    partition: i32,
     regression: Regression,
     holt: Holt,
     detector: Detector,
@@ -57,6 +59,15 @@ impl SeriesModels {
     }
 }
 
+/// What folding in one aggregate did.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The window's anomaly score; none for a replayed window (or an aggregate without a series).
+    pub scored: Option<Scored>,
+    /// The alert changes, in the order they are published.
+    pub alerts: Vec<Alert>,
+}
+
 /// The probability a forecast rule's interval is computed at (a rule compares the forecast value).
 const RULE_CONFIDENCE: f64 = 0.95;
 
@@ -65,23 +76,26 @@ pub struct Analysis {
     model: Model,
     series: HashMap<String, SeriesModels>,
     evaluator: Evaluator,
-    /// The latest window end seen: the event time no-data policies are judged by.
-    watermark_ns: i64,
+    /// Per input partition, the latest window end seen: the event time by which the no-data policies
+    /// of that partition's series are judged. Per partition, so that the judgement depends only on the
+    /// partition's order, which a replay (or a backtest in partition and offset order) repeats.
+    watermarks: HashMap<i32, i64>,
 }
 
 impl Analysis {
     pub fn new(model: Model, rules: Vec<Rule>) -> Self {
-        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules), watermark_ns: i64::MIN }
+        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules), watermarks: HashMap::new() }
     }
 
-    /// Folds in one aggregate; returns the alert changes it caused, and those of any series whose
-    /// silence the event time it brings reveals.
-    pub fn observe(&mut self, aggregate: &Aggregate) -> Vec<Alert> {
-        let (Some(series), Some(window)) = (&aggregate.series, &aggregate.window) else { return Vec::new() };
+    /// Folds in one aggregate read from input partition `partition`; returns the alert changes it
+    /// caused, and those of any series of the partition whose silence the event time it brings reveals.
+    pub fn observe(&mut self, partition: i32, aggregate: &Aggregate) -> Observed {
+        let (Some(series), Some(window)) = (&aggregate.series, &aggregate.window) else { return Observed::default() };
         let key = series.key();
         let model = &self.model;
         let models = self.series.entry(key.clone()).or_insert_with(|| SeriesModels {
             series: series.clone(),
+            partition,
             regression: Regression::new(model.windows),
             holt: Holt::new(model.holt.alpha, model.holt.beta),
             detector: model.detector_of(&series.metric).build(),
@@ -92,17 +106,18 @@ impl Analysis {
         // A window at or before the latest one is a replay: the models already learned it, and the
         // rules evaluated it.
         if models.latest_start_ns.is_some_and(|latest| start_ns <= latest) {
-            return Vec::new();
+            return Observed::default();
         }
         models.latest_start_ns = Some(start_ns);
         models.regression.observe(start_ns, end_ns, mean);
         models.holt.observe(start_ns, end_ns, mean);
         let score = models.detector.observe(start_ns, mean);
+        let scored = Scored { start_ns, end_ns, mean, score };
         if model.scores > 0 {
             if models.scores.len() == model.scores {
                 models.scores.pop_front();
             }
-            models.scores.push_back(Scored { start_ns, end_ns, mean, score });
+            models.scores.push_back(scored);
         }
         let tag = |name: &str| series.tags.get(name).map(String::as_str);
         let mut changes = self.evaluator.window(&series.metric, tag, &key, (start_ns, end_ns), |rule| match rule.kind {
@@ -123,11 +138,13 @@ impl Analysis {
                 models.forecast(trend, horizon, RULE_CONFIDENCE).ok().map(|f| f.value)
             }
         });
-        if end_ns > self.watermark_ns {
-            self.watermark_ns = end_ns;
-            changes.extend(self.evaluator.advance(end_ns));
+        let watermark = self.watermarks.entry(partition).or_insert(i64::MIN);
+        if end_ns > *watermark {
+            *watermark = end_ns;
+            let series = &self.series;
+            changes.extend(self.evaluator.advance(end_ns, |key| series.get(key).is_some_and(|m| m.partition == partition)));
         }
-        changes.into_iter().map(|change| self.alert(change)).collect()
+        Observed { scored: Some(scored), alerts: changes.into_iter().map(|change| self.alert(change)).collect() }
     }
 
     fn alert(&self, change: Change) -> Alert {
@@ -184,8 +201,8 @@ mod tests {
     fn each_metric_gets_its_detector_and_keeps_its_latest_scores() {
         let mut a = analysis(3);
         for i in 0..5 {
-            a.observe(&window("cpu", i, i as f64));
-            a.observe(&window("temp", i, 20.0));
+            a.observe(0, &window("cpu", i, i as f64));
+            a.observe(0, &window("temp", i, 20.0));
         }
         let cpu = a.series("cpu{host=\"a\"}").unwrap();
         assert_eq!((cpu.detector().name(), a.series("temp{host=\"a\"}").unwrap().detector().name()), ("mad", "ewma"));
@@ -200,11 +217,11 @@ mod tests {
         let (mut once, mut twice) = (analysis(10), analysis(10));
         for i in 0..6 {
             let w = window("temp", i, (i * i) as f64);
-            once.observe(&w);
-            twice.observe(&w);
-            twice.observe(&w);
+            once.observe(0, &w);
+            twice.observe(0, &w);
+            twice.observe(0, &w);
         }
-        twice.observe(&window("temp", 2, 1000.0));
+        twice.observe(0, &window("temp", 2, 1000.0));
         let key = "temp{host=\"a\"}";
         for model in [TrendModel::Regression, TrendModel::Holt] {
             let (a, b) = (once.series(key).unwrap().forecast(model, S, 0.9), twice.series(key).unwrap().forecast(model, S, 0.9));

@@ -1,7 +1,9 @@
 //! `runnel`: a command line for people. Writes demo load to the collector, reads windows from the
-//! store, asks the analyzer for forecasts, watches alerts and replays dead letters.
+//! store, asks the analyzer for forecasts, watches alerts, backtests and tests alert rules, and
+//! replays dead letters.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -75,6 +77,32 @@ enum Command {
     },
     /// Print alert changes as they happen.
     Watch,
+    /// Replay a recorded series (a CSV file with `timestamp` and `value` columns, one row per window)
+    /// through the analyzer's models and rules: print the alerts the live analyzer would raise, and
+    /// optionally write each row's anomaly score.
+    ///
+    /// Example: runnel backtest data.csv --config deploy/local/analyzer.toml --metric cpu --scores out.csv
+    Backtest {
+        csv: PathBuf,
+        /// The analyzer settings file whose `[model]` and `[[rules]]` are replayed (defaults otherwise).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The metric the rows belong to, which selects the rules and the detector.
+        #[arg(long, default_value = "value")]
+        metric: String,
+        /// The series' tags, `name=value`.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Each row's window length; the smallest gap between rows when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        /// Write `timestamp,value,anomaly_score` per row here (the detector output NAB scores).
+        #[arg(long)]
+        scores: Option<PathBuf>,
+    },
+    /// Work with alert rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Send dead-lettered points back to the points topic to be judged again. A consumer group remembers
     /// how far replays got, so each dead letter is replayed once.
     Replay {
@@ -92,6 +120,15 @@ enum Command {
         #[arg(long, default_value = "runnel-replay")]
         group: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Run a rules test file (series written as values per window, and the alert changes expected)
+    /// and print the alerts; exits 1 when they differ from the expected ones.
+    ///
+    /// Example: runnel rules test deploy/local/rules-test.toml
+    Test { file: PathBuf },
 }
 
 fn parse_reason(text: &str) -> Result<Reason, String> {
@@ -132,6 +169,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Series { metric } => series(&cli.store, metric).await,
         Command::Forecast { metric, tags, horizon, holt } => forecast(&cli.analyzer, metric, tags, horizon, holt).await,
         Command::Watch => watch(&cli.analyzer).await,
+        Command::Backtest { csv, config, metric, tags, window, scores } => {
+            backtest(&csv, config.as_deref(), Series { metric, tags: tags.into_iter().collect() }, window, scores.as_deref())
+        }
+        Command::Rules(RulesCommand::Test { file }) => rules_test(&file),
         Command::Replay { brokers, reasons, deadletter_topic, points_topic, group } => {
             let kafka = plumbing::kafka::KafkaSettings { brokers, ..Default::default() };
             let request = processor::deadletter::Replay {
@@ -146,6 +187,63 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The analyzer settings of `file` (or the defaults), as the analyzer itself would load them.
+fn analyzer_settings(file: Option<&Path>) -> anyhow::Result<analyzer::Settings> {
+    Ok(plumbing::config::load("analyzer", file, std::iter::empty())?)
+}
+
+fn backtest(csv: &Path, config: Option<&Path>, series: Series, window: Option<Duration>, scores: Option<&Path>) -> anyhow::Result<()> {
+    let settings = analyzer_settings(config)?;
+    let file = std::fs::File::open(csv).with_context(|| format!("opening {}", csv.display()))?;
+    let rows = analyzer::backtest::read_csv(std::io::BufReader::new(file), &series, window).with_context(|| format!("reading {}", csv.display()))?;
+    let outcome = analyzer::backtest::run(settings.model, settings.rules, rows.iter().map(|r| (0, r.window.clone())));
+    for alert in &outcome.alerts {
+        print_alert(alert)?;
+    }
+    eprintln!("{} rows, {} alert changes", rows.len(), outcome.alerts.len());
+    if let Some(path) = scores {
+        let mut out = String::from("timestamp,value,anomaly_score\n");
+        for (row, scored) in rows.iter().zip(&outcome.scores) {
+            let score = scored.map_or(0.0, |s| s.score);
+            out.push_str(&format!("{},{},{score}\n", row.timestamp, row.value));
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn rules_test(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let test: analyzer::backtest::RulesTest = toml::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
+    let config = test.config.as_ref().map(|c| file.parent().unwrap_or(Path::new(".")).join(c));
+    let mut settings = analyzer_settings(config.as_deref())?;
+    settings.rules.extend(test.rules.iter().cloned());
+    let problems: Vec<String> = settings.rules.iter().enumerate().flat_map(|(i, r)| r.problems().into_iter().map(move |(f, p)| format!("rules[{i}].{f}: {p}"))).collect();
+    if !problems.is_empty() {
+        bail!("invalid rules:\n  {}", problems.join("\n  "));
+    }
+    let windows = test.windows().map_err(anyhow::Error::msg)?;
+    let outcome = analyzer::backtest::run(settings.model, settings.rules, windows.into_iter().map(|w| (0, w)));
+    let got = test.spell(&outcome.alerts);
+    for alert in &got {
+        println!("window {:>4}  {:<9} {}", alert.window, alert.state.to_uppercase(), alert.id);
+    }
+    if got == test.alerts {
+        println!("ok: {} alert changes, as expected", got.len());
+        return Ok(());
+    }
+    for missing in test.alerts.iter().filter(|e| !got.contains(e)) {
+        println!("missing:    window {} {} {}", missing.window, missing.state, missing.id);
+    }
+    for extra in got.iter().filter(|g| !test.alerts.contains(g)) {
+        println!("unexpected: window {} {} {}", extra.window, extra.state, extra.id);
+    }
+    if test.alerts.iter().all(|e| got.contains(e)) && got.iter().all(|g| test.alerts.contains(g)) {
+        println!("the same alert changes, in another order");
+    }
+    std::process::exit(1);
 }
 
 async fn demo(url: &str, hosts: usize, span: Duration) -> anyhow::Result<()> {
@@ -250,16 +348,20 @@ async fn forecast(url: &str, metric: String, tags: Vec<(String, String)>, horizo
     Ok(())
 }
 
+fn print_alert(alert: &proto::v1::Alert) -> anyhow::Result<()> {
+    let state = match AlertState::try_from(alert.state) {
+        Ok(AlertState::Unspecified) | Err(_) => bail!("unknown alert state {}", alert.state),
+        Ok(known) => known.as_str_name().trim_start_matches("ALERT_STATE_"),
+    };
+    println!("{state:<9} {} value {:.3} threshold {} window {}", alert.id, alert.value, alert.threshold, time(alert.window_start_ns));
+    Ok(())
+}
+
 async fn watch(url: &str) -> anyhow::Result<()> {
     let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
     let mut stream = client.watch_alerts(WatchAlertsRequest {}).await?.into_inner();
     while let Some(alert) = stream.next().await {
-        let alert = alert?;
-        let state = match AlertState::try_from(alert.state) {
-            Ok(AlertState::Unspecified) | Err(_) => bail!("unknown alert state {}", alert.state),
-            Ok(known) => known.as_str_name().trim_start_matches("ALERT_STATE_"),
-        };
-        println!("{state:<9} {} value {:.3} threshold {} window {}", alert.id, alert.value, alert.threshold, time(alert.window_start_ns));
+        print_alert(&alert?)?;
     }
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! Scoring of anomaly detectors as the Numenta Anomaly Benchmark (NAB) defines it. Pure, no IO.
