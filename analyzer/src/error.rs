@@ -14,4 +14,20 @@ pub enum Error {
     Bind(std::io::Error),
     #[error("grpc server: {0}")]
     Serve(#[from] proto::tonic::transport::Error),
+    /// A watcher cannot resume where it asked to.
+    #[error("cannot resume there: {0}")]
+    Resume(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<Error> for proto::tonic::Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Resume(_) => Self::out_of_range(err.to_string()),
+            // The broker may come back: a client retries.
+            Error::Kafka(_) | Error::Delivery(_) => Self::unavailable(err.to_string()),
+            Error::Bind(_) | Error::Serve(_) | Error::Internal(_) => Self::internal(err.to_string()),
+        }
+    }
 }

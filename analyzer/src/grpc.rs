@@ -1,21 +1,21 @@
-//! The analyzer gRPC service: forecasts from the trend models, recent anomaly scores, and a live stream
-//! of alert changes.
+//! The analyzer gRPC service: forecasts from the trend models, recent anomaly scores, the alerts'
+//! latest states and a resumable stream of their changes.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::Stream;
+use plumbing::kafka::KafkaSettings;
 use proto::tonic::{Request, Response, Status};
 use proto::v1::analyzer_service_server::AnalyzerService;
 use proto::v1::{
-    Alert, AnomalyScore, AnomalyScoresRequest, AnomalyScoresResponse, ForecastModel, ForecastRequest, ForecastResponse, Series,
-    WatchAlertsRequest,
+    AlertEvent, AlertState, AnomalyScore, AnomalyScoresRequest, AnomalyScoresResponse, ForecastModel, ForecastRequest,
+    ForecastResponse, ListAlertsRequest, ListAlertsResponse, Series, WatchAlertsRequest,
 };
-use tokio::sync::broadcast;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::ReceiverStream;
 
+use crate::alerts::{self, AlertBook, Position};
 use crate::state::{Analysis, TrendModel};
 
 /// The interval's probability when a request leaves it 0.
@@ -37,7 +37,10 @@ fn not_seen(key: &str) -> Status {
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
     pub(crate) analysis: Arc<Mutex<Analysis>>,
-    pub(crate) alerts: broadcast::Sender<Alert>,
+    pub(crate) book: Arc<Mutex<AlertBook>>,
+    /// Where watchers read alert changes.
+    pub(crate) kafka: KafkaSettings,
+    pub(crate) alerts_topic: String,
     /// Ends every watch stream, so that a graceful stop does not wait for watchers forever.
     pub(crate) shutdown: plumbing::Shutdown,
 }
@@ -92,18 +95,25 @@ impl AnalyzerService for Service {
         Ok(Response::new(AnomalyScoresResponse { scores, detector: series.detector().name().to_owned() }))
     }
 
-    type WatchAlertsStream = Pin<Box<dyn Stream<Item = Result<Alert, Status>> + Send + 'static>>;
+    async fn list_alerts(&self, request: Request<ListAlertsRequest>) -> Result<Response<ListAlertsResponse>, Status> {
+        let request = request.into_inner();
+        if AlertState::try_from(request.state).is_err() {
+            return Err(Status::invalid_argument(format!("state: {} is not an alert state", request.state)));
+        }
+        let (alerts, truncated) = self.book.lock().unwrap_or_else(PoisonError::into_inner).list(&request);
+        Ok(Response::new(ListAlertsResponse { alerts, truncated }))
+    }
 
-    async fn watch_alerts(
-        &self,
-        _request: Request<WatchAlertsRequest>,
-    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
-        let stream = BroadcastStream::new(self.alerts.subscribe()).map(|item| {
-            item.map_err(|BroadcastStreamRecvError::Lagged(missed)| {
-                // Ends the stream: a watcher must know it missed alerts rather than see a silent gap.
-                Status::data_loss(format!("the watcher fell behind and missed {missed} alerts; read {} to catch up", plumbing::kafka::topics::ALERTS))
-            })
-        });
-        Ok(Response::new(Box::pin(futures::StreamExt::take_until(stream, self.shutdown.clone().cancelled_owned()))))
+    type WatchAlertsStream = Pin<Box<dyn Stream<Item = Result<AlertEvent, Status>> + Send + 'static>>;
+
+    async fn watch_alerts(&self, request: Request<WatchAlertsRequest>) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let token = request.into_inner().resume_token;
+        let position = if token.is_empty() {
+            None
+        } else {
+            Some(Position::parse(&token).map_err(|problem| Status::invalid_argument(format!("resume_token: {problem}")))?)
+        };
+        let events = alerts::watch(&self.kafka, &self.alerts_topic, position, self.shutdown.clone()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(events).map(|event| event.map_err(Status::from)))))
     }
 }

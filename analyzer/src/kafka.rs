@@ -1,16 +1,15 @@
 //! The analyzer's Kafka side: consume aggregates, update the models, publish alert changes to the alerts
-//! topic and to `WatchAlerts` subscribers, and commit input offsets once the alerts are acknowledged.
+//! topic (where `WatchAlerts` reads them), and commit input offsets once the alerts are acknowledged.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use proto::prost::Message as _;
-use proto::v1::{Aggregate, Alert};
+use proto::v1::Aggregate;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
 use crate::state::Analysis;
@@ -21,7 +20,6 @@ pub(crate) struct Consume {
     pub(crate) aggregates_topic: String,
     pub(crate) alerts_topic: String,
     pub(crate) analysis: Arc<Mutex<Analysis>>,
-    pub(crate) alerts: broadcast::Sender<Alert>,
     pub(crate) commit_interval: Duration,
 }
 
@@ -56,8 +54,6 @@ impl Consume {
                         let payload = alert.encode_to_vec();
                         let record = FutureRecord::to(&self.alerts_topic).key(&alert.id).payload(&payload);
                         pending.push(self.producer.send_result(record).map_err(|(err, _)| Error::Delivery(err))?);
-                        // No subscriber is not an error: the alerts topic has every change.
-                        let _ = self.alerts.send(alert);
                     }
                 }
             }

@@ -1,7 +1,8 @@
-//! The analyzer: per series, a least-squares trend over the latest window means, answering `Forecast`;
-//! threshold rules on every window, publishing each alert state change to the alerts topic and to
-//! `WatchAlerts` subscribers.
+//! The analyzer: per series, trend models and an anomaly detector updated once per window, answering
+//! `Forecast` and `AnomalyScores`; alert rules on every window, publishing each alert state change to
+//! the alerts topic, from which every instance answers `ListAlerts` and `WatchAlerts`.
 
+pub mod alerts;
 pub mod backtest;
 pub mod config;
 pub mod error;
@@ -18,20 +19,19 @@ use std::sync::{Arc, Mutex};
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
 use proto::v1::analyzer_service_server::AnalyzerServiceServer;
-use tokio::sync::broadcast;
+use plumbing::kafka::KafkaSettings;
 
 pub use crate::config::Settings;
 pub use crate::error::{Error, Result};
+use crate::alerts::AlertBook;
 use crate::state::Analysis;
-
-/// How many alert changes a slow `WatchAlerts` subscriber may fall behind before its stream ends.
-const WATCH_BUFFER: usize = 4096;
 
 /// An analyzer that is connected and bound but not yet serving.
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
     consume: kafka::Consume,
+    kafka: KafkaSettings,
 }
 
 impl App {
@@ -45,11 +45,10 @@ impl App {
             aggregates_topic: topics.aggregates.name,
             alerts_topic: topics.alerts.name,
             analysis: Arc::new(Mutex::new(Analysis::new(model, rules))),
-            alerts: broadcast::channel(WATCH_BUFFER).0,
             commit_interval,
         };
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
-        Ok(Self { listener, consume })
+        Ok(Self { listener, consume, kafka })
     }
 
     /// The gRPC address actually bound.
@@ -60,9 +59,17 @@ impl App {
     /// Consumes and serves until `shutdown`.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         let shutdown = shutdown.child_token();
-        let service = grpc::Service { analysis: Arc::clone(&self.consume.analysis), alerts: self.consume.alerts.clone(), shutdown: shutdown.clone() };
+        let book = Arc::new(Mutex::new(AlertBook::default()));
+        let service = grpc::Service {
+            analysis: Arc::clone(&self.consume.analysis),
+            book: Arc::clone(&book),
+            kafka: self.kafka.clone(),
+            alerts_topic: self.consume.alerts_topic.clone(),
+            shutdown: shutdown.clone(),
+        };
         let router = proto::tonic::transport::Server::builder().add_service(AnalyzerServiceServer::new(service));
-        let (served, consumed) = tokio::join!(
+        let follow = AlertBook::follow(book, self.kafka.clone(), self.consume.alerts_topic.clone(), shutdown.clone());
+        let (served, consumed, followed) = tokio::join!(
             async {
                 let result = self.listener.serve(router, shutdown.clone()).await;
                 shutdown.cancel();
@@ -72,9 +79,15 @@ impl App {
                 let result = self.consume.run(shutdown.clone()).await;
                 shutdown.cancel();
                 result
+            },
+            async {
+                let result = follow.await;
+                shutdown.cancel();
+                result
             }
         );
         served?;
-        consumed
+        consumed?;
+        followed
     }
 }

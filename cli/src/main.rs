@@ -15,7 +15,7 @@ use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::dead_letter::Reason;
 use proto::v1::tag_matcher::Op;
 use proto::v1::{
-    AlertState, ForecastModel, ForecastRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, TagMatcher,
+    AlertState, ForecastModel, ForecastRequest, ListAlertsRequest, ListSeriesRequest, Point, RangeRequest, Series, SeriesSelector, TagMatcher,
     WatchAlertsRequest, WriteRequest,
 };
 
@@ -75,8 +75,23 @@ enum Command {
         #[arg(long)]
         holt: bool,
     },
-    /// Print alert changes as they happen.
-    Watch,
+    /// Print alert changes as they happen (or since a resume token), each followed by the token that
+    /// resumes after it.
+    Watch {
+        /// Resume right after the change that printed this token.
+        #[arg(long)]
+        resume: Option<String>,
+    },
+    /// List alerts in their latest state, optionally only those in one state (pending, firing,
+    /// resolved, inactive, no_data), of one rule or of one metric.
+    Alerts {
+        #[arg(long, value_parser = parse_state)]
+        state: Option<AlertState>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        metric: Option<String>,
+    },
     /// Replay a recorded series (a CSV file with `timestamp` and `value` columns, one row per window)
     /// through the analyzer's models and rules: print the alerts the live analyzer would raise, and
     /// optionally write each row's anomaly score.
@@ -140,6 +155,12 @@ fn parse_reason(text: &str) -> Result<Reason, String> {
     }
 }
 
+fn parse_state(text: &str) -> Result<AlertState, String> {
+    AlertState::from_str_name(&format!("ALERT_STATE_{}", text.to_ascii_uppercase()))
+        .filter(|s| *s != AlertState::Unspecified)
+        .ok_or_else(|| format!("{text:?} is not one of pending, firing, resolved, inactive, no_data"))
+}
+
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -168,7 +189,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Range { metric, tags, since, last } => range(&cli.store, metric, tags, since, last).await,
         Command::Series { metric } => series(&cli.store, metric).await,
         Command::Forecast { metric, tags, horizon, holt } => forecast(&cli.analyzer, metric, tags, horizon, holt).await,
-        Command::Watch => watch(&cli.analyzer).await,
+        Command::Watch { resume } => watch(&cli.analyzer, resume.unwrap_or_default()).await,
+        Command::Alerts { state, rule, metric } => list_alerts(&cli.analyzer, state, rule, metric).await,
         Command::Backtest { csv, config, metric, tags, window, scores } => {
             backtest(&csv, config.as_deref(), Series { metric, tags: tags.into_iter().collect() }, window, scores.as_deref())
         }
@@ -357,11 +379,32 @@ fn print_alert(alert: &proto::v1::Alert) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn watch(url: &str) -> anyhow::Result<()> {
+async fn watch(url: &str, resume_token: String) -> anyhow::Result<()> {
     let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
-    let mut stream = client.watch_alerts(WatchAlertsRequest {}).await?.into_inner();
-    while let Some(alert) = stream.next().await {
-        print_alert(&alert?)?;
+    let mut stream = client.watch_alerts(WatchAlertsRequest { resume_token }).await?.into_inner();
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        match &event.alert {
+            Some(alert) => print_alert(alert)?,
+            None => eprintln!("watching from {}", event.resume_token),
+        }
+        eprintln!("  resume: {}", event.resume_token);
     }
+    Ok(())
+}
+
+async fn list_alerts(url: &str, state: Option<AlertState>, rule: Option<String>, metric: Option<String>) -> anyhow::Result<()> {
+    let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
+    let request = ListAlertsRequest {
+        state: state.map_or(0, |s| s as i32),
+        rule: rule.unwrap_or_default(),
+        metric: metric.unwrap_or_default(),
+        ..ListAlertsRequest::default()
+    };
+    let reply = client.list_alerts(request).await?.into_inner();
+    for alert in &reply.alerts {
+        print_alert(alert)?;
+    }
+    eprintln!("{} alerts{}", reply.alerts.len(), if reply.truncated { " (more matched)" } else { "" });
     Ok(())
 }

@@ -19,7 +19,7 @@ use proto::v1::query_service_client::QueryServiceClient;
 use proto::prost::Message as _;
 use proto::v1::dead_letter::Reason;
 use proto::v1::{
-    AlertState, DeadLetter, ForecastRequest, ListSeriesRequest, Point, Series, WatchAlertsRequest,
+    AlertState, DeadLetter, ForecastRequest, ListAlertsRequest, ListSeriesRequest, Point, Series, WatchAlertsRequest,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +44,7 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
     let analyzer = Running::spawn(|shutdown| analyzer_app.run(shutdown));
 
     let mut analyzer_client = AnalyzerServiceClient::connect(format!("http://{analyzer_addr}")).await.unwrap();
-    let mut watch = analyzer_client.watch_alerts(WatchAlertsRequest {}).await.unwrap().into_inner();
+    let mut watch = analyzer_client.watch_alerts(WatchAlertsRequest::default()).await.unwrap().into_inner();
 
     // Write: an hour ago, aligned to the window size.
     let base = (now_ns() - 3600 * S) / WINDOW * WINDOW;
@@ -138,16 +138,70 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
     }
     assert!(want_alerts.len() >= 2, "the data must make the rule fire: {want_alerts:?}");
     let mut got_alerts = BTreeSet::new();
+    let mut events = Vec::new();
     while got_alerts.len() < want_alerts.len() {
-        let alert = tokio::time::timeout(Duration::from_secs(30), watch.next())
+        let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
             .await
             .expect("an alert within 30 s")
             .expect("the watch stream is open")
             .expect("an alert, not an error");
-        got_alerts.insert((alert.id, alert.window_start_ns, alert.state));
+        // The first event only gives the starting position.
+        if let Some(alert) = &event.alert {
+            got_alerts.insert((alert.id.clone(), alert.window_start_ns, alert.state));
+        }
+        events.push(event);
     }
     assert_eq!(got_alerts, want_alerts);
     assert_eq!(e2e::message_count(&kafka(), &topics.alerts.name), want_alerts.len() as i64, "one message per change");
+
+    // A watcher resuming from any event's token gets exactly the changes after it, none missed or
+    // repeated; a token that is not one is refused, naming the field.
+    for from in [0, events.len() / 2, events.len() - 1] {
+        let mut resumed = analyzer_client
+            .watch_alerts(WatchAlertsRequest { resume_token: events[from].resume_token.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = resumed.next().await.expect("a starting position").unwrap();
+        assert_eq!((first.alert, &first.resume_token), (None, &events[from].resume_token));
+        for want in &events[from + 1..] {
+            let got = tokio::time::timeout(Duration::from_secs(30), resumed.next()).await.expect("within 30 s").expect("open").unwrap();
+            assert_eq!(&got, want, "resumed after event {from}");
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(500), resumed.next()).await;
+        assert!(quiet.is_err(), "nothing after the last change: {quiet:?}");
+    }
+    let bad = analyzer_client.watch_alerts(WatchAlertsRequest { resume_token: "0:x".into() }).await.unwrap_err();
+    assert_eq!(bad.code(), proto::tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("resume_token: "), "{}", bad.message());
+
+    // ListAlerts: every alert in the state of its last change, and only those asked for.
+    let mut last_state: BTreeMap<String, (i64, i32)> = BTreeMap::new();
+    for (id, start, state) in &want_alerts {
+        let entry = last_state.entry(id.clone()).or_insert((*start, *state));
+        if *start >= entry.0 {
+            *entry = (*start, *state);
+        }
+    }
+    let listed = eventually("ListAlerts to know every alert", Duration::from_secs(30), || {
+        let mut client = analyzer_client.clone();
+        let want = last_state.len();
+        async move {
+            let alerts = client.list_alerts(ListAlertsRequest::default()).await.ok()?.into_inner().alerts;
+            (alerts.len() == want).then_some(alerts)
+        }
+    })
+    .await;
+    let listed: BTreeMap<String, (i64, i32)> = listed.into_iter().map(|a| (a.id, (a.window_start_ns, a.state))).collect();
+    assert_eq!(listed, last_state);
+    let firing = analyzer_client
+        .list_alerts(ListAlertsRequest { state: AlertState::Firing as i32, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts;
+    assert!(firing.iter().all(|a| a.state == AlertState::Firing as i32));
+    assert_eq!(firing.len(), last_state.values().filter(|(_, s)| *s == AlertState::Firing as i32).count());
 
     // Durability: the same aggregates after the store stops and starts again.
     store.stop().await;
