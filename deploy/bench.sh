@@ -5,6 +5,7 @@
 #   deploy/bench.sh processor                      # the standard processor benchmark
 #   deploy/bench.sh processor --points 200000 --rounds 1   # a short run
 #   deploy/bench.sh store                          # store ingest, Parquet encoding, query latency
+#   deploy/bench.sh analyzer                       # model updates, aggregates per CPU second, NAB score
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -9,7 +9,7 @@ import pandas as pd
 import scipy
 import statsmodels
 import statsmodels.api as sm
-from scipy.special import erf
+from scipy.special import erfc
 from scipy.stats import median_abs_deviation
 from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
@@ -19,7 +19,12 @@ def show(name, values):
 
 
 def score(z):
-    return 0.0 if math.isnan(z) else float(erf(abs(z) / math.sqrt(2)))
+    return 0.0 if math.isnan(z) else float(1 - erfc(abs(z) / math.sqrt(2)) ** 0.1)
+
+
+def scores():
+    zs = [0.0, 1.0, 3.0, 8.3, 20.0]
+    print("scores: [" + ", ".join(f"({z!r}, {score(z)!r})" for z in zs) + "]")
 
 
 def regression():
@@ -78,6 +83,7 @@ def seasonal(alpha=0.5, warmup=2):
 if __name__ == "__main__":
     print("numpy", np.__version__, "pandas", pd.__version__, "scipy", scipy.__version__, "statsmodels", statsmodels.__version__)
     show("series", SERIES)
+    scores()
     regression()
     holt()
     ewma()

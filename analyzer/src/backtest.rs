@@ -56,15 +56,15 @@ pub enum CsvError {
     Timestamp { line: u64, text: String },
     #[error("line {line}: value {text:?} is not a finite number")]
     Value { line: u64, text: String },
-    #[error("line {line}: the timestamp is not after the previous row's")]
-    Order { line: u64 },
-    #[error("a window length is needed: the file has fewer than two rows; give one")]
+    #[error("a window length is needed: no two rows have increasing timestamps; give one")]
     Window,
 }
 
 /// The rows of a CSV file with a header naming `timestamp` and `value` columns (others are ignored),
 /// as windows of `series`. Each row is a window of one value starting at its timestamp and lasting
-/// `window`, or, when not given, the smallest gap between consecutive rows.
+/// `window`, or, when not given, the smallest positive gap between consecutive rows. A row that is not
+/// after the one before it stays: the analysis treats it as the live analyzer treats a window at or
+/// before the latest, and learns nothing from it.
 pub fn read_csv(reader: impl Read, series: &Series, window: Option<Duration>) -> Result<Vec<Row>, CsvError> {
     let mut csv = csv::ReaderBuilder::new().has_headers(true).trim(csv::Trim::All).from_reader(reader);
     let header = csv.headers().map_err(|source| CsvError::Csv { line: 1, source })?.clone();
@@ -80,14 +80,11 @@ pub fn read_csv(reader: impl Read, series: &Series, window: Option<Duration>) ->
         let at = parse_time(text).ok_or_else(|| CsvError::Timestamp { line, text: text.to_owned() })?;
         let raw = record.get(value_at).unwrap_or_default();
         let value = raw.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| CsvError::Value { line, text: raw.to_owned() })?;
-        if parsed.last().is_some_and(|(_, before, _)| at <= *before) {
-            return Err(CsvError::Order { line });
-        }
         parsed.push((text.to_owned(), at, value));
     }
     let step = match window {
         Some(w) => i64::try_from(w.as_nanos()).unwrap_or(i64::MAX).max(1),
-        None => parsed.windows(2).map(|pair| pair[1].1 - pair[0].1).min().ok_or(CsvError::Window)?,
+        None => parsed.windows(2).map(|pair| pair[1].1 - pair[0].1).filter(|gap| *gap > 0).min().ok_or(CsvError::Window)?,
     };
     Ok(parsed
         .into_iter()
@@ -260,8 +257,7 @@ mod tests {
         assert_eq!(error("time,value\n"), "the header must name a `timestamp` and a `value` column; it has [\"time\", \"value\"]");
         assert!(error("timestamp,value\n2014-04-01 00:00:00,1\nyesterday,2\n").starts_with("line 3: timestamp \"yesterday\""));
         assert!(error("timestamp,value\n2014-04-01 00:00:00,NaN\n").starts_with("line 2: value \"NaN\""));
-        assert_eq!(error("timestamp,value\n2014-04-01T00:05:00Z,1\n2014-04-01T00:00:00Z,2\n"), "line 3: the timestamp is not after the previous row's");
-        assert_eq!(error("timestamp,value\n2014-04-01T00:05:00Z,1\n"), "a window length is needed: the file has fewer than two rows; give one");
+        assert_eq!(error("timestamp,value\n2014-04-01T00:05:00Z,1\n"), "a window length is needed: no two rows have increasing timestamps; give one");
     }
 
     #[test]
@@ -308,6 +304,18 @@ mod tests {
         ]);
         let bad: RulesTest = toml::from_str("window = \"10s\"\n[[series]]\nmetric = \"m\"\nvalues = \"1 2x\"").unwrap();
         assert_eq!(bad.windows().unwrap_err(), "series[0].values: \"2x\" is not a number, `_` or `<number>x<count>`");
+    }
+
+    #[test]
+    fn a_row_out_of_order_is_kept_and_learned_from_as_a_late_window() {
+        let file = "timestamp,value\n2014-04-01T00:00:00Z,1\n2014-04-01T00:10:00Z,2\n2014-04-01T00:05:00Z,9\n2014-04-01T00:15:00Z,3\n";
+        let rows = read_csv(file.as_bytes(), &series(), None).unwrap();
+        assert_eq!(rows.len(), 4);
+        // Consecutive gaps of 10, -5 and 10 minutes: the window is the smallest positive one.
+        assert_eq!(rows[0].window.window.as_ref().map(|w| w.end_ns - w.start_ns), Some(10 * MINUTE));
+        let outcome = run(Settings::default().model, Vec::new(), rows.iter().map(|r| (0, r.window.clone())));
+        let scored: Vec<bool> = outcome.scores.iter().map(Option::is_some).collect();
+        assert_eq!(scored, [true, true, false, true]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The analyzer's Kafka side: consume aggregates, update the models, publish alert changes to the alerts
 //! topic (where `WatchAlerts` reads them), and commit input offsets once the alerts are acknowledged.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,6 +15,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::error::{Error, Result};
 use crate::state::Analysis;
 
+/// Counters of the consumer.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Aggregates read and folded into the models (replays included).
+    pub aggregates: AtomicU64,
+    /// Alert changes published.
+    pub alerts: AtomicU64,
+}
+
 pub(crate) struct Consume {
     pub(crate) consumer: StreamConsumer,
     pub(crate) producer: FutureProducer,
@@ -21,6 +31,7 @@ pub(crate) struct Consume {
     pub(crate) alerts_topic: String,
     pub(crate) analysis: Arc<Mutex<Analysis>>,
     pub(crate) commit_interval: Duration,
+    pub(crate) stats: Arc<Stats>,
 }
 
 impl std::fmt::Debug for Consume {
@@ -49,6 +60,8 @@ impl Consume {
                         continue;
                     };
                     let alerts = self.analysis.lock().unwrap_or_else(PoisonError::into_inner).observe(message.partition(), &aggregate).alerts;
+                    self.stats.aggregates.fetch_add(1, Ordering::Relaxed);
+                    self.stats.alerts.fetch_add(alerts.len() as u64, Ordering::Relaxed);
                     for alert in alerts {
                         tracing::info!(id = %alert.id, state = ?alert.state(), value = alert.value, "alert changed");
                         let payload = alert.encode_to_vec();

@@ -23,6 +23,7 @@ use plumbing::kafka::KafkaSettings;
 
 pub use crate::config::Settings;
 pub use crate::error::{Error, Result};
+pub use crate::kafka::Stats;
 use crate::alerts::AlertBook;
 use crate::state::Analysis;
 
@@ -46,6 +47,7 @@ impl App {
             alerts_topic: topics.alerts.name,
             analysis: Arc::new(Mutex::new(Analysis::new(model, rules))),
             commit_interval,
+            stats: Arc::default(),
         };
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
         Ok(Self { listener, consume, kafka })
@@ -54,6 +56,11 @@ impl App {
     /// The gRPC address actually bound.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// Counters a test, a benchmark or an operator can read while the analyzer runs.
+    pub fn stats(&self) -> Arc<kafka::Stats> {
+        Arc::clone(&self.consume.stats)
     }
 
     /// Consumes and serves until `shutdown`.

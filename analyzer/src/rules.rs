@@ -351,11 +351,35 @@ pub struct Evaluator {
 
 impl Evaluator {
     pub fn new(rules: Vec<Rule>) -> Self {
+        Self::of(rules.into_iter().map(|rule| Watch { rule, alerts: HashMap::new() }).collect())
+    }
+
+    fn of(watches: Vec<Watch>) -> Self {
         let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, rule) in rules.iter().enumerate() {
-            by_metric.entry(rule.metric.clone()).or_default().push(i);
+        for (i, watch) in watches.iter().enumerate() {
+            by_metric.entry(watch.rule.metric.clone()).or_default().push(i);
         }
-        Self { watches: rules.into_iter().map(|rule| Watch { rule, alerts: HashMap::new() }).collect(), by_metric }
+        Self { watches, by_metric }
+    }
+
+    /// Replaces the rules (a reload). A rule kept exactly as it was keeps the state of its alerts; a
+    /// rule changed under the same name starts afresh, as does a new one; a removed rule's alerts are
+    /// forgotten. Returns how many rules kept their state.
+    pub fn replace(&mut self, rules: Vec<Rule>) -> usize {
+        let mut old: HashMap<String, Watch> = self.watches.drain(..).map(|w| (w.rule.name.clone(), w)).collect();
+        let mut kept = 0;
+        let watches = rules
+            .into_iter()
+            .map(|rule| match old.remove(&rule.name) {
+                Some(watch) if watch.rule == rule => {
+                    kept += 1;
+                    watch
+                }
+                _ => Watch { rule, alerts: HashMap::new() },
+            })
+            .collect();
+        *self = Self::of(watches);
+        kept
     }
 
     /// Evaluates every rule watching series `key` (of `metric`, with tag values `tag`) on the window
@@ -543,6 +567,28 @@ mod tests {
         assert_eq!(e.advance(20 * S, |key| key == "x"), [], "none of these series is owned");
         let keys: Vec<String> = e.advance(20 * S, |key| key != "b").into_iter().map(|c| c.key).collect();
         assert_eq!(keys, ["a", "c"]);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_alerts_of_unchanged_rules_only() {
+        let hot = rule("op = \">\"\nthreshold = 30.0");
+        let cold = Rule { name: "cold".into(), ..rule("op = \"<\"\nthreshold = 0.0") };
+        let mut e = Evaluator::new(vec![hot.clone(), cold.clone()]);
+        let fire = |e: &mut Evaluator, start: i64, value: f64| {
+            e.window("temp", |_| None, "k", (start, start + 10), |_| Some(value)).into_iter().map(|c| (c.rule, c.state)).collect::<Vec<_>>()
+        };
+        assert_eq!(fire(&mut e, 0, 40.0), [(0, State::Firing)]);
+        // The same hot rule, now second; cold changed; a new rule first.
+        let warm = Rule { name: "warm".into(), ..rule("op = \">\"\nthreshold = 20.0") };
+        let colder = Rule { threshold: Some(-10.0), ..cold };
+        assert_eq!(e.replace(vec![warm, hot.clone(), colder]), 1);
+        // hot is still firing (no new change at 40); warm is new and fires.
+        assert_eq!(fire(&mut e, 10, 40.0), [(0, State::Firing)]);
+        assert_eq!(fire(&mut e, 20, 10.0), [(0, State::Resolved), (1, State::Resolved)]);
+        let changed = Rule { threshold: Some(35.0), ..hot };
+        assert_eq!(e.replace(vec![changed]), 0);
+        assert_eq!(e.rules().len(), 1);
+        assert_eq!(fire(&mut e, 30, 40.0), [(0, State::Firing)], "a changed rule starts afresh");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! passthrough over the same input, and measures their throughput and how long a closed window takes
 //! to become visible to a `read_committed` reader.
 
+mod analyzer;
 mod store;
 
 use std::sync::Arc;
@@ -54,6 +55,23 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
+    /// Analyzer: the cost of a model update and memory per series, aggregates per second per core beside a
+    /// bare consumer, and the detectors' NAB score on the sample in ../shared/data/nab.
+    Analyzer {
+        /// Series counts for the update cost and memory.
+        #[arg(long, value_delimiter = ',', default_value = "1000,1000000")]
+        scales: Vec<u64>,
+        /// Aggregates through a running analyzer.
+        #[arg(long, default_value_t = 1_000_000)]
+        aggregates: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// NAB's sample: labels.json and data/.
+        #[arg(long, default_value = "../shared/data/nab")]
+        nab: std::path::PathBuf,
+    },
     /// Store ingest beside a bare consumer, Parquet encoding beside pyarrow, and query latency from 1,000
     /// to 100,000 series.
     Store {
@@ -101,6 +119,17 @@ fn main() -> anyhow::Result<()> {
                 "deploy/bench.sh processor --points {points} --series {series} --rounds {rounds} --partitions {partitions}"
             );
             write_section(&cli.report, "Processor", &format!("{section}\nReproduce: `{command}`\n"))?;
+            println!("{section}");
+        }
+        Command::Analyzer { scales, aggregates, partitions, rounds, nab } => {
+            let command = format!(
+                "deploy/bench.sh analyzer --scales {} --aggregates {aggregates} --partitions {partitions} --rounds {rounds} --nab {}",
+                scales.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+                nab.display()
+            );
+            let options = analyzer::Options { scales, aggregates, partitions, rounds, nab };
+            let section = runtime.block_on(analyzer::analyzer_bench(&kafka, &options))?;
+            write_section(&cli.report, "Analyzer", &format!("{section}Reproduce: `{command}`\n"))?;
             println!("{section}");
         }
         Command::Store { aggregates, points, partitions, rounds, scales, python } => {

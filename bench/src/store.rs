@@ -48,15 +48,15 @@ fn window(i: u64, start: i64, len: i64, values: u32, spec: &SketchSpec) -> Aggre
 
 /// One measured run.
 #[derive(Debug, Clone, Copy)]
-struct Run {
-    seconds: f64,
-    records: u64,
+pub(crate) struct Run {
+    pub(crate) seconds: f64,
+    pub(crate) records: u64,
     /// The process's CPU seconds (user and system, every thread) during the run.
-    cpu: f64,
+    pub(crate) cpu: f64,
 }
 
 impl Run {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.records as f64 / self.seconds
     }
 
@@ -69,7 +69,7 @@ impl Run {
 /// This process's CPU seconds so far, user and system, from Linux's accounting (/proc/self/stat, in
 /// clock ticks of 1/100 s, `USER_HZ` on every Linux this runs on). The bench runs one measured thing at
 /// a time, so a difference of two readings is that thing's CPU time.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at the state, field 3; utime and
     // stime are fields 14 and 15.
@@ -85,7 +85,7 @@ struct Stored {
     listed: Run,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -220,7 +220,7 @@ async fn ingest_points(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<Str
 }
 
 /// Writes `series × per_series` aggregates, window by window, keyed by series.
-fn load(kafka: &KafkaSettings, topic: &str, series_count: u64, per_series: u64) -> anyhow::Result<u64> {
+pub(crate) fn load(kafka: &KafkaSettings, topic: &str, series_count: u64, per_series: u64) -> anyhow::Result<u64> {
     let producer: BaseProducer = kafka.producer("bench-load").set("linger.ms", "20").create()?;
     let spec = SketchSpec::default();
     let base = (now_ns() - 3 * 3600 * S) / WINDOW * WINDOW;
@@ -239,7 +239,7 @@ fn load(kafka: &KafkaSettings, topic: &str, series_count: u64, per_series: u64) 
 }
 
 /// The baseline: a bare consumer that counts the topic's records.
-fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run> {
+pub(crate) fn drain(kafka: &KafkaSettings, topic: &str, records: u64) -> anyhow::Result<Run> {
     let consumer: BaseConsumer = kafka.consumer("bench-drain", &unique("bench-drain")).create()?;
     let (started, cpu) = (Instant::now(), cpu_seconds());
     consumer.subscribe(&[topic])?;

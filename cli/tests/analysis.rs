@@ -65,7 +65,9 @@ fn a_backtest_prints_the_alerts_and_writes_a_score_per_row() {
         data.push_str(&format!("2026-01-01 00:{i:02}:00,{}\n", if i < 20 { 10 } else { 50 }));
     }
     std::fs::write(&csv, &data).expect("write csv");
-    std::fs::write(&config, "[[rules]]\nname = \"high\"\nmetric = \"load\"\nop = \">\"\nthreshold = 40.0\nfor = \"3m\"\n").expect("write config");
+    let settings = "[model.detector]\nkind = \"ewma\"\nalpha = 0.1\nwarmup = 10\n\n\
+                    [[rules]]\nname = \"high\"\nmetric = \"load\"\nop = \">\"\nthreshold = 40.0\nfor = \"3m\"\n";
+    std::fs::write(&config, settings).expect("write config");
     let args = ["backtest", &csv.display().to_string(), "--config", &config.display().to_string(), "--metric", "load", "--tag", "host=a"];
     let out = runnel(&[&args[..], &["--scores", &scores.display().to_string()]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -83,7 +85,7 @@ fn a_backtest_prints_the_alerts_and_writes_a_score_per_row() {
         let fields: Vec<&str> = row.split(',').collect();
         assert_eq!(fields[..2], data.lines().nth(i + 1).expect("row").split(',').collect::<Vec<_>>()[..]);
         let score: f64 = fields[2].parse().expect("a score");
-        // The default EWMA detector: 0 while warming up (10 rows) and on a constant series, 1 at the
+        // The configured EWMA detector: 0 while warming up (10 rows) and on a constant series, 1 at the
         // jump from a series that never varied, then less as it learns the new level.
         match i {
             0..20 => assert_eq!(score, 0.0, "row {i}"),

@@ -36,11 +36,20 @@ pub enum NoForecast {
     Confidence(f64),
 }
 
-/// The anomaly score of a standard score `z`: the probability that a normal variable lies closer to
-/// its mean than `z` standard deviations, `erf(|z| / √2)`. 0 at the mean, 0.683 at one standard
-/// deviation, 0.9973 at three, 1 for an infinite `z` (a change of a series that never varied).
+/// The anomaly score of a standard score `z`: `1 − p^(1/10)`, where `p = erfc(|z| / √2)` is the
+/// probability that a normal variable lies at least `|z|` standard deviations from its mean. A log
+/// scale of that tail probability: 0 at the mean, 0.45 at three standard deviations (p = 0.0027), 0.9
+/// at p = 10⁻¹⁰ (6.5), 0.99 at p = 10⁻²⁰ (9.3), and 1 only where p underflows (beyond 38) or for an
+/// infinite `z` (a change of a series that never varied). Unlike `1 − p` itself, which is 1 in
+/// floating point from 8.3 standard deviations on, it keeps strong outliers apart, so a threshold (an
+/// alert rule's, NAB's sweep) can separate them.
 pub fn score(z: f64) -> f64 {
-    if z.is_nan() { 0.0 } else { statrs::function::erf::erf(z.abs() / std::f64::consts::SQRT_2) }
+    if z.is_nan() {
+        return 0.0;
+    }
+    // libm's erfc (musl's) is accurate to an ulp; statrs' to about 1e-11, which is visible here.
+    let tail = libm::erfc(z.abs() / std::f64::consts::SQRT_2);
+    1.0 - tail.powf(0.1)
 }
 
 /// The two-sided normal quantile for `confidence`: 1.96 for 0.95.
@@ -58,15 +67,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scores_follow_the_normal_distribution() {
-        // scipy.special.erf(numpy.array([0, 1, 2, 3]) / numpy.sqrt(2)) with scipy 1.17.1:
-        // [0.0, 0.6826894921370859, 0.9544997361036416, 0.9973002039367398]; statrs' erf agrees to 3e-11.
-        for (z, want) in [(0.0, 0.0), (1.0, 0.6826894921370859), (-2.0, 0.9544997361036416), (3.0, 0.9973002039367398)] {
-            assert!((score(z) - want).abs() < 1e-10, "z {z}: {} != {want}", score(z));
+    fn scores_are_a_log_scale_of_the_normal_tail() {
+        // 1 - scipy.special.erfc(numpy.array([0, 1, 3, 8.3, 20]) / numpy.sqrt(2)) ** 0.1 with scipy 1.17.1
+        // (analyzer/reference/models.py, `scores`).
+        for (z, want) in SCORES {
+            let got = score(z);
+            assert!((got - want).abs() <= 1e-12 * want.max(1e-3), "z {z}: {got} != {want}");
+            assert_eq!(score(-z), got);
         }
         assert_eq!(score(f64::INFINITY), 1.0);
         assert_eq!(score(f64::NAN), 0.0);
+        assert!(score(8.3) < score(8.4) && score(20.0) < score(21.0), "strong outliers stay apart");
     }
+
+    const SCORES: [(f64, f64); 5] = [(0.0, 0.0), (1.0, 0.10844437291346543), (3.0, 0.44648028246309857), (8.3, 0.974779724492024), (20.0, 0.9999999985068843)];
 
     #[test]
     fn confidence_is_a_probability() {
