@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
@@ -26,6 +27,12 @@ pub struct Settings {
     // An empty list does not survive the defaults layer, hence the serde default.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// A TOML file of further `[[rules]]`, reloaded on SIGHUP and whenever its content changes,
+    /// keeping the alerts of unchanged rules; an invalid version is refused and the running rules stay.
+    pub rules_file: Option<PathBuf>,
+    /// How often the rules file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
     /// How often offsets are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
@@ -97,6 +104,8 @@ impl Default for Settings {
                 scores: 60,
             },
             rules: Vec::new(),
+            rules_file: None,
+            reload_interval: Duration::from_secs(2),
             commit_interval: Duration::from_secs(1),
             telemetry: TelemetrySettings::default(),
         }
@@ -121,6 +130,10 @@ impl ServiceSettings for Settings {
             }
         }
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
+        check(&mut errors, !self.reload_interval.is_zero(), "reload_interval", "must be positive");
+        if let Some(Err(problems)) = self.rules_file.as_ref().map(|file| crate::reload::load(&self.rules, file)) {
+            errors.push(FieldError::new("rules_file", problems));
+        }
         let mut names = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             check(&mut errors, names.insert(&rule.name), &format!("rules[{i}].name"), format!("{:?} is used by an earlier rule", rule.name));
@@ -148,10 +161,12 @@ mod tests {
         s.rules[0].kind = Kind::Anomaly;
         s.model.detectors.insert("cpu".to_owned(), DetectorSpec::Ewma { alpha: 2.0, warmup: 1 });
         s.model.holt.beta = -1.0;
+        s.rules_file = Some(PathBuf::from("/nonexistent/rules.toml"));
         let keys: Vec<String> = s.validate().into_iter().map(|e| e.key).collect();
         assert_eq!(keys, [
             "model.holt.beta",
             "model.detectors.cpu.alpha",
+            "rules_file",
             "rules[0].op",
             "rules[0].score",
             "rules[1].name"

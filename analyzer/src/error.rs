@@ -19,6 +19,8 @@ pub enum Error {
     Resume(String),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("alert rules: {0}")]
+    Rules(String),
 }
 
 impl From<Error> for proto::tonic::Status {
@@ -27,7 +29,7 @@ impl From<Error> for proto::tonic::Status {
             Error::Resume(_) => Self::out_of_range(err.to_string()),
             // The broker may come back: a client retries.
             Error::Kafka(_) | Error::Delivery(_) => Self::unavailable(err.to_string()),
-            Error::Bind(_) | Error::Serve(_) | Error::Internal(_) => Self::internal(err.to_string()),
+            Error::Bind(_) | Error::Serve(_) | Error::Internal(_) | Error::Rules(_) => Self::internal(err.to_string()),
         }
     }
 }

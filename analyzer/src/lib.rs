@@ -10,6 +10,7 @@ mod grpc;
 mod kafka;
 pub mod model;
 pub mod nab;
+pub mod reload;
 pub mod rules;
 pub mod state;
 
@@ -33,24 +34,40 @@ pub struct App {
     listener: Listener,
     consume: kafka::Consume,
     kafka: KafkaSettings,
+    reloading: Reloading,
+    reloads: Arc<reload::Reloads>,
+}
+
+/// What reloading the rules file needs.
+#[derive(Debug)]
+struct Reloading {
+    file: Option<std::path::PathBuf>,
+    settings_rules: Vec<rules::Rule>,
+    interval: std::time::Duration,
 }
 
 impl App {
     /// Creates the topics if needed, connects the consumer and the producer, and binds.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { grpc, kafka, group_id, topics, model, rules, commit_interval, .. } = settings;
+        let Settings { grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, .. } = settings;
+        // The settings' check has read the rules file already; it may have changed since.
+        let running = match &rules_file {
+            Some(file) => reload::load(&rules, file).map_err(Error::Rules)?,
+            None => rules.clone(),
+        };
         kafka.ensure_topics(&[&topics.aggregates, &topics.alerts]).await?;
         let consume = kafka::Consume {
             consumer: kafka.consumer("runnel-analyzer", &group_id).create()?,
             producer: kafka.producer("runnel-analyzer").create()?,
             aggregates_topic: topics.aggregates.name,
             alerts_topic: topics.alerts.name,
-            analysis: Arc::new(Mutex::new(Analysis::new(model, rules))),
+            analysis: Arc::new(Mutex::new(Analysis::new(model, running))),
             commit_interval,
             stats: Arc::default(),
         };
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
-        Ok(Self { listener, consume, kafka })
+        let reloading = Reloading { file: rules_file, settings_rules: rules, interval: reload_interval };
+        Ok(Self { listener, consume, kafka, reloading, reloads: Arc::default() })
     }
 
     /// The gRPC address actually bound.
@@ -61,6 +78,11 @@ impl App {
     /// Counters a test, a benchmark or an operator can read while the analyzer runs.
     pub fn stats(&self) -> Arc<kafka::Stats> {
         Arc::clone(&self.consume.stats)
+    }
+
+    /// How many reloads of the rules file were applied and refused.
+    pub fn reloads(&self) -> Arc<reload::Reloads> {
+        Arc::clone(&self.reloads)
     }
 
     /// Consumes and serves until `shutdown`.
@@ -76,7 +98,12 @@ impl App {
         };
         let router = proto::tonic::transport::Server::builder().add_service(AnalyzerServiceServer::new(service));
         let follow = AlertBook::follow(book, self.kafka.clone(), self.consume.alerts_topic.clone(), shutdown.clone());
-        let (served, consumed, followed) = tokio::join!(
+        let reload = {
+            let (analysis, reloads, shutdown) = (Arc::clone(&self.consume.analysis), Arc::clone(&self.reloads), shutdown.clone());
+            let Reloading { file, settings_rules, interval } = self.reloading;
+            reload::watch(file, settings_rules, interval, analysis, reloads, shutdown)
+        };
+        let (served, consumed, followed, reloaded) = tokio::join!(
             async {
                 let result = self.listener.serve(router, shutdown.clone()).await;
                 shutdown.cancel();
@@ -91,10 +118,18 @@ impl App {
                 let result = follow.await;
                 shutdown.cancel();
                 result
+            },
+            async {
+                let result = reload.await;
+                if result.is_err() {
+                    shutdown.cancel();
+                }
+                result
             }
         );
         served?;
         consumed?;
-        followed
+        followed?;
+        reloaded
     }
 }

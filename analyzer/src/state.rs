@@ -170,6 +170,12 @@ impl Analysis {
         }
     }
 
+    /// Puts new rules in place (a reload); see `Evaluator::replace`. Returns how many rules kept their
+    /// alerts' state.
+    pub fn replace_rules(&mut self, rules: Vec<Rule>) -> usize {
+        self.evaluator.replace(rules)
+    }
+
     pub fn series(&self, key: &str) -> Option<&SeriesModels> {
         self.series.get(key)
     }
