@@ -6,7 +6,9 @@
 //!   safety rules for producers and consumers, and topic creation through the admin API;
 //! - [`grpc`]: binding a listener and serving a tonic router until shutdown;
 //! - [`shutdown`]: the cancellation signal that SIGTERM and SIGINT raise;
-//! - [`service`]: the common body of every service binary (arguments, settings, exit codes).
+//! - [`service`]: the common body of every service binary (arguments, settings, exit codes);
+//! - [`txn`]: the exactly-once output, a transactional producer with a deadline on every call, which
+//!   the processor and the analyzer both commit through.
 //!
 //! Domain logic (validation, windows, storage, models) belongs to the services, never here.
 
@@ -16,5 +18,6 @@ pub mod kafka;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod txn;
 
 pub use shutdown::Shutdown;

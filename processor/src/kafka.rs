@@ -35,7 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::aggregate::SketchSpec;
 use crate::error::{Error, Result};
-use crate::txn::{Failed, Transactions};
+use plumbing::txn::{Failed, ProducerHealth, Transactions};
 use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, WindowRules};
 
 /// The Kafka header on every aggregate that holds the wall-clock time (nanoseconds since the epoch, as
@@ -71,30 +71,6 @@ pub struct Stats {
     pub restored_windows: AtomicU64,
     /// Wall-clock time spent committing (changelog writes, flush, offsets, commit), in microseconds.
     pub commit_micros: AtomicU64,
-}
-
-/// Marks a producer broken when librdkafka reports a fatal error, so that no offset is committed for
-/// output that may never arrive.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct ProducerHealth {
-    fatal: Arc<AtomicBool>,
-}
-
-impl ProducerHealth {
-    fn is_fatal(&self) -> bool {
-        self.fatal.load(Ordering::SeqCst)
-    }
-}
-
-impl ClientContext for ProducerHealth {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.fatal.store(true, Ordering::SeqCst);
-            tracing::error!(error = %error, reason, "fatal producer error");
-        } else {
-            tracing::warn!(error = %error, reason, "producer error; librdkafka recovers");
-        }
-    }
 }
 
 /// Where aggregates go.

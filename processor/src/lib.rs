@@ -7,7 +7,6 @@ pub mod aggregate;
 pub mod config;
 pub mod error;
 mod kafka;
-mod txn;
 pub mod deadletter;
 pub mod window;
 
@@ -18,8 +17,8 @@ use plumbing::Shutdown;
 pub use crate::config::{Delivery, Settings, WindowDef, WindowRule};
 pub use crate::error::{Error, Result};
 pub use crate::kafka::{CLOSED_AT_HEADER, Stats};
-use crate::kafka::{Output, Pipeline, ProducerHealth, RebalanceContext, Routing, Shared, Windowing};
-use crate::txn::Transactions;
+use crate::kafka::{Output, Pipeline, RebalanceContext, Routing, Shared, Windowing};
+use plumbing::txn::{ProducerHealth, Transactions};
 
 /// A processor that is connected but not yet consuming.
 #[derive(Debug)]

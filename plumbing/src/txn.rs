@@ -3,20 +3,44 @@
 //! since librdkafka does not protect a producer that carries on after such an error against a delayed
 //! commit (the anomaly Jepsen found).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::TopicPartitionList;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
-use crate::error::Result;
-use crate::kafka::ProducerHealth;
+/// Marks a producer broken when librdkafka reports a fatal error, so that no offset is committed for
+/// output that may never arrive.
+#[derive(Debug, Default, Clone)]
+pub struct ProducerHealth {
+    fatal: Arc<AtomicBool>,
+}
+
+impl ProducerHealth {
+    pub fn is_fatal(&self) -> bool {
+        self.fatal.load(Ordering::SeqCst)
+    }
+}
+
+impl ClientContext for ProducerHealth {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.fatal.store(true, Ordering::SeqCst);
+            tracing::error!(error = %error, reason, "fatal producer error");
+        } else {
+            tracing::warn!(error = %error, reason, "producer error; librdkafka recovers");
+        }
+    }
+}
 
 /// How a failed commit leaves the transaction.
 #[derive(Debug)]
-pub(crate) enum Failed {
+pub enum Failed {
     /// Aborted: nothing of it is visible; the producer is usable.
     Aborted(KafkaError),
     /// The producer was replaced by a fresh one, which fenced the old and aborted its transaction.
@@ -32,7 +56,7 @@ impl std::fmt::Display for Failed {
     }
 }
 
-pub(crate) struct Transactions {
+pub struct Transactions {
     config: ClientConfig,
     timeout: Duration,
     producer: FutureProducer<ProducerHealth>,
@@ -47,12 +71,12 @@ impl std::fmt::Debug for Transactions {
 
 impl Transactions {
     /// Creates the producer and registers its transactional id, fencing any earlier producer with it.
-    pub(crate) fn new(config: ClientConfig, timeout: Duration) -> Result<Self> {
+    pub fn new(config: ClientConfig, timeout: Duration) -> KafkaResult<Self> {
         let producer = Self::create(&config, timeout)?;
         Ok(Self { config, timeout, producer, open: false })
     }
 
-    fn create(config: &ClientConfig, timeout: Duration) -> Result<FutureProducer<ProducerHealth>> {
+    fn create(config: &ClientConfig, timeout: Duration) -> KafkaResult<FutureProducer<ProducerHealth>> {
         let producer: FutureProducer<ProducerHealth> = config.create_with_context(ProducerHealth::default())?;
         producer.init_transactions(timeout)?;
         Ok(producer)
@@ -60,7 +84,7 @@ impl Transactions {
 
     /// Sends one record inside the open transaction, opening one if needed. Its delivery need not be
     /// awaited: commit_transaction fails if any record of the transaction was not delivered.
-    pub(crate) fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture, KafkaError> {
+    pub fn send(&mut self, record: FutureRecord<'_, str, [u8]>) -> Result<DeliveryFuture, KafkaError> {
         if !self.open {
             // Open before the call: if it fails, `fail` aborts or replaces whatever state it left.
             self.open = true;
@@ -70,13 +94,13 @@ impl Transactions {
     }
 
 
-    pub(crate) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.open
     }
 
     /// Commits the open transaction together with the input `offsets` of `group`. On failure the
     /// transaction is gone (aborted, or fenced by a fresh producer) and the caller must rewind its input.
-    pub(crate) fn commit(
+    pub fn commit(
         &mut self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
@@ -100,7 +124,7 @@ impl Transactions {
     }
 
     /// Aborts the open transaction (on lost partitions, or after a failed commit).
-    pub(crate) fn abort(&mut self) -> std::result::Result<(), Failed> {
+    pub fn abort(&mut self) -> std::result::Result<(), Failed> {
         if !self.open {
             return Ok(());
         }
@@ -114,7 +138,7 @@ impl Transactions {
     }
 
     /// After a failed call: abort when the error allows it, otherwise replace the producer.
-    pub(crate) fn fail(&mut self, err: KafkaError) -> Failed {
+    pub fn fail(&mut self, err: KafkaError) -> Failed {
         let abortable = matches!(&err, KafkaError::Transaction(e) if e.txn_requires_abort() && !e.is_fatal());
         if abortable && self.producer.abort_transaction(self.timeout).is_ok() {
             self.open = false;
