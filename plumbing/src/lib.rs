@@ -1,5 +1,7 @@
 //! What two or more Runnel services share, and nothing else:
 //!
+//! - [`changelog`]: reading back a compacted changelog topic, the state of the input partitions a
+//!   service takes over;
 //! - [`config`]: layered settings (defaults, file, environment) with errors that name the key;
 //! - [`telemetry`]: logs and optional OpenTelemetry trace export;
 //! - [`kafka`]: the one place where Kafka client settings become an `rdkafka::ClientConfig`, with the
@@ -12,6 +14,7 @@
 //!
 //! Domain logic (validation, windows, storage, models) belongs to the services, never here.
 
+pub mod changelog;
 pub mod config;
 pub mod grpc;
 pub mod kafka;

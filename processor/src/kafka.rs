@@ -15,7 +15,7 @@
 //!   crash, what was read since the last commit is read again, so a window may be emitted twice and the
 //!   points between the changelog's acknowledgement and the offset commit may count twice.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -199,87 +199,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A committed offset's metadata; `None` when it is not UTF-8 (rdkafka would panic on it), which only
 /// another tool could have written.
-fn metadata(elem: &TopicPartitionListElem<'_>) -> Option<String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| elem.metadata().to_owned())).ok()
-}
-
-/// The changelog reader's context: reaching a partition's end is what it waits for, not an error.
-#[derive(Debug, Clone, Copy)]
-struct QuietEof;
-
-impl ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if let KafkaError::PartitionEOF(_) = error {
-            return;
-        }
-        tracing::warn!(error = %error, reason, "changelog reader error; librdkafka recovers");
-    }
-}
-
-impl ConsumerContext for QuietEof {}
-
-/// Reads the `changelog` partitions of `wanted` (partition, end) from the beginning: the latest window
-/// state of each key that no tombstone removed. Waits first until each partition's stable end reaches
-/// its `end` (the last commit's markers may still be on their way), then reads to that stable end.
+/// Reads the `changelog` partitions of `wanted` (partition, end): the latest window state of each key
+/// that no tombstone removed (see `plumbing::changelog::read`).
 fn read_changelog(
     reader: &ClientConfig,
     changelog: &str,
     wanted: &[(i32, i64)],
     timeout: Duration,
 ) -> Result<HashMap<i32, BTreeMap<String, WindowState>>> {
-    let mut logs: HashMap<i32, BTreeMap<String, WindowState>> = HashMap::new();
-    if wanted.is_empty() {
-        return Ok(logs);
-    }
-    let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let consumer: BaseConsumer<QuietEof> = reader.create_with_context(QuietEof)?;
-    let mut assignment = TopicPartitionList::new();
-    for &(partition, end) in wanted {
-        // A read_committed consumer's high watermark is the last stable offset.
-        while consumer.fetch_watermarks(changelog, partition, left())?.1 < end {
-            if left().is_zero() {
-                return Err(Error::RestoreTimeout(format!(
-                    "{changelog}[{partition}] has not reached its committed end {end} (if the topic was deleted and \
-                     created again, reset the group's offsets: its windows are gone)"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut reading: HashSet<i32> = wanted.iter().map(|(p, _)| *p).collect();
-    while !reading.is_empty() {
-        if left().is_zero() {
-            return Err(Error::RestoreTimeout(format!("{changelog} partitions {reading:?} not read to their end in {timeout:?}")));
-        }
-        let message = match consumer.poll(left().min(Duration::from_millis(100))) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                reading.remove(&partition);
-                continue;
-            }
-            Some(polled) => match plumbing::kafka::unless_transient(polled)? {
-                Some(message) => message,
-                None => continue,
-            },
-        };
-        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let log = logs.entry(message.partition()).or_default();
-        match message.payload() {
-            None => {
-                log.remove(&key);
-            }
-            Some(bytes) => {
-                let state = WindowState::decode(bytes).map_err(|err| {
-                    Error::Restore(format!("{changelog}[{}] offset {}: {err}", message.partition(), message.offset()))
-                })?;
-                log.insert(key, state);
-            }
+    let logs = plumbing::changelog::read(reader, changelog, wanted, timeout).map_err(|err| match err {
+        plumbing::changelog::ReadError::Kafka(err) => Error::Kafka(err),
+        plumbing::changelog::ReadError::Timeout(detail) => Error::RestoreTimeout(detail),
+    })?;
+    let mut states: HashMap<i32, BTreeMap<String, WindowState>> = HashMap::new();
+    for (partition, log) in logs {
+        let decoded = states.entry(partition).or_default();
+        for (key, bytes) in log {
+            let state = WindowState::decode(bytes.as_slice())
+                .map_err(|err| Error::Restore(format!("{changelog}[{partition}] key {key}: {err}")))?;
+            decoded.insert(key, state);
         }
     }
-    Ok(logs)
+    Ok(states)
 }
 
 impl Shared {
@@ -403,7 +344,7 @@ impl Shared {
             // Ours only if the metadata parses and names the committed offset itself: an offset moved by
             // an operator (a reset) keeps the old metadata or none.
             let checkpoint = found.as_ref().and_then(|c| match c.offset() {
-                Offset::Offset(at) => metadata(c).as_deref().and_then(Checkpoint::parse).filter(|cp| cp.next_offset == at),
+                Offset::Offset(at) => plumbing::changelog::metadata(c).as_deref().and_then(Checkpoint::parse).filter(|cp| cp.next_offset == at),
                 _ => None,
             });
             plans.push((partition, checkpoint, offset));
