@@ -152,6 +152,13 @@ impl Rule {
         }
     }
 
+    /// A digest of the whole definition (FNV-1a over its JSON), stable across builds, to tell whether a
+    /// checkpointed alert belongs to this very rule.
+    pub fn fingerprint(&self) -> u64 {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
     /// What is wrong with the rule, by field name.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
@@ -267,6 +274,14 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// An alert's state as a checkpoint keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedAlert {
+    pub rule: String,
+    pub fingerprint: u64,
+    pub state: AlertState,
+}
+
 /// A rule and the alert state of every series it watches.
 #[derive(Debug, Clone)]
 struct Watch {
@@ -360,6 +375,34 @@ impl Evaluator {
             by_metric.entry(watch.rule.metric.clone()).or_default().push(i);
         }
         Self { watches, by_metric }
+    }
+
+    /// The state of every alert of series `key`, for a checkpoint: each with its rule's name and
+    /// fingerprint, so that a restore gives it back only to the same rule.
+    pub fn alerts_of(&self, key: &str) -> Vec<SavedAlert> {
+        self.watches
+            .iter()
+            .filter_map(|w| w.alerts.get(key).map(|state| SavedAlert { rule: w.rule.name.clone(), fingerprint: w.rule.fingerprint(), state: *state }))
+            .collect()
+    }
+
+    /// Gives a checkpointed alert of series `key` back to its rule, if that rule is still the same;
+    /// returns whether it was.
+    pub fn restore_alert(&mut self, key: &str, saved: SavedAlert) -> bool {
+        match self.watches.iter_mut().find(|w| w.rule.name == saved.rule && w.rule.fingerprint() == saved.fingerprint) {
+            Some(watch) => {
+                watch.alerts.insert(key.to_owned(), saved.state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops every alert of series `key` (its partition went to another instance).
+    pub fn forget(&mut self, key: &str) {
+        for watch in &mut self.watches {
+            watch.alerts.remove(key);
+        }
     }
 
     /// Replaces the rules (a reload). A rule kept exactly as it was keeps the state of its alerts; a

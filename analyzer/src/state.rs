@@ -7,8 +7,10 @@ use std::collections::{HashMap, VecDeque};
 use proto::v1::{Aggregate, Alert, AlertState, Series};
 
 use crate::config::Model;
-use crate::model::{Detector, Forecast, Holt, NoForecast, Regression};
-use crate::rules::{Change, Evaluator, Field, ForecastWith, Kind, Rule, State};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Detector, DetectorSpec, Forecast, Holt, NoForecast, Regression};
+use crate::rules::{Change, Evaluator, Field, ForecastWith, Kind, Rule, SavedAlert, State};
 
 /// Which trend model a forecast comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,28 @@ impl SeriesModels {
     pub fn detector(&self) -> &Detector {
         &self.detector
     }
+}
+
+/// The format of a series' checkpoint, its first byte; a build refuses another.
+const CHECKPOINT_VERSION: u8 = 1;
+
+/// A series' checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    metric: String,
+    tags: Vec<(String, String)>,
+    regression: Regression,
+    holt: Holt,
+    /// The detector's settings when saved (as JSON: postcard cannot read a tagged enum back): a
+    /// detector configured otherwise since starts afresh.
+    detector_spec: String,
+    detector: Detector,
+    latest_start_ns: Option<i64>,
+    alerts: Vec<SavedAlert>,
+}
+
+fn spec_text(spec: &DetectorSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
 }
 
 /// What folding in one aggregate did.
@@ -176,6 +200,75 @@ impl Analysis {
         self.evaluator.replace(rules)
     }
 
+    /// The checkpoint of series `key`: everything that restores its models and alerts exactly (not the
+    /// scores kept for `AnomalyScores`, which start again after a restore).
+    pub fn checkpoint(&self, key: &str) -> Option<Vec<u8>> {
+        let m = self.series.get(key)?;
+        let saved = Saved {
+            metric: m.series.metric.clone(),
+            tags: m.series.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            regression: m.regression.clone(),
+            holt: m.holt.clone(),
+            detector_spec: spec_text(self.model.detector_of(&m.series.metric)),
+            detector: m.detector.clone(),
+            latest_start_ns: m.latest_start_ns,
+            alerts: self.evaluator.alerts_of(key),
+        };
+        let mut bytes = vec![CHECKPOINT_VERSION];
+        bytes.extend(postcard::to_allocvec(&saved).ok()?);
+        Some(bytes)
+    }
+
+    /// Restores series `key` of input partition `partition` from its checkpoint. A model whose settings
+    /// changed since starts afresh, as does an alert whose rule changed; the error names what could not
+    /// be read.
+    pub fn restore(&mut self, partition: i32, key: &str, bytes: &[u8]) -> Result<(), String> {
+        let (version, body) = bytes.split_first().ok_or("an empty checkpoint")?;
+        if *version != CHECKPOINT_VERSION {
+            return Err(format!("checkpoint version {version}, this build reads {CHECKPOINT_VERSION}"));
+        }
+        let saved: Saved = postcard::from_bytes(body).map_err(|err| err.to_string())?;
+        let model = &self.model;
+        let spec = model.detector_of(&saved.metric);
+        let models = SeriesModels {
+            series: Series { metric: saved.metric.clone(), tags: saved.tags.into_iter().collect() },
+            partition,
+            regression: if saved.regression.capacity() == Regression::new(model.windows).capacity() { saved.regression } else { Regression::new(model.windows) },
+            holt: if saved.holt.params() == (model.holt.alpha, model.holt.beta) { saved.holt } else { Holt::new(model.holt.alpha, model.holt.beta) },
+            detector: if saved.detector_spec == spec_text(spec) { saved.detector } else { spec.build() },
+            scores: VecDeque::new(),
+            latest_start_ns: saved.latest_start_ns,
+        };
+        self.series.insert(key.to_owned(), models);
+        for alert in saved.alerts {
+            let rule = alert.rule.clone();
+            if !self.evaluator.restore_alert(key, alert) {
+                tracing::info!(rule, series = key, "the rule changed or is gone since the checkpoint; its alert starts afresh");
+            }
+        }
+        Ok(())
+    }
+
+    /// The event time of input partition `partition`, for a checkpoint.
+    pub fn watermark(&self, partition: i32) -> Option<i64> {
+        self.watermarks.get(&partition).copied()
+    }
+
+    pub fn restore_watermark(&mut self, partition: i32, watermark_ns: i64) {
+        self.watermarks.insert(partition, watermark_ns);
+    }
+
+    /// Drops every series of input partition `partition` (it went to another instance); returns how many.
+    pub fn forget_partition(&mut self, partition: i32) -> usize {
+        let keys: Vec<String> = self.series.iter().filter(|(_, m)| m.partition == partition).map(|(k, _)| k.clone()).collect();
+        for key in &keys {
+            self.series.remove(key);
+            self.evaluator.forget(key);
+        }
+        self.watermarks.remove(&partition);
+        keys.len()
+    }
+
     pub fn series(&self, key: &str) -> Option<&SeriesModels> {
         self.series.get(key)
     }
@@ -216,6 +309,45 @@ mod tests {
         assert_eq!(kept, [2, 3, 4]);
         assert_eq!(cpu.scores(30 * S, 40 * S).count(), 1);
         assert!(a.series("cpu{}").is_none());
+    }
+
+    #[test]
+    fn a_restored_analysis_continues_exactly() {
+        let rules = vec![
+            Rule::threshold("hot", "temp", crate::rules::Comparison::Above, 12.0),
+            Rule { keep_firing_for: std::time::Duration::from_secs(30), ..Rule::threshold("damped", "temp", crate::rules::Comparison::Above, 12.0) },
+        ];
+        let mut model = Settings::default().model;
+        model.detectors.insert("cpu".to_owned(), DetectorSpec::Mad { windows: 7, warmup: 3 });
+        let mut live = Analysis::new(model.clone(), rules.clone());
+        let value = |i: i64| 10.0 + (i % 5) as f64 + if i % 11 == 0 { 9.0 } else { 0.0 };
+        for i in 0..40 {
+            live.observe(3, &window("temp", i, value(i)));
+            live.observe(3, &window("cpu", i, value(i + 2)));
+        }
+        // A new instance restores both series from their checkpoints, and the partition's event time.
+        let mut restored = Analysis::new(model, rules);
+        for key in ["temp{host=\"a\"}", "cpu{host=\"a\"}"] {
+            restored.restore(3, key, &live.checkpoint(key).unwrap()).unwrap();
+        }
+        restored.restore_watermark(3, live.watermark(3).unwrap());
+        for i in 40..80 {
+            for metric in ["temp", "cpu"] {
+                let w = window(metric, i, value(i + if metric == "cpu" { 2 } else { 0 }));
+                let (a, b) = (live.observe(3, &w), restored.observe(3, &w));
+                assert_eq!(a.alerts, b.alerts, "window {i} of {metric}");
+                assert_eq!(a.scored, b.scored, "window {i} of {metric}");
+            }
+        }
+        let key = "temp{host=\"a\"}";
+        for trend in [TrendModel::Regression, TrendModel::Holt] {
+            assert_eq!(live.series(key).unwrap().forecast(trend, S, 0.9), restored.series(key).unwrap().forecast(trend, S, 0.9));
+        }
+        // A replay of a window learned before the checkpoint changes nothing in the restored one.
+        assert!(restored.observe(3, &window("temp", 10, 99.0)).scored.is_none());
+        assert_eq!(restored.forget_partition(3), 2);
+        assert!(restored.series(key).is_none() && restored.watermark(3).is_none());
+        assert!(restored.restore(3, key, &[9, 1, 2]).unwrap_err().starts_with("checkpoint version 9"));
     }
 
     #[test]

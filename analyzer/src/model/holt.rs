@@ -37,6 +37,11 @@ impl Holt {
         Self { alpha, beta, state: None }
     }
 
+    /// The smoothing of the level and of the trend.
+    pub fn params(&self) -> (f64, f64) {
+        (self.alpha, self.beta)
+    }
+
     /// Folds in the mean of the window `[start_ns, end_ns)`. The first window sets the level (trend 0)
     /// and the step. A window `k` steps after the latest (k > 1 when windows are missing) is predicted
     /// `k` steps ahead and the trend learns from the change of level per step; a window that is not

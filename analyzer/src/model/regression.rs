@@ -32,6 +32,11 @@ impl Regression {
         Self { capacity: capacity.max(NEED), samples: VecDeque::with_capacity(capacity.max(NEED)) }
     }
 
+    /// How many windows the line is fitted to.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Records a window's mean. A window seen before replaces its sample (replays are idempotent); one
     /// older than every kept window when the model is full is ignored.
     pub fn observe(&mut self, start_ns: i64, end_ns: i64, mean: f64) {
