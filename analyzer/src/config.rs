@@ -33,9 +33,18 @@ pub struct Settings {
     /// How often the rules file is checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
-    /// How often offsets are committed.
+    /// How often a transaction commits the alert changes, the checkpoints of the series that changed
+    /// and the input offsets.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Transactional id of this instance: stable across its restarts, so that a restart fences its
+    /// former self, and unique among the instances of the group. Defaults to
+    /// `runnel-analyzer-<hostname>`.
+    pub transactional_id: String,
+    /// Deadline of every transactional call and of a partition's restore, and the broker's timeout for
+    /// a transaction left open by a crashed instance (which holds back `read_committed` readers until then).
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
     pub telemetry: TelemetrySettings,
 }
 
@@ -53,6 +62,9 @@ pub struct Topics {
     pub aggregates: TopicSettings,
     /// Output: one message per alert state change.
     pub alerts: TopicSettings,
+    /// The checkpoints of the series, compacted: partition p holds those of aggregates partition p
+    /// (created with as many partitions as the aggregates topic; `partitions` is not used).
+    pub changelog: TopicSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +107,7 @@ impl Default for Settings {
             topics: Topics {
                 aggregates: TopicSettings::new(topics::AGGREGATES),
                 alerts: TopicSettings::new(topics::ALERTS),
+                changelog: TopicSettings::new("runnel.analyzer-changelog.v1"),
             },
             model: Model {
                 windows: 30,
@@ -107,6 +120,8 @@ impl Default for Settings {
             rules_file: None,
             reload_interval: Duration::from_secs(2),
             commit_interval: Duration::from_secs(1),
+            transactional_id: format!("runnel-analyzer-{}", plumbing::config::hostname()),
+            transaction_timeout: Duration::from_secs(10),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -117,6 +132,9 @@ impl ServiceSettings for Settings {
         let mut errors = self.kafka.validate("kafka");
         errors.extend(self.topics.aggregates.validate("topics.aggregates"));
         errors.extend(self.topics.alerts.validate("topics.alerts"));
+        errors.extend(self.topics.changelog.validate("topics.changelog"));
+        check(&mut errors, !self.transactional_id.trim().is_empty(), "transactional_id", "must not be empty");
+        check(&mut errors, !self.transaction_timeout.is_zero(), "transaction_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
         let m = &self.model;

@@ -21,6 +21,11 @@ pub enum Error {
     Internal(String),
     #[error("alert rules: {0}")]
     Rules(String),
+    /// A partition's series could not be read back from the changelog.
+    #[error("restore: {0}")]
+    Restore(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl From<Error> for proto::tonic::Status {
@@ -29,7 +34,9 @@ impl From<Error> for proto::tonic::Status {
             Error::Resume(_) => Self::out_of_range(err.to_string()),
             // The broker may come back: a client retries.
             Error::Kafka(_) | Error::Delivery(_) => Self::unavailable(err.to_string()),
-            Error::Bind(_) | Error::Serve(_) | Error::Internal(_) | Error::Rules(_) => Self::internal(err.to_string()),
+            Error::Bind(_) | Error::Serve(_) | Error::Internal(_) | Error::Rules(_) | Error::Restore(_) | Error::Config(_) => {
+                Self::internal(err.to_string())
+            }
         }
     }
 }

@@ -155,6 +155,7 @@ async fn run_analyzer(kafka: &KafkaSettings, topic: &TopicSettings, records: u64
     s.group_id = unique("bench-analyzer");
     s.topics.aggregates = topic.clone();
     s.topics.alerts = TopicSettings::new(&unique("bench-alerts"));
+    s.topics.changelog = TopicSettings::new(&unique("bench-analyzer-changelog"));
     let app = analyzer::App::build(s).await?;
     let stats = app.stats();
     let shutdown = plumbing::Shutdown::new();

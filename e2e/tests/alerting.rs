@@ -48,6 +48,7 @@ async fn damping_no_data_and_a_backtest_equal_to_the_live_alerts() {
     s.group_id = unique("e2e-analyzer");
     s.topics.aggregates = e2e::topic("e2e-aggregates", 1);
     s.topics.alerts = e2e::topic("e2e-alerts", 1);
+    s.topics.changelog = e2e::topic("e2e-analyzer-changelog", 1);
     s.rules_file = Some(file.clone());
     let (aggregates, alerts) = (s.topics.aggregates.name.clone(), s.topics.alerts.name.clone());
     let (model, rules) = (s.model.clone(), analyzer::reload::load(&s.rules, &file).unwrap());

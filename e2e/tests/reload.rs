@@ -34,6 +34,7 @@ async fn a_reload_keeps_unchanged_rules_and_refuses_a_bad_file() {
     s.group_id = unique("e2e-analyzer");
     s.topics.aggregates = e2e::topic("e2e-aggregates", 1);
     s.topics.alerts = e2e::topic("e2e-alerts", 1);
+    s.topics.changelog = e2e::topic("e2e-analyzer-changelog", 1);
     s.rules_file = Some(file.clone());
     s.reload_interval = Duration::from_millis(100);
     let (aggregates, alerts) = (s.topics.aggregates.name.clone(), s.topics.alerts.name.clone());

@@ -122,3 +122,9 @@ pub fn check(errors: &mut Vec<FieldError>, ok: bool, key: &str, message: impl fm
         errors.push(FieldError::new(key, message));
     }
 }
+
+/// The kernel's host name: distinct per container, stable across restarts of one (the default
+/// transactional id of an exactly-once service instance is made of it).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
+}

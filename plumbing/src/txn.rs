@@ -94,6 +94,19 @@ impl Transactions {
     }
 
 
+    /// `send`, waiting (blocking the thread) for room while the producer's queue is full, until
+    /// `deadline`.
+    pub fn send_waiting<'a>(&mut self, make: impl Fn() -> FutureRecord<'a, str, [u8]>, deadline: std::time::Instant) -> Result<DeliveryFuture, KafkaError> {
+        loop {
+            match self.send(make()) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                sent => return sent,
+            }
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }
@@ -154,4 +167,22 @@ impl Transactions {
         }
         Failed::Replaced(err)
     }
+}
+
+/// Waits (blocking the thread) for `deliveries`: one past the highest offset written to each
+/// partition, or the first failure.
+pub fn settled(deliveries: impl IntoIterator<Item = DeliveryFuture>) -> Result<std::collections::HashMap<i32, i64>, KafkaError> {
+    let mut ends = std::collections::HashMap::new();
+    for delivery in deliveries {
+        // Bounded by the producer's message timeout (the transaction timeout, when transactional).
+        match futures::executor::block_on(delivery) {
+            Ok(Ok(delivered)) => {
+                let end = ends.entry(delivered.partition).or_insert(0);
+                *end = (*end).max(delivered.offset + 1);
+            }
+            Ok(Err((err, _))) => return Err(err),
+            Err(_canceled) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(ends)
 }

@@ -166,17 +166,12 @@ impl Default for Settings {
             },
             commit_interval: Duration::from_millis(100),
             delivery: Delivery::ExactlyOnce,
-            transactional_id: format!("runnel-processor-{}", hostname()),
+            transactional_id: format!("runnel-processor-{}", plumbing::config::hostname()),
             transaction_timeout: Duration::from_secs(10),
             changelog: Changelog { replication_factor: 1, segment_bytes: 16 * 1024 * 1024, restore_timeout: Duration::from_secs(120) },
             telemetry: TelemetrySettings::default(),
         }
     }
-}
-
-/// The kernel's host name: distinct per container, stable across restarts of one.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|name| name.trim().to_owned()).unwrap_or_default()
 }
 
 /// A duration in nanoseconds, saturating.

@@ -35,7 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::aggregate::SketchSpec;
 use crate::error::{Error, Result};
-use plumbing::txn::{Failed, ProducerHealth, Transactions};
+use plumbing::txn::{Failed, ProducerHealth, Transactions, settled};
 use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, WindowRules};
 
 /// The Kafka header on every aggregate that holds the wall-clock time (nanoseconds since the epoch, as
@@ -115,24 +115,6 @@ fn send_blocking<'a>(
             sent => return sent,
         }
     }
-}
-
-/// Waits for `deliveries`: one past the highest offset written to each
-/// partition, or the first failure.
-fn settled(deliveries: impl IntoIterator<Item = DeliveryFuture>) -> Result<HashMap<i32, i64>, KafkaError> {
-    let mut ends = HashMap::new();
-    for delivery in deliveries {
-        // Bounded by the producer's message timeout (the transaction timeout, when transactional).
-        match futures::executor::block_on(delivery) {
-            Ok(Ok(delivered)) => {
-                let end = ends.entry(delivered.partition).or_insert(0);
-                *end = (*end).max(delivered.offset + 1);
-            }
-            Ok(Err((err, _))) => return Err(err),
-            Err(_canceled) => return Err(KafkaError::Canceled),
-        }
-    }
-    Ok(ends)
 }
 
 /// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
