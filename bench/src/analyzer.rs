@@ -132,7 +132,7 @@ async fn through_kafka(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<Str
     Ok(format!(
         "### Aggregates through the analyzer\n\n{loaded} aggregates ({series} series × {per_series} windows, as the \
          processor emits them), {} partitions. Each round a bare rdkafka consumer (fresh group) drains the topic, then \
-         an analyzer (fresh group, default settings and one rule) consumes it, timed from the start to the last \
+         an analyzer (fresh group, default settings and one rule; exactly once, so every 1 s commit also writes the checkpoints of the series that changed) consumes it, timed from the start to the last \
          aggregate folded into the models. Per core: aggregates per CPU second of the process (user and system). \
          Median of {} rounds.\n\n\
          | run | aggregates/s (median) | every round | ratio | aggregates per CPU second |\n|---|---|---|---|---|\n\
