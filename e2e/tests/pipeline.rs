@@ -19,7 +19,7 @@ use proto::v1::query_service_client::QueryServiceClient;
 use proto::prost::Message as _;
 use proto::v1::dead_letter::Reason;
 use proto::v1::{
-    AlertState, DeadLetter, ForecastRequest, ListAlertsRequest, ListSeriesRequest, Point, Series, WatchAlertsRequest,
+    AlertState, AnomalyScoresRequest, DeadLetter, ForecastRequest, ListAlertsRequest, ListSeriesRequest, Point, Series, WatchAlertsRequest,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,6 +123,30 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
     assert_eq!(forecast.at_ns, at);
     let predicted = my + slope * ((at - base) as f64 / 1e9 - mx);
     assert!((forecast.value - predicted).abs() < 1e-9, "{} vs {predicted}", forecast.value);
+    assert!(forecast.lower < forecast.value && forecast.value < forecast.upper, "{forecast:?}");
+    assert_eq!(forecast.confidence, 0.95, "the default");
+
+    // AnomalyScores: one score per window of a, in [0, 1]; bad requests name their field.
+    let scores = analyzer_client
+        .anomaly_scores(AnomalyScoresRequest { series: Some(a.clone()), start_ns: 0, end_ns: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let starts: Vec<i64> = scores.scores.iter().map(|s| s.window_start_ns).collect();
+    assert_eq!(starts, want[&a.key()].iter().map(|w| w.start_ns).collect::<Vec<_>>());
+    assert!(scores.scores.iter().all(|s| (0.0..=1.0).contains(&s.score)) && scores.detector == "ewma");
+    let refused = |status: proto::tonic::Status, field: &str| {
+        assert_eq!(status.code(), proto::tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    };
+    let forecast_with = |confidence: f64, model: i32| ForecastRequest { series: Some(a.clone()), horizon_ns: S, model, confidence };
+    refused(analyzer_client.forecast(forecast_with(1.5, 0)).await.unwrap_err(), "confidence");
+    refused(analyzer_client.forecast(forecast_with(0.9, 9)).await.unwrap_err(), "model");
+    let backwards = AnomalyScoresRequest { series: Some(a.clone()), start_ns: 10, end_ns: 5 };
+    refused(analyzer_client.anomaly_scores(backwards).await.unwrap_err(), "end_ns");
+    refused(analyzer_client.list_alerts(ListAlertsRequest { state: 42, ..Default::default() }).await.unwrap_err(), "state");
+    let nobody = AnomalyScoresRequest { series: Some(series("temp", &[("host", "nobody")])), start_ns: 0, end_ns: 0 };
+    assert_eq!(analyzer_client.anomaly_scores(nobody).await.unwrap_err().code(), proto::tonic::Code::NotFound);
 
     // Alerts: the rule simulated on the oracle's windows, per series in window order.
     let mut want_alerts = BTreeSet::new();
