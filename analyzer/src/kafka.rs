@@ -58,6 +58,9 @@ struct Owned {
     changelog_end: i64,
     /// Series whose checkpoint the next commit writes.
     dirty: HashSet<String>,
+    /// The event time the changelog holds: written again only when it moved, so that an idle
+    /// analyzer commits nothing.
+    watermark_written: Option<i64>,
 }
 
 /// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
@@ -161,10 +164,11 @@ impl Shared {
                     let make = || FutureRecord::to(&self.changelog_topic).partition(partition).key(key.as_str()).payload(bytes.as_slice());
                     deliveries.push(txns.send_waiting(make, deadline).map_err(|err| txns.fail(err))?);
                 }
-                if let Some(watermark) = analysis.watermark(partition).filter(|_| state.next_offset.is_some()) {
+                if let Some(watermark) = analysis.watermark(partition).filter(|w| state.watermark_written != Some(*w)) {
                     let bytes = watermark.to_be_bytes();
                     let make = || FutureRecord::to(&self.changelog_topic).partition(partition).key(WATERMARK_KEY).payload(&bytes[..]);
                     deliveries.push(txns.send_waiting(make, deadline).map_err(|err| txns.fail(err))?);
+                    state.watermark_written = Some(watermark);
                 }
             }
         }
@@ -213,13 +217,14 @@ impl Shared {
         let mut owned = lock(&self.owned);
         let mut analysis = lock(&self.analysis);
         for (partition, end, position) in plans {
-            let mut restored = 0u64;
+            let (mut restored, mut watermark) = (0u64, None);
             for (key, bytes) in logs.get(&partition).into_iter().flatten() {
                 if key == WATERMARK_KEY {
                     let ns = <[u8; 8]>::try_from(bytes.as_slice()).map(i64::from_be_bytes).map_err(|_| {
                         Error::Restore(format!("{}[{partition}]: the event time record is not 8 bytes", self.changelog_topic))
                     })?;
                     analysis.restore_watermark(partition, ns);
+                    watermark = Some(ns);
                 } else {
                     analysis.restore(partition, key, bytes).map_err(|err| Error::Restore(format!("{}[{partition}] key {key}: {err}", self.changelog_topic)))?;
                     restored += 1;
@@ -227,7 +232,7 @@ impl Shared {
             }
             tracing::info!(partition, series = restored, changelog_end = end, "partition restored");
             self.stats.restored_series.fetch_add(restored, Ordering::Relaxed);
-            owned.insert(partition, Owned { next_offset: None, changelog_end: end, dirty: HashSet::new() });
+            owned.insert(partition, Owned { next_offset: None, changelog_end: end, dirty: HashSet::new(), watermark_written: watermark });
             positions.add_partition_offset(&self.aggregates_topic, partition, position)?;
         }
         self.stats.partitions.store(owned.len() as u64, Ordering::SeqCst);
