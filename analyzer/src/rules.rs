@@ -286,10 +286,16 @@ pub struct SavedAlert {
 #[derive(Debug, Clone)]
 struct Watch {
     rule: Rule,
+    /// `rule.fingerprint()`, computed once: every checkpoint and restore of an alert compares it.
+    fingerprint: u64,
     alerts: HashMap<String, AlertState>,
 }
 
 impl Watch {
+    fn new(rule: Rule) -> Self {
+        Self { fingerprint: rule.fingerprint(), rule, alerts: HashMap::new() }
+    }
+
     /// Evaluates the rule (number `rule`) for series `key` on the window `[start_ns, end_ns)` whose compared value
     /// is `value` (none: the rule cannot say yet, as a forecast without enough windows; the window
     /// still counts as data). Returns the change of state, if any.
@@ -366,7 +372,7 @@ pub struct Evaluator {
 
 impl Evaluator {
     pub fn new(rules: Vec<Rule>) -> Self {
-        Self::of(rules.into_iter().map(|rule| Watch { rule, alerts: HashMap::new() }).collect())
+        Self::of(rules.into_iter().map(Watch::new).collect())
     }
 
     fn of(watches: Vec<Watch>) -> Self {
@@ -382,14 +388,14 @@ impl Evaluator {
     pub fn alerts_of(&self, key: &str) -> Vec<SavedAlert> {
         self.watches
             .iter()
-            .filter_map(|w| w.alerts.get(key).map(|state| SavedAlert { rule: w.rule.name.clone(), fingerprint: w.rule.fingerprint(), state: *state }))
+            .filter_map(|w| w.alerts.get(key).map(|state| SavedAlert { rule: w.rule.name.clone(), fingerprint: w.fingerprint, state: *state }))
             .collect()
     }
 
     /// Gives a checkpointed alert of series `key` back to its rule, if that rule is still the same;
     /// returns whether it was.
     pub fn restore_alert(&mut self, key: &str, saved: SavedAlert) -> bool {
-        match self.watches.iter_mut().find(|w| w.rule.name == saved.rule && w.rule.fingerprint() == saved.fingerprint) {
+        match self.watches.iter_mut().find(|w| w.rule.name == saved.rule && w.fingerprint == saved.fingerprint) {
             Some(watch) => {
                 watch.alerts.insert(key.to_owned(), saved.state);
                 true
@@ -418,7 +424,7 @@ impl Evaluator {
                     kept += 1;
                     watch
                 }
-                _ => Watch { rule, alerts: HashMap::new() },
+                _ => Watch::new(rule),
             })
             .collect();
         *self = Self::of(watches);

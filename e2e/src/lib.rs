@@ -31,6 +31,19 @@ pub fn kafka() -> KafkaSettings {
     KafkaSettings { brokers, ..KafkaSettings::default() }
 }
 
+/// In-process analyzer settings on this broker with topics of their own (one partition each), port 0,
+/// and `rules` (TOML `[[rules]]`) in a rules file of their own, whose path comes back too.
+pub fn analyzer_settings(rules: &str) -> (analyzer::Settings, std::path::PathBuf) {
+    let file = std::env::temp_dir().join(unique("runnel-e2e-rules")).with_extension("toml");
+    std::fs::write(&file, rules).expect("rules file written");
+    let mut s = analyzer::Settings { kafka: kafka(), group_id: unique("e2e-analyzer"), rules_file: Some(file.clone()), ..Default::default() };
+    s.grpc.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    s.topics.aggregates = topic("e2e-aggregates", 1);
+    s.topics.alerts = topic("e2e-alerts", 1);
+    s.topics.changelog = topic("e2e-analyzer-changelog", 1);
+    (s, file)
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

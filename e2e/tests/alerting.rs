@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use e2e::{Running, eventually, kafka, read_committed, unique};
+use e2e::{Running, eventually, kafka, read_committed};
 use proto::prost::Message as _;
 use proto::v1::{Aggregate, Alert, AlertState, Series, WindowStats};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -40,16 +40,7 @@ fn window(host: &str, i: i64, mean: f64) -> Aggregate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damping_no_data_and_a_backtest_equal_to_the_live_alerts() {
-    let file = std::env::temp_dir().join(unique("runnel-e2e-rules")).with_extension("toml");
-    std::fs::write(&file, RULES).unwrap();
-    let mut s = analyzer::Settings::default();
-    s.kafka = kafka();
-    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    s.group_id = unique("e2e-analyzer");
-    s.topics.aggregates = e2e::topic("e2e-aggregates", 1);
-    s.topics.alerts = e2e::topic("e2e-alerts", 1);
-    s.topics.changelog = e2e::topic("e2e-analyzer-changelog", 1);
-    s.rules_file = Some(file.clone());
+    let (s, file) = e2e::analyzer_settings(RULES);
     let (aggregates, alerts) = (s.topics.aggregates.name.clone(), s.topics.alerts.name.clone());
     let (model, rules) = (s.model.clone(), analyzer::reload::load(&s.rules, &file).unwrap());
     let app = analyzer::App::build(s).await.expect("analyzer starts");

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use e2e::{Running, eventually, kafka, read_committed, unique};
+use e2e::{Running, eventually, kafka, read_committed};
 use proto::prost::Message as _;
 use proto::v1::{Aggregate, Alert, AlertState, Series, WindowStats};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -26,16 +26,7 @@ async fn send(producer: &FutureProducer, topic: &str, window: i64, mean: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_unchanged_rules_and_refuses_a_bad_file() {
-    let file = std::env::temp_dir().join(unique("runnel-e2e-rules")).with_extension("toml");
-    std::fs::write(&file, HOT).unwrap();
-    let mut s = analyzer::Settings::default();
-    s.kafka = kafka();
-    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    s.group_id = unique("e2e-analyzer");
-    s.topics.aggregates = e2e::topic("e2e-aggregates", 1);
-    s.topics.alerts = e2e::topic("e2e-alerts", 1);
-    s.topics.changelog = e2e::topic("e2e-analyzer-changelog", 1);
-    s.rules_file = Some(file.clone());
+    let (mut s, file) = e2e::analyzer_settings(HOT);
     s.reload_interval = Duration::from_millis(100);
     let (aggregates, alerts) = (s.topics.aggregates.name.clone(), s.topics.alerts.name.clone());
     let app = analyzer::App::build(s).await.expect("analyzer starts");
