@@ -12,7 +12,7 @@ use plumbing::kafka::{KafkaSettings, TopicSettings};
 use processor::aggregate::{Accumulator, SketchSpec};
 use proto::prost::Message as _;
 use proto::v1::query_service_client::QueryServiceClient;
-use proto::v1::{Aggregate, RangeRequest, Series, SeriesSelector, SqlRequest, Statistic};
+use proto::v1::{Aggregate, RangeRequest, Series, SeriesSelector, Statistic};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{BaseProducer, Producer as _};
 use store::Kind;
@@ -469,17 +469,7 @@ async fn query_scale(kafka: &KafkaSettings, scale: u64) -> anyhow::Result<String
 
 /// The rows a `Sql` answer holds.
 async fn sql_rows(client: &mut QueryServiceClient<proto::tonic::transport::Channel>, query: &str) -> anyhow::Result<usize> {
-    let mut stream = client.sql(SqlRequest { query: query.into() }).await?.into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        bytes.extend(chunk.arrow_ipc);
-    }
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
-    let mut rows = 0;
-    for batch in reader {
-        rows += batch?.num_rows();
-    }
-    Ok(rows)
+    Ok(store::client::sql(client, query).await?.iter().map(arrow::array::RecordBatch::num_rows).sum())
 }
 
 /// Writes the 1-minute tier of one hour and the 1-hour tier of one day for `scale` series, with their

@@ -15,11 +15,10 @@ use arrow::datatypes::{Int64Type, UInt64Type};
 use e2e::oracle::{LATENESS, S, Topics, WINDOW, exact_quantile, spread_value as value};
 use e2e::services::{start_event_time_processor, store_settings};
 use e2e::{Running, eventually, kafka, now_ns, produce_points, unique};
-use futures::StreamExt as _;
 use proto::tonic::Code;
 use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::tag_matcher::Op;
-use proto::v1::{LatestRequest, Point, RangeRequest, SeriesSelector, SqlRequest, Statistic, TagMatcher};
+use proto::v1::{LatestRequest, Point, RangeRequest, SeriesSelector, Statistic, TagMatcher};
 
 const MINUTE: i64 = 60 * S;
 /// Minutes of data per series.
@@ -69,13 +68,10 @@ fn selector(metric: &str, series: Option<u32>) -> Option<SeriesSelector> {
 
 /// The answer of `query` as record batches.
 async fn sql(client: &mut QueryServiceClient<proto::tonic::transport::Channel>, query: &str) -> Result<Vec<RecordBatch>, proto::tonic::Status> {
-    let mut stream = client.sql(SqlRequest { query: query.into() }).await?.into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend(chunk?.arrow_ipc);
-    }
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
-    Ok(reader.collect::<Result<Vec<_>, _>>().unwrap())
+    store::client::sql(client, query).await.map_err(|err| match err {
+        store::client::ClientError::Status(status) => status,
+        other => panic!("{query}: {other}"),
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,12 +192,5 @@ async fn tiers_compaction_and_retention_under_queries_lose_and_duplicate_nothing
 
 /// How many rows `query` answers.
 async fn count_rows(client: &mut Client, query: &str) -> usize {
-    use futures::StreamExt as _;
-    let mut stream = client.sql(proto::v1::SqlRequest { query: query.into() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend(chunk.unwrap().arrow_ipc);
-    }
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
-    reader.map(|b| b.unwrap().num_rows()).sum()
+    store::client::sql(client, query).await.unwrap().iter().map(arrow::array::RecordBatch::num_rows).sum()
 }

@@ -3,6 +3,7 @@
 //! from those segments plus what it holds in memory. Instances in one consumer group share the object store and split the
 //! partitions; any of them answers any query.
 
+pub mod client;
 pub mod config;
 pub mod error;
 mod grpc;
