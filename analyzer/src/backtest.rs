@@ -215,7 +215,7 @@ fn expand(values: &str) -> Result<Vec<Option<f64>>, String> {
 }
 
 /// Nanoseconds since the epoch of an RFC 3339 time, or of `YYYY-MM-DD HH:MM:SS[.fff]` read as UTC.
-fn parse_time(text: &str) -> Option<i64> {
+pub fn parse_time(text: &str) -> Option<i64> {
     let at = humantime::parse_rfc3339_weak(text).ok()?;
     let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
     i64::try_from(since.as_nanos()).ok()

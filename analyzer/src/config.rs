@@ -60,11 +60,15 @@ pub struct GrpcSettings {
 pub struct Topics {
     /// Input.
     pub aggregates: TopicSettings,
+    /// Input of the metrics modelled per point (`model.points`); read only when there are some.
+    pub points: TopicSettings,
     /// Output: one message per alert state change.
     pub alerts: TopicSettings,
     /// The checkpoints of the series, compacted: partition p holds those of aggregates partition p
     /// (created with as many partitions as the aggregates topic; `partitions` is not used).
     pub changelog: TopicSettings,
+    /// The same for the series modelled per point: partition p for points partition p.
+    pub points_changelog: TopicSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +84,32 @@ pub struct Model {
     pub detectors: BTreeMap<String, DetectorSpec>,
     /// How many of a series' latest anomaly scores `AnomalyScores` can return.
     pub scores: usize,
+    /// Metrics whose series are modelled per raw point (read from the points topic by a second
+    /// exactly-once loop, in consumer group `<group_id>-points`) rather than per window; their
+    /// aggregates are not read. By metric name.
+    #[serde(default)]
+    pub points: BTreeMap<String, PerPoint>,
+}
+
+/// How a metric's raw points are modelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerPoint {
+    /// The metric's sampling interval: a point at t is a window `[t, t + interval)` of one point, so
+    /// that Holt counts its steps and `no_data_after` and `for` read event time as for windows.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Settings {
+    /// The rules that run: those of the settings followed by those of `rules_file`, or every problem
+    /// of that file.
+    pub fn running_rules(&self) -> Result<Vec<Rule>, String> {
+        match &self.rules_file {
+            Some(file) => crate::reload::load(&self.rules, file),
+            None => Ok(self.rules.clone()),
+        }
+    }
 }
 
 impl Model {
@@ -106,8 +136,10 @@ impl Default for Settings {
             group_id: "runnel-analyzer".to_owned(),
             topics: Topics {
                 aggregates: TopicSettings::new(topics::AGGREGATES),
+                points: TopicSettings::new(topics::POINTS),
                 alerts: TopicSettings::new(topics::ALERTS),
                 changelog: TopicSettings::new("runnel.analyzer-changelog.v1"),
+                points_changelog: TopicSettings::new("runnel.analyzer-points-changelog.v1"),
             },
             model: Model {
                 windows: 30,
@@ -115,6 +147,7 @@ impl Default for Settings {
                 detector: DetectorSpec::default(),
                 detectors: BTreeMap::new(),
                 scores: 60,
+                points: BTreeMap::new(),
             },
             rules: Vec::new(),
             rules_file: None,
@@ -133,6 +166,8 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.aggregates.validate("topics.aggregates"));
         errors.extend(self.topics.alerts.validate("topics.alerts"));
         errors.extend(self.topics.changelog.validate("topics.changelog"));
+        errors.extend(self.topics.points.validate("topics.points"));
+        errors.extend(self.topics.points_changelog.validate("topics.points_changelog"));
         check(&mut errors, !self.transactional_id.trim().is_empty(), "transactional_id", "must not be empty");
         check(&mut errors, !self.transaction_timeout.is_zero(), "transaction_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
@@ -147,9 +182,12 @@ impl ServiceSettings for Settings {
                 errors.push(FieldError::new(format!("{path}.{field}"), problem));
             }
         }
+        for (metric, per_point) in &m.points {
+            check(&mut errors, !per_point.interval.is_zero(), &format!("model.points.{metric}.interval"), "must be positive");
+        }
         check(&mut errors, !self.commit_interval.is_zero(), "commit_interval", "must be positive");
         check(&mut errors, !self.reload_interval.is_zero(), "reload_interval", "must be positive");
-        if let Some(Err(problems)) = self.rules_file.as_ref().map(|file| crate::reload::load(&self.rules, file)) {
+        if let (Some(_), Err(problems)) = (&self.rules_file, self.running_rules()) {
             errors.push(FieldError::new("rules_file", problems));
         }
         let mut names = HashSet::new();

@@ -16,7 +16,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::alerts::{self, AlertBook, Position};
-use crate::state::{Analysis, TrendModel};
+use crate::state::{Analysis, SeriesModels, TrendModel};
 
 /// The interval's probability when a request leaves it 0.
 const DEFAULT_CONFIDENCE: f64 = 0.95;
@@ -36,13 +36,27 @@ fn not_seen(key: &str) -> Status {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
-    pub(crate) analysis: Arc<Mutex<Analysis>>,
+    /// The analysis of windows, then that of the metrics modelled per point if any; a series is in one.
+    pub(crate) analyses: Vec<Arc<Mutex<Analysis>>>,
     pub(crate) book: Arc<Mutex<AlertBook>>,
     /// Where watchers read alert changes.
     pub(crate) kafka: KafkaSettings,
     pub(crate) alerts_topic: String,
     /// Ends every watch stream, so that a graceful stop does not wait for watchers forever.
     pub(crate) shutdown: plumbing::Shutdown,
+}
+
+impl Service {
+    /// `f` of the models of series `key`, from whichever analysis has it; NOT_FOUND if none has.
+    fn with_series<T>(&self, key: &str, f: impl FnOnce(&SeriesModels) -> T) -> Result<T, Status> {
+        for analysis in &self.analyses {
+            let analysis = analysis.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(series) = analysis.series(key) {
+                return Ok(f(series));
+            }
+        }
+        Err(not_seen(key))
+    }
 }
 
 #[proto::tonic::async_trait]
@@ -62,11 +76,8 @@ impl AnalyzerService for Service {
             Ok(ForecastModel::Holt) => (ForecastModel::Holt, TrendModel::Holt),
             Err(_) => return Err(Status::invalid_argument(format!("model: {} is not a forecast model", request.model))),
         };
-        let analysis = self.analysis.lock().unwrap_or_else(PoisonError::into_inner);
-        let series = analysis.series(&key).ok_or_else(|| not_seen(&key))?;
-        let forecast = series
-            .forecast(trend, request.horizon_ns, confidence)
-            .map_err(|err| Status::failed_precondition(format!("series {key}: {err}")))?;
+        let forecast = self.with_series(&key, |series| series.forecast(trend, request.horizon_ns, confidence))?;
+        let forecast = forecast.map_err(|err| Status::failed_precondition(format!("series {key}: {err}")))?;
         Ok(Response::new(ForecastResponse {
             value: forecast.value,
             slope_per_second: forecast.slope_per_second,
@@ -86,13 +97,14 @@ impl AnalyzerService for Service {
         if end_ns < request.start_ns {
             return Err(Status::invalid_argument(format!("end_ns: {} is before start_ns {}", request.end_ns, request.start_ns)));
         }
-        let analysis = self.analysis.lock().unwrap_or_else(PoisonError::into_inner);
-        let series = analysis.series(&key).ok_or_else(|| not_seen(&key))?;
-        let scores = series
-            .scores(request.start_ns, end_ns)
-            .map(|s| AnomalyScore { window_start_ns: s.start_ns, window_end_ns: s.end_ns, mean: s.mean, score: s.score })
-            .collect();
-        Ok(Response::new(AnomalyScoresResponse { scores, detector: series.detector().name().to_owned() }))
+        let response = self.with_series(&key, |series| AnomalyScoresResponse {
+            scores: series
+                .scores(request.start_ns, end_ns)
+                .map(|s| AnomalyScore { window_start_ns: s.start_ns, window_end_ns: s.end_ns, mean: s.mean, score: s.score })
+                .collect(),
+            detector: series.detector().name().to_owned(),
+        })?;
+        Ok(Response::new(response))
     }
 
     async fn list_alerts(&self, request: Request<ListAlertsRequest>) -> Result<Response<ListAlertsResponse>, Status> {

@@ -1,7 +1,8 @@
-//! The analyzer's Kafka side, exactly once: consume aggregates, update the models, and commit in one
-//! transaction the alert changes, the checkpoints of the series that changed (changelog partition p
-//! for aggregates partition p, with the partition's event time) and the input offsets, whose metadata
-//! records how far the changelog partition was written.
+//! The analyzer's Kafka side, exactly once: consume aggregates (or, in a second loop of its own, the
+//! raw points of the metrics modelled per point), update the models, and commit in one transaction the
+//! alert changes, the checkpoints of the series that changed (changelog partition p for input
+//! partition p, with the partition's event time) and the input offsets, whose metadata records how
+//! far the changelog partition was written.
 //!
 //! A new owner of a partition (after a crash, a restart or a rebalance) reads its changelog partition
 //! to that end, restores its series, and resumes right after the committed offset: an alert published
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use plumbing::txn::{Failed, Transactions, settled};
 use proto::prost::Message as _;
-use proto::v1::{Aggregate, Alert};
+use proto::v1::{Aggregate, Alert, Point};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -24,13 +25,14 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
-use crate::state::Analysis;
+use crate::state::{Analysis, Input, Observed};
 
 /// Counters of the consumer.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Aggregates read and folded into the models (replays included).
-    pub aggregates: AtomicU64,
+    /// Input records read (aggregates, or points for the loop of the metrics modelled per point),
+    /// replays included.
+    pub read: AtomicU64,
     /// Alert changes sent (each commits with its transaction, or is aborted with it).
     pub alerts: AtomicU64,
     /// Transactions committed.
@@ -68,7 +70,7 @@ pub(crate) struct Shared {
     pub(crate) analysis: Arc<Mutex<Analysis>>,
     txns: Mutex<Transactions>,
     owned: Mutex<BTreeMap<i32, Owned>>,
-    pub(crate) aggregates_topic: String,
+    pub(crate) input_topic: String,
     pub(crate) alerts_topic: String,
     changelog_topic: String,
     changelog_reader: ClientConfig,
@@ -81,7 +83,7 @@ pub(crate) struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("aggregates_topic", &self.aggregates_topic).finish_non_exhaustive()
+        f.debug_struct("Shared").field("input_topic", &self.input_topic).finish_non_exhaustive()
     }
 }
 
@@ -91,7 +93,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The topics and clients the shared state needs.
 pub(crate) struct Wiring {
-    pub(crate) aggregates_topic: String,
+    pub(crate) input_topic: String,
     pub(crate) alerts_topic: String,
     pub(crate) changelog_topic: String,
     pub(crate) changelog_reader: ClientConfig,
@@ -104,7 +106,7 @@ impl Shared {
             analysis: Arc::new(Mutex::new(analysis)),
             txns: Mutex::new(txns),
             owned: Mutex::default(),
-            aggregates_topic: wiring.aggregates_topic,
+            input_topic: wiring.input_topic,
             alerts_topic: wiring.alerts_topic,
             changelog_topic: wiring.changelog_topic,
             changelog_reader: wiring.changelog_reader,
@@ -114,28 +116,29 @@ impl Shared {
         }
     }
 
-    /// Folds one aggregate into its partition's series; returns the alert changes to send.
+    /// Folds one input record into its partition's series; returns the alert changes to send.
     fn handle(&self, message: &BorrowedMessage<'_>) -> Vec<Alert> {
         let (partition, offset) = (message.partition(), message.offset());
         if !lock(&self.owned).contains_key(&partition) {
             // Only between a revoke and the queue's purge: the partition belongs to another member now.
             return Vec::new();
         }
-        let aggregate = message.payload().map(Aggregate::decode);
-        let (alerts, key) = match aggregate {
-            Some(Ok(aggregate)) => {
-                let key = aggregate.series.as_ref().map(proto::v1::Series::key);
-                (lock(&self.analysis).observe(partition, &aggregate).alerts, key)
-            }
-            _ => {
-                tracing::warn!(partition, offset, "not an aggregate; skipped");
-                (Vec::new(), None)
+        let payload = message.payload().unwrap_or_default();
+        let observed = {
+            let mut analysis = lock(&self.analysis);
+            match analysis.input() {
+                Input::Aggregates => Aggregate::decode(payload).map(|aggregate| analysis.observe(partition, &aggregate)),
+                Input::Points => Point::decode(payload).map(|point| analysis.observe_point(partition, &point)),
             }
         };
-        self.stats.aggregates.fetch_add(1, Ordering::Relaxed);
+        let Observed { alerts, changed, .. } = observed.unwrap_or_else(|err| {
+            tracing::warn!(partition, offset, error = %err, "not a record of the input topic; skipped");
+            Observed::default()
+        });
+        self.stats.read.fetch_add(1, Ordering::Relaxed);
         if let Some(owned) = lock(&self.owned).get_mut(&partition) {
             owned.next_offset = Some(offset + 1);
-            owned.dirty.extend(key);
+            owned.dirty.extend(changed);
         }
         alerts
     }
@@ -182,7 +185,7 @@ impl Shared {
                 state.changelog_end = state.changelog_end.max(*end);
             }
             let Some(next) = state.next_offset else { continue };
-            let mut elem = offsets.add_partition(&self.aggregates_topic, partition);
+            let mut elem = offsets.add_partition(&self.input_topic, partition);
             elem.set_offset(Offset::Offset(next)).map_err(|err| txns.fail(err))?;
             elem.set_metadata(format!("{METADATA_PREFIX}{}", state.changelog_end));
         }
@@ -197,7 +200,7 @@ impl Shared {
     fn restore<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, assigned: &TopicPartitionList) -> Result<TopicPartitionList> {
         let committed = consumer.committed_offsets(assigned.clone(), self.timeout)?;
         let mut plans = Vec::new();
-        for elem in committed.elements_for_topic(&self.aggregates_topic) {
+        for elem in committed.elements_for_topic(&self.input_topic) {
             let position = match elem.offset() {
                 Offset::Offset(at) => Offset::Offset(at),
                 _ => Offset::Beginning,
@@ -233,7 +236,7 @@ impl Shared {
             tracing::info!(partition, series = restored, changelog_end = end, "partition restored");
             self.stats.restored_series.fetch_add(restored, Ordering::Relaxed);
             owned.insert(partition, Owned { next_offset: None, changelog_end: end, dirty: HashSet::new(), watermark_written: watermark });
-            positions.add_partition_offset(&self.aggregates_topic, partition, position)?;
+            positions.add_partition_offset(&self.input_topic, partition, position)?;
         }
         self.stats.partitions.store(owned.len() as u64, Ordering::SeqCst);
         Ok(positions)
@@ -270,7 +273,7 @@ impl ConsumerContext for RebalanceContext {
         let shared = &self.shared;
         let (revoked, lost): (Vec<i32>, bool) = match rebalance {
             Rebalance::Revoke(tpl) => {
-                (tpl.elements_for_topic(&shared.aggregates_topic).iter().map(|e| e.partition()).collect(), consumer.assignment_lost())
+                (tpl.elements_for_topic(&shared.input_topic).iter().map(|e| e.partition()).collect(), consumer.assignment_lost())
             }
             Rebalance::Error(err) => {
                 tracing::warn!(error = %err, "rebalance failed; every partition is dropped");
@@ -298,11 +301,11 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-pub(crate) type AggregateConsumer = StreamConsumer<RebalanceContext>;
+pub(crate) type InputConsumer = StreamConsumer<RebalanceContext>;
 
 /// The consume-analyze-produce loop.
 pub(crate) struct Consume {
-    pub(crate) consumer: AggregateConsumer,
+    pub(crate) consumer: InputConsumer,
     pub(crate) shared: Arc<Shared>,
     pub(crate) commit_interval: Duration,
 }
@@ -316,7 +319,7 @@ impl std::fmt::Debug for Consume {
 impl Consume {
     /// Runs until `shutdown`, then commits and leaves the group.
     pub(crate) async fn run(self, shutdown: plumbing::Shutdown) -> Result<()> {
-        self.consumer.subscribe(&[&self.shared.aggregates_topic])?;
+        self.consumer.subscribe(&[&self.shared.input_topic])?;
         let mut tick = tokio::time::interval(self.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -366,7 +369,7 @@ impl Consume {
     /// reading resumed from the committed offset.
     fn rewind(&self) -> Result<()> {
         let owned = self.consumer.assignment()?;
-        let partitions: Vec<i32> = owned.elements_for_topic(&self.shared.aggregates_topic).iter().map(|e| e.partition()).collect();
+        let partitions: Vec<i32> = owned.elements_for_topic(&self.shared.input_topic).iter().map(|e| e.partition()).collect();
         self.shared.forget(&partitions);
         let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned))?;
         if positions.count() > 0 {

@@ -1,4 +1,5 @@
-//! The analyzer: per series, trend models and an anomaly detector updated once per window, answering
+//! The analyzer: per series, trend models and an anomaly detector updated once per window (or per raw
+//! point, for the metrics configured so), answering
 //! `Forecast` and `AnomalyScores`; alert rules on every window, publishing each alert state change to
 //! the alerts topic, from which every instance answers `ListAlerts` and `WatchAlerts`.
 
@@ -20,20 +21,24 @@ use std::sync::{Arc, Mutex};
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
 use proto::v1::analyzer_service_server::AnalyzerServiceServer;
-use plumbing::kafka::KafkaSettings;
+use plumbing::kafka::{KafkaSettings, TopicSettings};
 use plumbing::txn::Transactions;
 
 pub use crate::config::Settings;
 pub use crate::error::{Error, Result};
 pub use crate::kafka::Stats;
 use crate::alerts::AlertBook;
-use crate::state::Analysis;
+use crate::state::{Analysis, Input};
 
 /// An analyzer that is connected and bound but not yet serving.
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
+    /// The loop over the aggregates.
     consume: kafka::Consume,
+    /// The loop over the raw points of the metrics modelled per point, when there are some.
+    points: Option<kafka::Consume>,
+    alerts_topic: String,
     kafka: KafkaSettings,
     reloading: Reloading,
     reloads: Arc<reload::Reloads>,
@@ -47,55 +52,89 @@ struct Reloading {
     interval: std::time::Duration,
 }
 
-impl App {
-    /// Creates the topics if needed, connects the consumer and the producer, and binds.
-    pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings {
-            grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, transactional_id, transaction_timeout, ..
-        } = settings;
-        // The settings' check has read the rules file already; it may have changed since.
-        let running = match &rules_file {
-            Some(file) => reload::load(&rules, file).map_err(Error::Rules)?,
-            None => rules.clone(),
+/// One exactly-once input loop: its topic, its changelog and its identity in Kafka.
+struct InputWiring<'a> {
+    input: TopicSettings,
+    changelog: TopicSettings,
+    alerts_topic: String,
+    group_id: String,
+    transactional_id: String,
+    kafka: &'a KafkaSettings,
+    transaction_timeout: std::time::Duration,
+    commit_interval: std::time::Duration,
+}
+
+impl InputWiring<'_> {
+    /// Creates the input and changelog topics if needed (the changelog compacted, with a partition per
+    /// input partition), registers the transactional id and connects the consumer.
+    async fn connect(self, analysis: Analysis) -> Result<kafka::Consume> {
+        let kafka = self.kafka;
+        kafka.ensure_topics(&[&self.input]).await?;
+        let partition_count = |topic: &str| {
+            let (kafka, topic) = (kafka.clone(), topic.to_owned());
+            async move {
+                let count = tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await.map_err(|err| Error::Internal(err.to_string()))?;
+                Ok::<_, Error>(count?)
+            }
         };
-        kafka.ensure_topics(&[&topics.aggregates, &topics.alerts]).await?;
-        // One changelog partition per aggregates partition, compacted: it holds the series, not history.
-        let partitions = {
-            let (kafka, topic) = (kafka.clone(), topics.aggregates.name.clone());
-            tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await.map_err(|err| Error::Internal(err.to_string()))??
-        };
-        let changelog = plumbing::kafka::TopicSettings { partitions, ..topics.changelog };
+        let partitions = partition_count(&self.input.name).await?;
+        let changelog = TopicSettings { partitions, ..self.changelog };
         kafka.ensure_topics_with(&[(&changelog, &[("cleanup.policy", "compact")][..])]).await?;
-        let changelog_partitions = {
-            let (kafka, topic) = (kafka.clone(), changelog.name.clone());
-            tokio::task::spawn_blocking(move || kafka.partition_count(&topic)).await.map_err(|err| Error::Internal(err.to_string()))??
-        };
+        let changelog_partitions = partition_count(&changelog.name).await?;
         if changelog_partitions < partitions {
             return Err(Error::Config(format!(
                 "changelog topic {} has {changelog_partitions} partitions, fewer than the {partitions} of {}; add partitions to it",
-                changelog.name, topics.aggregates.name
+                changelog.name, self.input.name
             )));
         }
-        let config = kafka.transactional_producer("runnel-analyzer", &transactional_id, transaction_timeout);
+        let config = kafka.transactional_producer("runnel-analyzer", &self.transactional_id, self.transaction_timeout);
         // Registering the id blocks until the broker fenced any former instance with it.
-        let txns = tokio::task::spawn_blocking(move || Transactions::new(config, transaction_timeout))
-            .await
-            .map_err(|err| Error::Internal(err.to_string()))??;
-        let mut changelog_reader = kafka.consumer("runnel-analyzer-restore", &format!("{group_id}-restore"));
+        let timeout = self.transaction_timeout;
+        let txns = tokio::task::spawn_blocking(move || Transactions::new(config, timeout)).await.map_err(|err| Error::Internal(err.to_string()))??;
+        let mut changelog_reader = kafka.consumer("runnel-analyzer-restore", &format!("{}-restore", self.group_id));
         changelog_reader.set("enable.partition.eof", "true");
         let wiring = kafka::Wiring {
-            aggregates_topic: topics.aggregates.name,
-            alerts_topic: topics.alerts.name,
+            input_topic: self.input.name,
+            alerts_topic: self.alerts_topic,
             changelog_topic: changelog.name,
             changelog_reader,
-            timeout: transaction_timeout.max(kafka.request_timeout),
+            timeout: timeout.max(kafka.request_timeout),
         };
-        let shared = Arc::new(kafka::Shared::new(Analysis::new(model, running), txns, wiring));
-        let consumer = kafka.consumer("runnel-analyzer", &group_id).create_with_context(kafka::RebalanceContext { shared: Arc::clone(&shared) })?;
-        let consume = kafka::Consume { consumer, shared, commit_interval };
+        let shared = Arc::new(kafka::Shared::new(analysis, txns, wiring));
+        let consumer = kafka.consumer("runnel-analyzer", &self.group_id).create_with_context(kafka::RebalanceContext { shared: Arc::clone(&shared) })?;
+        Ok(kafka::Consume { consumer, shared, commit_interval: self.commit_interval })
+    }
+}
+
+impl App {
+    /// Creates the topics if needed, connects the consumers and the producers, and binds.
+    pub async fn build(settings: Settings) -> Result<Self> {
+        // The settings' check has read the rules file already; it may have changed since.
+        let running = settings.running_rules().map_err(Error::Rules)?;
+        let Settings {
+            grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, transactional_id, transaction_timeout, ..
+        } = settings;
+        kafka.ensure_topics(&[&topics.alerts]).await?;
+        let wiring = |input: &TopicSettings, changelog: &TopicSettings, suffix: &str| InputWiring {
+            input: input.clone(),
+            changelog: changelog.clone(),
+            alerts_topic: topics.alerts.name.clone(),
+            group_id: format!("{group_id}{suffix}"),
+            transactional_id: format!("{transactional_id}{suffix}"),
+            kafka: &kafka,
+            transaction_timeout,
+            commit_interval,
+        };
+        let points = if model.points.is_empty() {
+            None
+        } else {
+            let analysis = Analysis::of(Input::Points, model.clone(), running.clone());
+            Some(wiring(&topics.points, &topics.points_changelog, "-points").connect(analysis).await?)
+        };
+        let consume = wiring(&topics.aggregates, &topics.changelog, "").connect(Analysis::new(model, running)).await?;
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
         let reloading = Reloading { file: rules_file, settings_rules: rules, interval: reload_interval };
-        Ok(Self { listener, consume, kafka, reloading, reloads: Arc::default() })
+        Ok(Self { listener, consume, points, alerts_topic: topics.alerts.name, kafka, reloading, reloads: Arc::default() })
     }
 
     /// The gRPC address actually bound.
@@ -103,9 +142,15 @@ impl App {
         self.listener.local_addr()
     }
 
-    /// Counters a test, a benchmark or an operator can read while the analyzer runs.
+    /// Counters a test, a benchmark or an operator can read while the analyzer runs: those of the
+    /// loop over the aggregates.
     pub fn stats(&self) -> Arc<kafka::Stats> {
         Arc::clone(&self.consume.shared.stats)
+    }
+
+    /// The counters of the loop over the points of the metrics modelled per point, if there are some.
+    pub fn points_stats(&self) -> Option<Arc<kafka::Stats>> {
+        self.points.as_ref().map(|points| Arc::clone(&points.shared.stats))
     }
 
     /// How many reloads of the rules file were applied and refused.
@@ -117,21 +162,28 @@ impl App {
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         let shutdown = shutdown.child_token();
         let book = Arc::new(Mutex::new(AlertBook::default()));
+        let analyses: Vec<_> = std::iter::once(&self.consume).chain(&self.points).map(|c| Arc::clone(&c.shared.analysis)).collect();
         let service = grpc::Service {
-            analysis: Arc::clone(&self.consume.shared.analysis),
+            analyses: analyses.clone(),
             book: Arc::clone(&book),
             kafka: self.kafka.clone(),
-            alerts_topic: self.consume.shared.alerts_topic.clone(),
+            alerts_topic: self.alerts_topic.clone(),
             shutdown: shutdown.clone(),
         };
         let router = proto::tonic::transport::Server::builder().add_service(AnalyzerServiceServer::new(service));
-        let follow = AlertBook::follow(book, self.kafka.clone(), self.consume.shared.alerts_topic.clone(), shutdown.clone());
+        let follow = AlertBook::follow(book, self.kafka.clone(), self.alerts_topic.clone(), shutdown.clone());
         let reload = {
-            let (analysis, reloads, shutdown) = (Arc::clone(&self.consume.shared.analysis), Arc::clone(&self.reloads), shutdown.clone());
+            let (reloads, shutdown) = (Arc::clone(&self.reloads), shutdown.clone());
             let Reloading { file, settings_rules, interval } = self.reloading;
-            reload::watch(file, settings_rules, interval, analysis, reloads, shutdown)
+            reload::watch(file, settings_rules, interval, analyses, reloads, shutdown)
         };
-        let (served, consumed, followed, reloaded) = tokio::join!(
+        let points = async {
+            let Some(points) = self.points else { return Ok(()) };
+            let result = points.run(shutdown.clone()).await;
+            shutdown.cancel();
+            result
+        };
+        let (served, consumed, points, followed, reloaded) = tokio::join!(
             async {
                 let result = self.listener.serve(router, shutdown.clone()).await;
                 shutdown.cancel();
@@ -142,6 +194,7 @@ impl App {
                 shutdown.cancel();
                 result
             },
+            points,
             async {
                 let result = follow.await;
                 shutdown.cancel();
@@ -157,6 +210,7 @@ impl App {
         );
         served?;
         consumed?;
+        points?;
         followed?;
         reloaded
     }

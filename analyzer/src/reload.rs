@@ -58,7 +58,7 @@ pub(crate) async fn watch(
     file: Option<PathBuf>,
     settings_rules: Vec<Rule>,
     interval: Duration,
-    analysis: Arc<Mutex<Analysis>>,
+    analyses: Vec<Arc<Mutex<Analysis>>>,
     counters: Arc<Reloads>,
     shutdown: plumbing::Shutdown,
 ) -> crate::Result<()> {
@@ -89,7 +89,8 @@ pub(crate) async fn watch(
         match load(&settings_rules, &file) {
             Ok(rules) => {
                 let total = rules.len();
-                let kept = analysis.lock().unwrap_or_else(PoisonError::into_inner).replace_rules(rules);
+                // Each analysis (windows, and points if any) keeps its own alerts of unchanged rules.
+                let kept: usize = analyses.iter().map(|a| a.lock().unwrap_or_else(PoisonError::into_inner).replace_rules(rules.clone())).sum();
                 counters.applied.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(file = %file.display(), rules = total, kept, "alert rules reloaded");
             }

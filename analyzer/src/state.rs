@@ -4,13 +4,21 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use proto::v1::{Aggregate, Alert, AlertState, Series};
+use proto::v1::{Aggregate, Alert, AlertState, Point, Series, WindowStats};
 
 use crate::config::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Detector, DetectorSpec, Forecast, Holt, NoForecast, Regression};
 use crate::rules::{Change, Evaluator, Field, ForecastWith, Kind, Rule, SavedAlert, State};
+
+/// What an analysis reads: windows (the aggregates topic) of every metric but those modelled per
+/// point, or the raw points of those (the points topic). Each series is modelled by exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Aggregates,
+    Points,
+}
 
 /// Which trend model a forecast comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +98,10 @@ pub struct Observed {
     pub scored: Option<Scored>,
     /// The alert changes, in the order they are published.
     pub alerts: Vec<Alert>,
+    /// The series whose checkpoint changed: the one observed, and any whose alert changed because
+    /// the event time moved (a no-data change). Each must be checkpointed with the alerts, or a
+    /// restore would publish such a change again.
+    pub changed: Vec<String>,
 }
 
 /// The probability a forecast rule's interval is computed at (a rule compares the forecast value).
@@ -104,16 +116,36 @@ pub struct Analysis {
     /// of that partition's series are judged. Per partition, so that the judgement depends only on the
     /// partition's order, which a replay (or a backtest in partition and offset order) repeats.
     watermarks: HashMap<i32, i64>,
+    input: Input,
 }
 
 impl Analysis {
+    /// The analysis of windows.
     pub fn new(model: Model, rules: Vec<Rule>) -> Self {
-        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules), watermarks: HashMap::new() }
+        Self::of(Input::Aggregates, model, rules)
+    }
+
+    pub fn of(input: Input, model: Model, rules: Vec<Rule>) -> Self {
+        Self { model, series: HashMap::new(), evaluator: Evaluator::new(rules), watermarks: HashMap::new(), input }
+    }
+
+    pub fn input(&self) -> Input {
+        self.input
     }
 
     /// Folds in one aggregate read from input partition `partition`; returns the alert changes it
     /// caused, and those of any series of the partition whose silence the event time it brings reveals.
+    /// A window of a metric modelled per point is ignored, as is every window in an analysis of points.
     pub fn observe(&mut self, partition: i32, aggregate: &Aggregate) -> Observed {
+        let per_point = aggregate.series.as_ref().is_some_and(|s| self.model.points.contains_key(&s.metric));
+        if per_point || self.input == Input::Points {
+            return Observed::default();
+        }
+        self.fold(partition, aggregate)
+    }
+
+    /// Folds in one window of a series this analysis models.
+    fn fold(&mut self, partition: i32, aggregate: &Aggregate) -> Observed {
         let (Some(series), Some(window)) = (&aggregate.series, &aggregate.window) else { return Observed::default() };
         let key = series.key();
         let model = &self.model;
@@ -168,7 +200,38 @@ impl Analysis {
             let series = &self.series;
             changes.extend(self.evaluator.advance(end_ns, |key| series.get(key).is_some_and(|m| m.partition == partition)));
         }
-        Observed { scored: Some(scored), alerts: changes.into_iter().map(|change| self.alert(change)).collect() }
+        let alerts: Vec<Alert> = changes.into_iter().map(|change| self.alert(change)).collect();
+        let mut changed = vec![key];
+        for alert in &alerts {
+            let other = alert.series.as_ref().map(Series::key).filter(|other| !changed.contains(other));
+            changed.extend(other);
+        }
+        Observed { scored: Some(scored), alerts, changed }
+    }
+
+    /// Folds in one raw point read from input partition `partition`, as a window of one point
+    /// `[t, t + interval)` (`model.points`). A point of a metric modelled per window is ignored, as is
+    /// every point in an analysis of windows.
+    pub fn observe_point(&mut self, partition: i32, point: &Point) -> Observed {
+        let Some(per_point) = self.model.points.get(&point.metric).filter(|_| self.input == Input::Points) else {
+            return Observed::default();
+        };
+        let interval = i64::try_from(per_point.interval.as_nanos()).unwrap_or(i64::MAX);
+        let (start_ns, value) = (point.timestamp_ns, point.value);
+        let window = WindowStats {
+            start_ns,
+            end_ns: start_ns.saturating_add(interval),
+            count: 1,
+            sum: value,
+            mean: value,
+            min: value,
+            max: value,
+            first_ns: start_ns,
+            last_ns: start_ns,
+            ..WindowStats::default()
+        };
+        let series = Series { metric: point.metric.clone(), tags: point.tags.clone() };
+        self.fold(partition, &Aggregate { series: Some(series), window: Some(window) })
     }
 
     fn alert(&self, change: Change) -> Alert {
@@ -309,6 +372,86 @@ mod tests {
         assert_eq!(kept, [2, 3, 4]);
         assert_eq!(cpu.scores(30 * S, 40 * S).count(), 1);
         assert!(a.series("cpu{}").is_none());
+    }
+
+    #[test]
+    fn a_metric_modelled_per_point_is_learned_from_its_points_only() {
+        let mut model = Settings::default().model;
+        model.points.insert("temp".to_owned(), crate::config::PerPoint { interval: std::time::Duration::from_secs(1) });
+        let rules = vec![Rule::threshold("hot", "temp", crate::rules::Comparison::Above, 10.0)];
+        let mut points = Analysis::of(Input::Points, model.clone(), rules.clone());
+        let mut windows = Analysis::new(model, rules);
+        let point = |metric: &str, i: i64| Point {
+            metric: metric.to_owned(),
+            tags: [("host".to_owned(), "a".to_owned())].into(),
+            timestamp_ns: i * S,
+            value: i as f64,
+        };
+        let mut fired = Vec::new();
+        for i in 0..20 {
+            // A window of temp goes unread by both: the points analysis reads no windows, and the
+            // windows analysis none of a metric modelled per point.
+            assert!(windows.observe(0, &window("temp", i, 99.0)).scored.is_none());
+            assert!(points.observe(0, &window("temp", i, 99.0)).scored.is_none());
+            assert!(points.observe_point(0, &point("cpu", i)).scored.is_none());
+            let observed = points.observe_point(0, &point("temp", i));
+            assert_eq!(observed.scored.map(|s| (s.start_ns, s.end_ns, s.mean)), Some((i * S, (i + 1) * S, i as f64)));
+            fired.extend(observed.alerts.iter().map(|a| (i, a.state())));
+        }
+        // Value i at i seconds: the first point above 10 fires, and the line has slope 1 per second.
+        assert_eq!(fired, [(11, AlertState::Firing)]);
+        let temp = points.series("temp{host=\"a\"}").unwrap();
+        let forecast = temp.forecast(TrendModel::Regression, S, 0.95).unwrap();
+        assert_eq!(forecast.windows, 20);
+        assert!((forecast.slope_per_second - 1.0).abs() < 1e-9, "{forecast:?}");
+        assert!(points.series("cpu{host=\"a\"}").is_none() && windows.series("temp{host=\"a\"}").is_none());
+    }
+
+    /// What the consumer does: after each observation, checkpoint the series it names as changed and
+    /// the partition's event time. A no-data change of a silent series is in that checkpoint, so a
+    /// restore does not publish it again.
+    #[test]
+    fn a_no_data_change_is_checkpointed_with_its_silent_series() {
+        let quiet = Series { metric: "temp".to_owned(), tags: [("host".to_owned(), "quiet".to_owned())].into() };
+        let rule = Rule {
+            tags: quiet.tags.clone(),
+            no_data: crate::rules::NoData::Alert,
+            no_data_after: Some(std::time::Duration::from_secs(30)),
+            ..Rule::threshold("watched", "temp", crate::rules::Comparison::Above, 30.0)
+        };
+        let model = Settings::default().model;
+        let window = |host: &str, i: i64, mean: f64| Aggregate {
+            series: Some(Series { metric: "temp".to_owned(), tags: [("host".to_owned(), host.to_owned())].into() }),
+            window: Some(WindowStats { start_ns: i * 10 * S, end_ns: (i + 1) * 10 * S, mean, ..Default::default() }),
+        };
+        let mut live = Analysis::new(model.clone(), vec![rule.clone()]);
+        let mut saved: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut published = Vec::new();
+        let observe = |analysis: &mut Analysis, saved: &mut HashMap<String, Vec<u8>>, aggregate: &Aggregate| {
+            let observed = analysis.observe(0, aggregate);
+            for key in &observed.changed {
+                saved.insert(key.clone(), analysis.checkpoint(key).unwrap());
+            }
+            observed.alerts.into_iter().map(|a| (a.state(), a.window_end_ns / (10 * S))).collect::<Vec<_>>()
+        };
+        // "quiet" is hot for three windows, then silent while "loud" moves event time on.
+        for i in 0..8 {
+            if i < 3 {
+                published.extend(observe(&mut live, &mut saved, &window("quiet", i, 40.0)));
+            }
+            published.extend(observe(&mut live, &mut saved, &window("loud", i, 10.0)));
+        }
+        assert_eq!(published, [(AlertState::Firing, 1), (AlertState::NoData, 6)]);
+        let mut restored = Analysis::new(model, vec![rule]);
+        for (key, bytes) in &saved {
+            restored.restore(0, key, bytes).unwrap();
+        }
+        restored.restore_watermark(0, live.watermark(0).unwrap());
+        for i in 8..12 {
+            let loud = window("loud", i, 10.0);
+            let (a, b) = (observe(&mut live, &mut saved.clone(), &loud), observe(&mut restored, &mut saved, &loud));
+            assert_eq!((a, b), (Vec::new(), Vec::new()), "window {i}");
+        }
     }
 
     #[test]

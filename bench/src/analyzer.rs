@@ -161,9 +161,9 @@ async fn run_analyzer(kafka: &KafkaSettings, topic: &TopicSettings, records: u64
     let shutdown = plumbing::Shutdown::new();
     let (started, cpu) = (Instant::now(), cpu_seconds());
     let task = tokio::spawn(app.run(shutdown.clone()));
-    while stats.aggregates.load(Ordering::Relaxed) < records {
+    while stats.read.load(Ordering::Relaxed) < records {
         if started.elapsed() > Duration::from_secs(600) || task.is_finished() {
-            bail!("the analyzer read {} of {records} aggregates", stats.aggregates.load(Ordering::Relaxed));
+            bail!("the analyzer read {} of {records} aggregates", stats.read.load(Ordering::Relaxed));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -92,27 +92,43 @@ enum Command {
         #[arg(long)]
         metric: Option<String>,
     },
-    /// Replay a recorded series (a CSV file with `timestamp` and `value` columns, one row per window)
-    /// through the analyzer's models and rules: print the alerts the live analyzer would raise, and
-    /// optionally write each row's anomaly score.
+    /// Replay recorded windows through the analyzer's models and rules and print the alerts the live
+    /// analyzer would raise: a CSV file of one series (`timestamp` and `value` columns, one row per
+    /// window; optionally write each row's anomaly score), or the store's aggregates.
     ///
-    /// Example: runnel backtest data.csv --config deploy/local/analyzer.toml --metric cpu --scores out.csv
+    /// From the store, every series' windows are replayed in the order the analyzer read them (by
+    /// partition and offset), so each partition's event time moves as it did live; the alerts equal the
+    /// live analyzer's when `--since` reaches back to the start of its input (a later start gives the
+    /// models less history).
+    ///
+    /// Examples:
+    ///   runnel backtest data.csv --config deploy/local/analyzer.toml --metric cpu --scores out.csv
+    ///   runnel backtest --from-store --since 6h --config deploy/local/analyzer.toml
+    #[command(verbatim_doc_comment)]
     Backtest {
-        csv: PathBuf,
-        /// The analyzer settings file whose `[model]` and `[[rules]]` are replayed (defaults otherwise).
+        #[arg(required_unless_present = "from_store", conflicts_with = "from_store")]
+        csv: Option<PathBuf>,
+        /// Replay the store's aggregates instead of a file.
+        #[arg(long)]
+        from_store: bool,
+        /// With --from-store: the earliest window start, a time (RFC 3339) or how long ago (`6h`).
+        #[arg(long, default_value = "24h", value_parser = parse_since, requires = "from_store")]
+        since: i64,
+        /// The analyzer settings file whose `[model]` and rules (`[[rules]]` and `rules_file`) are
+        /// replayed (defaults otherwise).
         #[arg(long)]
         config: Option<PathBuf>,
         /// The metric the rows belong to, which selects the rules and the detector.
-        #[arg(long, default_value = "value")]
+        #[arg(long, default_value = "value", conflicts_with = "from_store")]
         metric: String,
         /// The series' tags, `name=value`.
-        #[arg(long = "tag", value_parser = parse_tag)]
+        #[arg(long = "tag", value_parser = parse_tag, conflicts_with = "from_store")]
         tags: Vec<(String, String)>,
         /// Each row's window length; the smallest gap between rows when absent.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "from_store")]
         window: Option<Duration>,
         /// Write `timestamp,value,anomaly_score` per row here (the detector output NAB scores).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_store")]
         scores: Option<PathBuf>,
     },
     /// Work with alert rules.
@@ -167,6 +183,14 @@ fn parse_tag(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{text:?} is not name=value"))
 }
 
+/// A time: RFC 3339 (`2026-11-26T10:00:00Z`, or without the zone, as UTC), or how long ago (`6h`).
+fn parse_since(text: &str) -> Result<i64, String> {
+    match humantime::parse_duration(text) {
+        Ok(ago) => Ok(now_ns() - nanos(ago)),
+        Err(_) => analyzer::backtest::parse_time(text).ok_or_else(|| format!("{text:?} is neither a time (RFC 3339) nor a duration (`6h`)")),
+    }
+}
+
 fn now_ns() -> i64 {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
     i64::try_from(nanos).unwrap_or(i64::MAX)
@@ -191,9 +215,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Forecast { metric, tags, horizon, holt } => forecast(&cli.analyzer, metric, tags, horizon, holt).await,
         Command::Watch { resume } => watch(&cli.analyzer, resume.unwrap_or_default()).await,
         Command::Alerts { state, rule, metric } => list_alerts(&cli.analyzer, state, rule, metric).await,
-        Command::Backtest { csv, config, metric, tags, window, scores } => {
+        Command::Backtest { csv: Some(csv), config, metric, tags, window, scores, .. } => {
             backtest(&csv, config.as_deref(), Series { metric, tags: tags.into_iter().collect() }, window, scores.as_deref())
         }
+        Command::Backtest { csv: None, config, since, .. } => backtest_store(&cli.store, config.as_deref(), since).await,
         Command::Rules(RulesCommand::Test { file }) => rules_test(&file),
         Command::Replay { brokers, reasons, deadletter_topic, points_topic, group } => {
             let kafka = plumbing::kafka::KafkaSettings { brokers, ..Default::default() };
@@ -220,7 +245,8 @@ fn backtest(csv: &Path, config: Option<&Path>, series: Series, window: Option<Du
     let settings = analyzer_settings(config)?;
     let file = std::fs::File::open(csv).with_context(|| format!("opening {}", csv.display()))?;
     let rows = analyzer::backtest::read_csv(std::io::BufReader::new(file), &series, window).with_context(|| format!("reading {}", csv.display()))?;
-    let outcome = analyzer::backtest::run(settings.model, settings.rules, rows.iter().map(|r| (0, r.window.clone())));
+    let rules = settings.running_rules().map_err(anyhow::Error::msg)?;
+    let outcome = analyzer::backtest::run(settings.model, rules, rows.iter().map(|r| (0, r.window.clone())));
     for alert in &outcome.alerts {
         print_alert(alert)?;
     }
@@ -236,18 +262,36 @@ fn backtest(csv: &Path, config: Option<&Path>, series: Series, window: Option<Du
     Ok(())
 }
 
+/// How many stored windows one `Sql` answer carries during a backtest from the store.
+const BACKTEST_PAGE: usize = 100_000;
+
+async fn backtest_store(url: &str, config: Option<&Path>, since: i64) -> anyhow::Result<()> {
+    let settings = analyzer_settings(config)?;
+    let rules = settings.running_rules().map_err(anyhow::Error::msg)?;
+    let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
+    let located = store::client::aggregates(&mut client, since, i64::MAX, BACKTEST_PAGE).await?;
+    let windows = located.len();
+    let outcome = analyzer::backtest::run(settings.model, rules, located.into_iter().map(|l| (l.partition, l.aggregate)));
+    for alert in &outcome.alerts {
+        print_alert(alert)?;
+    }
+    eprintln!("{windows} windows, {} alert changes", outcome.alerts.len());
+    Ok(())
+}
+
 fn rules_test(file: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let test: analyzer::backtest::RulesTest = toml::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
     let config = test.config.as_ref().map(|c| file.parent().unwrap_or(Path::new(".")).join(c));
-    let mut settings = analyzer_settings(config.as_deref())?;
-    settings.rules.extend(test.rules.iter().cloned());
-    let problems: Vec<String> = settings.rules.iter().enumerate().flat_map(|(i, r)| r.problems().into_iter().map(move |(f, p)| format!("rules[{i}].{f}: {p}"))).collect();
+    let settings = analyzer_settings(config.as_deref())?;
+    let mut rules = settings.running_rules().map_err(anyhow::Error::msg)?;
+    rules.extend(test.rules.iter().cloned());
+    let problems: Vec<String> = rules.iter().enumerate().flat_map(|(i, r)| r.problems().into_iter().map(move |(f, p)| format!("rules[{i}].{f}: {p}"))).collect();
     if !problems.is_empty() {
         bail!("invalid rules:\n  {}", problems.join("\n  "));
     }
     let windows = test.windows().map_err(anyhow::Error::msg)?;
-    let outcome = analyzer::backtest::run(settings.model, settings.rules, windows.into_iter().map(|w| (0, w)));
+    let outcome = analyzer::backtest::run(settings.model, rules, windows.into_iter().map(|w| (0, w)));
     let got = test.spell(&outcome.alerts);
     for alert in &got {
         println!("window {:>4}  {:<9} {}", alert.window, alert.state.to_uppercase(), alert.id);

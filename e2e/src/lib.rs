@@ -36,11 +36,21 @@ pub fn kafka() -> KafkaSettings {
 pub fn analyzer_settings(rules: &str) -> (analyzer::Settings, std::path::PathBuf) {
     let file = std::env::temp_dir().join(unique("runnel-e2e-rules")).with_extension("toml");
     std::fs::write(&file, rules).expect("rules file written");
-    let mut s = analyzer::Settings { kafka: kafka(), group_id: unique("e2e-analyzer"), rules_file: Some(file.clone()), ..Default::default() };
+    // A transactional id of its own: two analyzers of one test process sharing the default (from the
+    // hostname) would fence each other.
+    let mut s = analyzer::Settings {
+        kafka: kafka(),
+        group_id: unique("e2e-analyzer"),
+        transactional_id: unique("e2e-analyzer"),
+        rules_file: Some(file.clone()),
+        ..Default::default()
+    };
     s.grpc.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     s.topics.aggregates = topic("e2e-aggregates", 1);
     s.topics.alerts = topic("e2e-alerts", 1);
     s.topics.changelog = topic("e2e-analyzer-changelog", 1);
+    s.topics.points = topic("e2e-points", 1);
+    s.topics.points_changelog = topic("e2e-analyzer-points-changelog", 1);
     (s, file)
 }
 
