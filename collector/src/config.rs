@@ -40,6 +40,9 @@ pub struct Topics {
 pub struct Limits {
     /// Most points in one batch.
     pub max_batch_points: usize,
+    /// Most points awaiting Kafka's acknowledgement at once, over all calls; a batch that does not fit
+    /// is refused with `RESOURCE_EXHAUSTED` (retry later). At least `max_batch_points`.
+    pub max_in_flight_points: usize,
     /// Longest metric name, in bytes.
     pub max_metric_len: usize,
     /// Most tags on one point.
@@ -73,6 +76,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_batch_points: 10_000,
+            max_in_flight_points: 200_000,
             max_metric_len: 256,
             max_tags: 32,
             max_tag_name_len: 128,
@@ -98,10 +102,30 @@ impl ServiceSettings for Settings {
             check(&mut errors, value >= 1, key, format!("{value} must be at least 1"));
         }
         check(&mut errors, !l.max_age.is_zero(), "limits.max_age", "must be positive");
+        check(
+            &mut errors,
+            l.max_in_flight_points >= l.max_batch_points && u32::try_from(l.max_in_flight_points).is_ok(),
+            "limits.max_in_flight_points",
+            format!("{} must be at least limits.max_batch_points ({}) and at most {}", l.max_in_flight_points, l.max_batch_points, u32::MAX),
+        );
         errors
     }
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_flight_limit_must_hold_a_whole_batch() {
+        assert_eq!(Settings::default().validate(), Vec::new());
+        let mut s = Settings::default();
+        s.limits.max_in_flight_points = s.limits.max_batch_points - 1;
+        let keys: Vec<String> = s.validate().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["limits.max_in_flight_points"]);
     }
 }

@@ -19,6 +19,9 @@ pub enum Error {
     /// Retryable: Kafka did not acknowledge every point of a batch within its delivery timeout.
     #[error("kafka did not acknowledge {failed} of {total} points ({source}); the batch may be partly written")]
     Delivery { failed: usize, total: usize, source: KafkaError },
+    /// Retryable: too many points already await Kafka's acknowledgement (Kafka is slow or away).
+    #[error("overloaded: {in_flight} points await kafka's acknowledgement and {points} more would pass the limit of {limit}; retry later")]
+    Overloaded { points: usize, in_flight: usize, limit: usize },
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("grpc listener: {0}")]
@@ -47,6 +50,7 @@ impl From<Error> for Status {
                     .collect();
                 Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(details))
             }
+            Error::Overloaded { .. } => Status::resource_exhausted(message),
             Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
             Error::Bind(_) | Error::Serve(_) => Status::internal(message),
         }

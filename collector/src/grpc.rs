@@ -63,9 +63,12 @@ impl IngestService for Ingest {
             .await
             .map_err(|err| match err {
                 Error::Invalid { .. } => Status::from(err),
-                other => Status::unavailable(format!(
-                    "stream message {index}: {other}; {prior} points of earlier messages accepted"
-                )),
+                // The same code as for `Write` (RESOURCE_EXHAUSTED, UNAVAILABLE), telling what was accepted.
+                other => {
+                    let status = Status::from(other);
+                    let message = format!("stream message {index}: {}; {prior} points of earlier messages accepted", status.message());
+                    Status::new(status.code(), message)
+                }
             })?;
             accepted += points.len() as u64;
             index += 1;

@@ -1,12 +1,16 @@
 //! The points sink: accepted points go to the points topic keyed by series, so one series always lands
-//! in one partition, and a batch counts as written only when Kafka acknowledged every point.
+//! in one partition, and a batch counts as written only when Kafka acknowledged every point. A bounded
+//! number of points may await Kafka's acknowledgement at once: past it, a write is refused at once as
+//! overloaded (the client retries later) rather than queued without bound or dropped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use proto::prost::Message as _;
 use proto::v1::Point;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
 
@@ -17,6 +21,9 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct PointSink {
     producer: FutureProducer,
     topic: String,
+    /// A permit per point that may await Kafka's acknowledgement.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl std::fmt::Debug for PointSink {
@@ -26,12 +33,20 @@ impl std::fmt::Debug for PointSink {
 }
 
 impl PointSink {
-    pub(crate) fn new(producer: FutureProducer, topic: String) -> Self {
-        Self { producer, topic }
+    pub(crate) fn new(producer: FutureProducer, topic: String, max_in_flight: usize) -> Self {
+        Self { producer, topic, in_flight: Arc::new(Semaphore::new(max_in_flight)), max_in_flight }
     }
 
-    /// Writes every point and returns once Kafka acknowledged all of them.
+    /// Writes every point and returns once Kafka acknowledged all of them; refuses the whole batch,
+    /// writing nothing, when it does not fit beside the points already awaiting acknowledgement.
     pub(crate) async fn write(&self, points: &[Point]) -> Result<()> {
+        let wanted = u32::try_from(points.len()).unwrap_or(u32::MAX);
+        // Held until every send below has its answer; dropping it returns the room.
+        let _room = self.in_flight.try_acquire_many(wanted).map_err(|_| Error::Overloaded {
+            points: points.len(),
+            in_flight: self.max_in_flight - self.in_flight.available_permits(),
+            limit: self.max_in_flight,
+        })?;
         let encoded: Vec<(String, Vec<u8>)> =
             points.iter().map(|p| (p.series_key(), p.encode_to_vec())).collect();
         let sends = encoded.iter().map(|(key, payload)| {
@@ -53,8 +68,61 @@ impl PointSink {
         }
     }
 
+    /// How many points await Kafka's acknowledgement.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
+
     /// Waits for every queued point to be acknowledged.
     pub(crate) fn flush(&self, timeout: Duration) -> Result<()> {
         self.producer.flush(timeout).map_err(Error::Kafka)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rdkafka::ClientConfig;
+
+    use super::*;
+
+    fn points(n: usize) -> Vec<Point> {
+        (0..n).map(|i| Point { metric: "m".into(), tags: BTreeMap::new(), timestamp_ns: i as i64, value: 1.0 }).collect()
+    }
+
+    /// No broker listens on port 1 of loopback, so sends wait for their delivery timeout: the points
+    /// stay in flight as long as the test needs.
+    fn unreachable_sink(max_in_flight: usize) -> PointSink {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .expect("a producer is created without contacting the broker");
+        PointSink::new(producer, "t".into(), max_in_flight)
+    }
+
+    #[tokio::test]
+    async fn a_batch_past_the_room_left_is_refused_whole_and_the_room_returns() {
+        let sink = unreachable_sink(5);
+        let stuck = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.write(&points(3)).await })
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sink.in_flight() < 3 {
+            assert!(tokio::time::Instant::now() < deadline, "the first batch never went in flight");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        match sink.write(&points(3)).await {
+            Err(Error::Overloaded { points: 3, in_flight: 3, limit: 5 }) => {}
+            other => panic!("expected an overload refusal, got {other:?}"),
+        }
+        assert_eq!(sink.in_flight(), 3, "the refused batch took no room");
+        // Abandoning a write (a client that went away) returns its room.
+        stuck.abort();
+        assert!(stuck.await.unwrap_err().is_cancelled());
+        assert_eq!(sink.in_flight(), 0);
     }
 }

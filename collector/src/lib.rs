@@ -34,7 +34,7 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self> {
         settings.kafka.ensure_topics(&[&settings.topics.points]).await?;
         let producer = settings.kafka.producer("runnel-collector").create()?;
-        let sink = PointSink::new(producer, settings.topics.points.name.clone());
+        let sink = PointSink::new(producer, settings.topics.points.name.clone(), settings.limits.max_in_flight_points);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         Ok(Self { listener, ingest: grpc::Ingest::new(settings.limits, sink.clone()), sink })
     }
