@@ -68,6 +68,8 @@ struct Owned {
 /// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
 pub(crate) struct Shared {
     pub(crate) analysis: Arc<Mutex<Analysis>>,
+    /// What `analysis` reads; fixed, so a record is decoded before the analysis is locked.
+    input: Input,
     txns: Mutex<Transactions>,
     owned: Mutex<BTreeMap<i32, Owned>>,
     pub(crate) input_topic: String,
@@ -103,6 +105,7 @@ pub(crate) struct Wiring {
 impl Shared {
     pub(crate) fn new(analysis: Analysis, txns: Transactions, wiring: Wiring) -> Self {
         Self {
+            input: analysis.input(),
             analysis: Arc::new(Mutex::new(analysis)),
             txns: Mutex::new(txns),
             owned: Mutex::default(),
@@ -123,13 +126,11 @@ impl Shared {
             // Only between a revoke and the queue's purge: the partition belongs to another member now.
             return Vec::new();
         }
+        // Decoded before the analysis is locked: the gRPC service reads it meanwhile.
         let payload = message.payload().unwrap_or_default();
-        let observed = {
-            let mut analysis = lock(&self.analysis);
-            match analysis.input() {
-                Input::Aggregates => Aggregate::decode(payload).map(|aggregate| analysis.observe(partition, &aggregate)),
-                Input::Points => Point::decode(payload).map(|point| analysis.observe_point(partition, &point)),
-            }
+        let observed = match self.input {
+            Input::Aggregates => Aggregate::decode(payload).map(|aggregate| lock(&self.analysis).observe(partition, &aggregate)),
+            Input::Points => Point::decode(payload).map(|point| lock(&self.analysis).observe_point(partition, &point)),
         };
         let Observed { alerts, changed, .. } = observed.unwrap_or_else(|err| {
             tracing::warn!(partition, offset, error = %err, "not a record of the input topic; skipped");
