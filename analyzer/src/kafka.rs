@@ -191,7 +191,7 @@ impl Shared {
             elem.set_metadata(format!("{METADATA_PREFIX}{}", state.changelog_end));
         }
         let group = consumer.group_metadata().ok_or_else(|| txns.fail(KafkaError::NoMessageReceived))?;
-        txns.commit(&offsets, &group)?;
+        txns.commit(&offsets, group)?;
         self.stats.transactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

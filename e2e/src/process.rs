@@ -76,6 +76,24 @@ impl Service {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// Every thread's stack of the running process, from gdb when it is installed: what a test prints
+    /// when a service stopped making progress, so that a rare hang can be told apart from an idle loop.
+    pub fn stacks(&self) -> String {
+        let pid = self.child.id().to_string();
+        let dump = Command::new("gdb")
+            .args(["-p", &pid, "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt 30"])
+            .stdin(Stdio::null())
+            .output();
+        match dump {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                // Only the frames: gdb's banner and symbol-loading chatter say nothing about the hang.
+                text.lines().filter(|l| l.starts_with('#') || l.starts_with("Thread ")).collect::<Vec<_>>().join("\n")
+            }
+            Err(err) => format!("(no stacks: gdb did not run: {err})"),
+        }
+    }
+
     /// Waits until the log has a line containing `needle`, for at most `limit`, and returns the first such
     /// line; panics with the log's tail if none appears or the process exits first.
     pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> String {

@@ -121,8 +121,11 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
-        let tails: Vec<String> = logs.iter().map(|s| s.log_tail(30)).collect();
-        assert!(verdict.is_clean(), "{what}:\n{verdict}\nlogs:\n{}", tails.join("\n---\n"));
+        if !verdict.is_clean() {
+            let tails: Vec<String> = logs.iter().map(|s| format!("{}\n{}", s.log_path().display(), s.log_tail(30))).collect();
+            let stacks: Vec<String> = logs.iter().map(|s| s.stacks()).collect();
+            panic!("{what}:\n{verdict}\nlogs:\n{}\nstacks:\n{}", tails.join("\n---\n"), stacks.join("\n---\n"));
+        }
         eprintln!("{what}: {} windows, each exactly once", expected.len());
     }
 }

@@ -56,6 +56,9 @@ impl std::fmt::Display for Failed {
     }
 }
 
+/// How long past its own timeout `send_offsets_to_transaction` may take before it counts as stuck.
+const OFFSETS_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Transactions {
     config: ClientConfig,
     timeout: Duration,
@@ -116,14 +119,14 @@ impl Transactions {
     pub fn commit(
         &mut self,
         offsets: &TopicPartitionList,
-        group: &ConsumerGroupMetadata,
+        group: ConsumerGroupMetadata,
     ) -> std::result::Result<(), Failed> {
         if !self.open {
             return Ok(());
         }
         let result = (|| {
             if offsets.count() > 0 {
-                self.producer.send_offsets_to_transaction(offsets, group, self.timeout)?;
+                self.send_offsets(offsets, group)?;
             }
             self.producer.commit_transaction(self.timeout)
         })();
@@ -134,6 +137,27 @@ impl Transactions {
             }
             Err(err) => Err(self.fail(err)),
         }
+    }
+
+    /// `send_offsets_to_transaction` within the deadline. librdkafka does not enforce that call's timeout
+    /// while the group coordinator is down or has moved (librdkafka issues 5456 and 5511): it can block
+    /// forever, as it did here when a broker was killed. So the call runs on a thread of its own; past
+    /// the deadline it counts as timed out, and `fail` replaces the producer, whose successor fences
+    /// it (the stuck call can then only fail). The thread is left to end whenever librdkafka lets it.
+    fn send_offsets(&self, offsets: &TopicPartitionList, group: ConsumerGroupMetadata) -> KafkaResult<()> {
+        let (producer, offsets, timeout) = (self.producer.clone(), offsets.clone(), self.timeout);
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("txn-offsets".into())
+            .spawn(move || {
+                // The receiver is gone only if the deadline passed; nobody waits for this answer then.
+                let _ = done.send(producer.send_offsets_to_transaction(&offsets, &group, timeout));
+            })
+            .map_err(|_| KafkaError::Canceled)?;
+        answer.recv_timeout(timeout + OFFSETS_GRACE).unwrap_or_else(|_| {
+            tracing::warn!(?timeout, "send_offsets_to_transaction passed its deadline; giving up on this producer");
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::OperationTimedOut))
+        })
     }
 
     /// Aborts the open transaction (on lost partitions, or after a failed commit).

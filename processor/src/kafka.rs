@@ -73,6 +73,23 @@ pub struct Stats {
     pub commit_micros: AtomicU64,
 }
 
+impl Stats {
+    /// One line with the counters that tell whether the processor moves: an operator (or a test's log
+    /// tail) sees at once whether points, windows and transactions still advance.
+    fn log_progress(&self) {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        tracing::info!(
+            partitions = get(&self.assigned_partitions),
+            points = get(&self.points),
+            windows = get(&self.windows_emitted),
+            late = get(&self.late_points),
+            transactions = get(&self.transactions),
+            rewinds = get(&self.rewinds),
+            "progress"
+        );
+    }
+}
+
 /// Where aggregates go.
 pub(crate) enum Output {
     ExactlyOnce(Transactions),
@@ -407,7 +424,7 @@ impl Shared {
                     .and_then(|()| self.checkpoints());
                 let offsets = offsets.map_err(|err| CommitError::Failed(txns.fail(err)))?;
                 let group = consumer.group_metadata().ok_or(CommitError::Fatal(Error::Kafka(KafkaError::NoMessageReceived)))?;
-                txns.commit(&offsets, &group).map_err(CommitError::Failed)?;
+                txns.commit(&offsets, group).map_err(CommitError::Failed)?;
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -624,6 +641,9 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
 /// How long to wait before trying a failed restore again.
 const RESTORE_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How often the loop logs its counters.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 /// How long to wait for room in a full producer queue before trying again.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
@@ -637,6 +657,7 @@ impl Pipeline {
         self.consumer.subscribe(&[&self.shared.points_topic])?;
         let mut tick = tokio::time::interval(self.commit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_progress = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -648,6 +669,10 @@ impl Pipeline {
                         }
                     }
                     self.commit().await?;
+                    if last_progress.elapsed() >= PROGRESS_EVERY {
+                        last_progress = Instant::now();
+                        self.shared.stats.log_progress();
+                    }
                 }
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
@@ -741,6 +766,9 @@ impl Pipeline {
         };
         // When the window closed, so that a reader can tell how long its result took to become visible.
         let closed_at = now_ns().to_string();
+        // A queue that stays full this long means the producer is stuck (no leader, no coordinator):
+        // the send then fails like any other and the transaction rewinds, rather than wait forever.
+        let deadline = Instant::now() + self.shared.timeout;
         loop {
             let mut record = FutureRecord::to(topic.as_str()).key(key.as_str()).payload(payload.as_slice());
             if matches!(out, Out::Aggregate(_)) {
@@ -765,7 +793,7 @@ impl Pipeline {
                     return Ok(true);
                 }
                 // The local queue is full: give the producer time to deliver, then try again.
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) if Instant::now() < deadline => {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err(err) => {
