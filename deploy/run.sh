@@ -98,7 +98,7 @@ up() {
   echo "==> the analyzer: where demo_temperature{host=\"host-0\"} is heading"
   wait_for "a forecast" "$BIN/runnel" forecast demo_temperature --tag host=host-0 --horizon 5m
   echo
-  echo "Runnel is running: collector 127.0.0.1:50051, store 127.0.0.1:50052, analyzer 127.0.0.1:50053."
+  echo "Runnel is running: collector 127.0.0.1:50051 (HTTP 127.0.0.1:8086), store 127.0.0.1:50052, analyzer 127.0.0.1:50053."
   echo "Try: target/debug/runnel series | target/debug/runnel watch | target/debug/runnel --help"
   echo "Stop it with: deploy/run.sh stop   (logs: $RUN/logs)"
 }

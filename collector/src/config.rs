@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// Where the ingest gRPC service listens.
     pub grpc: GrpcSettings,
+    /// Where the HTTP endpoints listen: InfluxDB's `/api/v2/write` (line protocol) and `/api/v1/write`
+    /// (JSON batches).
+    pub http: HttpSettings,
     pub kafka: KafkaSettings,
     pub topics: Topics,
     /// What a point must satisfy to be accepted.
@@ -29,6 +32,14 @@ pub struct GrpcSettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address; port 0 lets the OS choose. 8086 is InfluxDB's, so that its clients need only
+    /// the host changed.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Topics {
     /// Where accepted points go.
     pub points: TopicSettings,
@@ -38,8 +49,13 @@ pub struct Topics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Most points in one batch.
+    /// Most points in one batch (one gRPC message, one HTTP request).
     pub max_batch_points: usize,
+    /// Largest HTTP request body as sent, in bytes; past it the answer is 413.
+    pub max_request_bytes: usize,
+    /// Largest HTTP request body once inflated, in bytes: a gzip body is inflated only this far, so a
+    /// gzip bomb costs at most this much memory before it is refused with 413.
+    pub max_decompressed_bytes: usize,
     /// Most points awaiting Kafka's acknowledgement at once, over all calls; a batch that does not fit
     /// is refused with `RESOURCE_EXHAUSTED` (retry later). At least `max_batch_points`.
     pub max_in_flight_points: usize,
@@ -64,6 +80,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc: GrpcSettings { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
+            http: HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8086)) },
             kafka: KafkaSettings::default(),
             topics: Topics { points: TopicSettings::new(topics::POINTS) },
             limits: Limits::default(),
@@ -76,6 +93,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_batch_points: 10_000,
+            max_request_bytes: 8 * 1024 * 1024,
+            max_decompressed_bytes: 32 * 1024 * 1024,
             max_in_flight_points: 200_000,
             max_metric_len: 256,
             max_tags: 32,
@@ -95,6 +114,8 @@ impl ServiceSettings for Settings {
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_batch_points", l.max_batch_points),
+            ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_decompressed_bytes", l.max_decompressed_bytes),
             ("limits.max_metric_len", l.max_metric_len),
             ("limits.max_tag_name_len", l.max_tag_name_len),
             ("limits.max_tag_value_len", l.max_tag_value_len),

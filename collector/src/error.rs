@@ -1,5 +1,7 @@
-//! The collector's errors, and the one place where they become gRPC statuses.
+//! The collector's errors, and the one place where they become gRPC statuses and HTTP responses.
 
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use proto::tonic::{Code, Status};
 use proto::tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use rdkafka::error::KafkaError;
@@ -22,12 +24,32 @@ pub enum Error {
     /// Retryable: too many points already await Kafka's acknowledgement (Kafka is slow or away).
     #[error("overloaded: {in_flight} points await kafka's acknowledgement and {points} more would pass the limit of {limit}; retry later")]
     Overloaded { points: usize, in_flight: usize, limit: usize },
+    /// Not retryable: a request's parameter or body cannot be read at all.
+    #[error("{what}: {reason}")]
+    BadRequest { what: String, reason: String },
+    /// Not retryable as it is: the request passes a size limit (split it).
+    #[error("{what} exceeds the limit of {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    /// Not retryable: a `Content-Encoding` other than gzip.
+    #[error("content encoding {0} is not supported; send gzip or no encoding")]
+    UnsupportedEncoding(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("grpc listener: {0}")]
     Bind(std::io::Error),
     #[error("grpc server: {0}")]
     Serve(#[from] proto::tonic::transport::Error),
+    #[error("http listener: {0}")]
+    HttpBind(std::io::Error),
+    #[error("http server: {0}")]
+    HttpServe(std::io::Error),
+}
+
+impl Error {
+    /// Whether the same request may succeed later; what a client's retry policy needs.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Overloaded { .. } | Self::Delivery { .. } | Self::Kafka(_))
+    }
 }
 
 fn describe(context: &str, violations: &[Violation]) -> String {
@@ -46,13 +68,103 @@ impl From<Error> for Status {
                 let details: Vec<FieldViolation> = violations
                     .into_iter()
                     .take(MAX_REPORTED_VIOLATIONS)
-                    .map(|v| FieldViolation::new(v.field, v.reason))
+                    .map(|v| FieldViolation::new(v.path(), v.reason))
                     .collect();
                 Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(details))
             }
-            Error::Overloaded { .. } => Status::resource_exhausted(message),
+            Error::BadRequest { .. } | Error::UnsupportedEncoding(_) => Status::invalid_argument(message),
+            Error::Overloaded { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
             Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
-            Error::Bind(_) | Error::Serve(_) => Status::internal(message),
+            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => Status::internal(message),
         }
+    }
+}
+
+/// Seconds a client should wait before retrying an overloaded collector: in-flight points are
+/// acknowledged within milliseconds when Kafka is healthy.
+const OVERLOADED_RETRY_AFTER_SECS: u32 = 1;
+/// Seconds before retrying when Kafka did not acknowledge: a broker failover takes seconds.
+const UNAVAILABLE_RETRY_AFTER_SECS: u32 = 5;
+
+/// The HTTP answer: a status, `Retry-After` when retrying helps, and a JSON body in InfluxDB's error
+/// shape (`code`, `message`) with every violation listed as `errors[]` (`index`, `line`, `field`,
+/// `reason`). Too many points in one request answers 413 like a too-large body, so that Telegraf
+/// splits the batch and retries instead of dropping it.
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, code, retry_after) = match &self {
+            Error::Invalid { violations, .. } if violations.iter().any(Violation::is_batch_size) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None)
+            }
+            Error::Invalid { .. } | Error::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid", None),
+            Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None),
+            Error::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type", None),
+            Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "too many requests", Some(OVERLOADED_RETRY_AFTER_SECS)),
+            Error::Delivery { .. } | Error::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(UNAVAILABLE_RETRY_AFTER_SECS)),
+            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
+            }
+        };
+        let errors: Vec<serde_json::Value> = match &self {
+            Error::Invalid { violations, .. } => violations
+                .iter()
+                .take(MAX_REPORTED_VIOLATIONS)
+                .map(|v| serde_json::json!({ "index": v.index, "line": v.line, "field": v.field, "reason": v.reason }))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let body = serde_json::json!({ "code": code, "message": message, "errors": errors }).to_string();
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(err: Error) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = err.into_response();
+        let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap_or_default().to_owned());
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
+        (status, retry_after, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn overload_and_kafka_trouble_say_when_to_retry() {
+        let (status, retry_after, body) = answer(Error::Overloaded { points: 10, in_flight: 195, limit: 200 }).await;
+        assert_eq!((status, retry_after.as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("1")));
+        assert_eq!(body["code"], "too many requests");
+        let timed_out = KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut);
+        let (status, retry_after, body) = answer(Error::Delivery { failed: 3, total: 5, source: timed_out }).await;
+        assert_eq!((status, retry_after.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("5")));
+        assert_eq!(body["message"], "kafka did not acknowledge 3 of 5 points (Message production error: MessageTimedOut (Local: Message timed out)); the batch may be partly written");
+        assert!(Error::Overloaded { points: 1, in_flight: 0, limit: 1 }.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_lists_every_violation() {
+        let violations = vec![
+            Violation { index: Some(0), line: Some(2), field: "metric".into(), reason: "must not be empty".into() },
+            Violation { index: None, line: Some(5), field: "line".into(), reason: "No fields were provided".into() },
+        ];
+        let (status, retry_after, body) = answer(Error::Invalid { context: String::new(), violations }).await;
+        assert_eq!((status, retry_after), (StatusCode::BAD_REQUEST, None));
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "code": "invalid",
+                "message": "line 2: points[0].metric: must not be empty (and 1 more violations)",
+                "errors": [
+                    { "index": 0, "line": 2, "field": "metric", "reason": "must not be empty" },
+                    { "index": null, "line": 5, "field": "line", "reason": "No fields were provided" },
+                ],
+            })
+        );
     }
 }

@@ -1,49 +1,22 @@
 //! The ingest gRPC service: validate a whole batch, then write it.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::StreamExt as _;
 use proto::tonic::{Request, Response, Status, Streaming};
 use proto::v1::ingest_service_server::IngestService;
-use proto::v1::{Point, WriteRequest, WriteResponse};
+use proto::v1::{WriteRequest, WriteResponse};
 
-use crate::config::Limits;
-use crate::error::{Error, Result};
-use crate::kafka::PointSink;
-use crate::validate::validate_batch;
+use crate::error::Error;
+use crate::ingest::Ingest;
 
+/// The ingest gRPC service.
 #[derive(Debug, Clone)]
-pub(crate) struct Ingest {
-    limits: Arc<Limits>,
-    sink: PointSink,
-}
-
-impl Ingest {
-    pub(crate) fn new(limits: Limits, sink: PointSink) -> Self {
-        Self { limits: Arc::new(limits), sink }
-    }
-
-    async fn write_batch(&self, points: &[Point], context: impl FnOnce() -> String) -> Result<()> {
-        validate_batch(points, &self.limits, now_ns())
-            .map_err(|violations| Error::Invalid { context: context(), violations })?;
-        if points.is_empty() {
-            return Ok(());
-        }
-        self.sink.write(points).await
-    }
-}
-
-fn now_ns() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
-}
+pub(crate) struct IngestGrpc(pub(crate) Ingest);
 
 #[proto::tonic::async_trait]
-impl IngestService for Ingest {
+impl IngestService for IngestGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
         let points = request.into_inner().points;
-        self.write_batch(&points, String::new).await?;
+        self.0.write(&points, String::new, |_| {}).await?;
         Ok(Response::new(WriteResponse { accepted: points.len() as u64 }))
     }
 
@@ -57,9 +30,8 @@ impl IngestService for Ingest {
         while let Some(message) = stream.next().await {
             let points = message?.points;
             let prior = accepted;
-            self.write_batch(&points, || {
-                format!("stream message {index} refused, {prior} points of earlier messages accepted: ")
-            })
+            self.0
+                .write(&points, || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
             .await
             .map_err(|err| match err {
                 Error::Invalid { .. } => Status::from(err),

@@ -1,10 +1,14 @@
-//! The collector: Runnel's ingest edge. It validates every point of a batch, refuses an invalid batch
-//! whole, and writes accepted points to the points topic, answering only after Kafka acknowledged them.
+//! The collector: Runnel's ingest edge. It takes points over gRPC and HTTP (InfluxDB line protocol,
+//! JSON), validates every point of a batch, refuses an invalid batch whole, and writes accepted points
+//! to the points topic, answering only after Kafka acknowledged them.
 
 pub mod config;
 pub mod error;
 mod grpc;
+mod http;
+mod ingest;
 mod kafka;
+pub mod lineproto;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use proto::v1::ingest_service_server::IngestServiceServer;
 
 pub use crate::config::Settings;
 pub use crate::error::{Error, Result};
+use crate::ingest::Ingest;
 use crate::kafka::PointSink;
 
 /// How long shutdown waits for queued points to be acknowledged.
@@ -25,18 +30,22 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
-    ingest: grpc::Ingest,
+    http: http::HttpListener,
+    ingest: Ingest,
     sink: PointSink,
 }
 
 impl App {
-    /// Creates the points topic if needed, connects the producer and binds the gRPC listener.
+    /// Creates the points topic if needed, connects the producer and binds the gRPC and HTTP listeners.
     pub async fn build(settings: Settings) -> Result<Self> {
         settings.kafka.ensure_topics(&[&settings.topics.points]).await?;
-        let producer = settings.kafka.producer("runnel-collector").create()?;
-        let sink = PointSink::new(producer, settings.topics.points.name.clone(), settings.limits.max_in_flight_points);
+        let max_in_flight = settings.limits.max_in_flight_points;
+        // The in-flight bound is what refuses a write, never librdkafka's queue.
+        let producer = settings.kafka.producer_holding("runnel-collector", max_in_flight).create()?;
+        let sink = PointSink::new(producer, settings.topics.points.name.clone(), max_in_flight);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
-        Ok(Self { listener, ingest: grpc::Ingest::new(settings.limits, sink.clone()), sink })
+        let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
+        Ok(Self { listener, http, ingest: Ingest::new(settings.limits, sink.clone()), sink })
     }
 
     /// The gRPC address actually bound.
@@ -44,11 +53,31 @@ impl App {
         self.listener.local_addr()
     }
 
+    /// The HTTP address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
     /// Serves until `shutdown`; then finishes in-flight calls and flushes the producer.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         let router = proto::tonic::transport::Server::builder()
-            .add_service(IngestServiceServer::new(self.ingest));
-        self.listener.serve(router, shutdown).await?;
+            .add_service(IngestServiceServer::new(grpc::IngestGrpc(self.ingest.clone())));
+        // Either server failing stops the other, then the collector.
+        let stop = shutdown.child_token();
+        let (grpc, http) = tokio::join!(
+            async {
+                let served = self.listener.serve(router, stop.clone()).await;
+                stop.cancel();
+                served
+            },
+            async {
+                let served = self.http.serve(self.ingest, stop.clone()).await;
+                stop.cancel();
+                served
+            },
+        );
+        grpc?;
+        http.map_err(Error::HttpServe)?;
         self.sink.flush(FLUSH_TIMEOUT)?;
         tracing::info!("collector stopped");
         Ok(())

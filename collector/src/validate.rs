@@ -10,14 +10,45 @@ use crate::config::Limits;
 /// One reason a batch is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// The field, in the request's own terms: `points[3].metric`, `points[3].tags["host"]`.
+    /// The point's index in the batch; none for a rule on the whole batch or a line that made no point.
+    pub index: Option<usize>,
+    /// The 1-based line of a line-protocol body the point or error came from.
+    pub line: Option<usize>,
+    /// The point's field (`metric`, `tags["host"]`), or the request's (`points`, `line`); empty when
+    /// the whole point is wrong.
     pub field: String,
     pub reason: String,
 }
 
+/// The field of the rule on points per batch.
+const BATCH_FIELD: &str = "points";
+
+impl Violation {
+    fn point(index: usize, field: impl Into<String>, reason: String) -> Self {
+        Self { index: Some(index), line: None, field: field.into(), reason }
+    }
+
+    /// The field in the gRPC request's terms: `points[3].metric`, `points[3].tags["host"]`, `points`.
+    pub fn path(&self) -> String {
+        match (self.index, self.field.is_empty()) {
+            (Some(index), true) => format!("{BATCH_FIELD}[{index}]"),
+            (Some(index), false) => format!("{BATCH_FIELD}[{index}].{}", self.field),
+            (None, _) => self.field.clone(),
+        }
+    }
+
+    /// Whether this is the rule on points per batch, which a client fixes by splitting the batch.
+    pub fn is_batch_size(&self) -> bool {
+        self.index.is_none() && self.field == BATCH_FIELD
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        write!(f, "{}: {}", self.path(), self.reason)
     }
 }
 
@@ -25,7 +56,9 @@ impl fmt::Display for Violation {
 pub fn validate_batch(points: &[Point], limits: &Limits, now_ns: i64) -> Result<(), Vec<Violation>> {
     if points.len() > limits.max_batch_points {
         return Err(vec![Violation {
-            field: "points".to_owned(),
+            index: None,
+            line: None,
+            field: BATCH_FIELD.to_owned(),
             reason: format!("batch of {} points exceeds the limit of {}", points.len(), limits.max_batch_points),
         }]);
     }
@@ -37,26 +70,26 @@ pub fn validate_batch(points: &[Point], limits: &Limits, now_ns: i64) -> Result<
 }
 
 fn validate_point(index: usize, point: &Point, limits: &Limits, now_ns: i64, out: &mut Vec<Violation>) {
-    let mut refuse = |field: String, reason: String| out.push(Violation { field, reason });
+    let mut refuse = |field: String, reason: String| out.push(Violation::point(index, field, reason));
 
     if let Err(reason) = check_name(&point.metric, limits.max_metric_len, is_metric_start, is_metric_char, "[A-Za-z_:][A-Za-z0-9_:.-]*") {
-        refuse(format!("points[{index}].metric"), reason);
+        refuse("metric".to_owned(), reason);
     }
     if !point.value.is_finite() {
-        refuse(format!("points[{index}].value"), format!("{} is not a finite number", point.value));
+        refuse("value".to_owned(), format!("{} is not a finite number", point.value));
     }
     if let Err(reason) = check_timestamp(point.timestamp_ns, limits, now_ns) {
-        refuse(format!("points[{index}].timestamp_ns"), reason);
+        refuse("timestamp_ns".to_owned(), reason);
     }
     if point.tags.len() > limits.max_tags {
-        refuse(format!("points[{index}].tags"), format!("{} tags exceed the limit of {}", point.tags.len(), limits.max_tags));
+        refuse("tags".to_owned(), format!("{} tags exceed the limit of {}", point.tags.len(), limits.max_tags));
     }
     for (name, value) in &point.tags {
         if let Err(reason) = check_name(name, limits.max_tag_name_len, is_tag_start, is_tag_char, "[A-Za-z_][A-Za-z0-9_.-]*") {
-            refuse(format!("points[{index}].tags"), format!("tag name {name:?}: {reason}"));
+            refuse("tags".to_owned(), format!("tag name {name:?}: {reason}"));
         }
         if let Err(reason) = check_tag_value(value, limits.max_tag_value_len) {
-            refuse(format!("points[{index}].tags[{name:?}]"), reason);
+            refuse(format!("tags[{name:?}]"), reason);
         }
     }
 }
@@ -160,7 +193,7 @@ mod tests {
     fn fields(points: &[Point], limits: &Limits) -> Vec<String> {
         match validate_batch(points, limits, NOW) {
             Ok(()) => Vec::new(),
-            Err(v) => v.into_iter().map(|v| v.field).collect(),
+            Err(v) => v.into_iter().map(|v| v.path()).collect(),
         }
     }
 
@@ -225,6 +258,10 @@ mod tests {
         let limits = Limits { max_batch_points: 2, ..Limits::default() };
         let batch = vec![point("m", &[], NOW, 1.0); 3];
         let err = validate_batch(&batch, &limits, NOW).unwrap_err();
-        assert_eq!(err, vec![Violation { field: "points".into(), reason: "batch of 3 points exceeds the limit of 2".into() }]);
+        assert_eq!(
+            err,
+            vec![Violation { index: None, line: None, field: "points".into(), reason: "batch of 3 points exceeds the limit of 2".into() }]
+        );
+        assert!(err[0].is_batch_size());
     }
 }

@@ -117,6 +117,7 @@ pub async fn start_collector(topics: &Topics) -> (SocketAddr, Running<collector:
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = topics.points.clone();
     let app = collector::App::build(s).await.expect("collector starts");
     let addr = app.grpc_addr();

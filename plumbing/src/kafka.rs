@@ -89,6 +89,15 @@ impl KafkaSettings {
         config
     }
 
+    /// [`KafkaSettings::producer`] whose local queue holds `max_queued` messages: a service that bounds
+    /// the records it has in flight itself must never find librdkafka's queue (100,000 messages by
+    /// default) the smaller bound, or a record it admitted would wait for room there.
+    pub fn producer_holding(&self, client_id: &str, max_queued: usize) -> ClientConfig {
+        let mut config = self.producer(client_id);
+        config.set("queue.buffering.max.messages", max_queued.to_string());
+        config
+    }
+
     /// A transactional producer: `transactional_id` must be stable across restarts of one instance and
     /// unique among instances, so that a restarted instance fences its former self.
     pub fn transactional_producer(&self, client_id: &str, transactional_id: &str, timeout: Duration) -> ClientConfig {

@@ -1,0 +1,195 @@
+//! The HTTP ingest endpoints: InfluxDB's v2 write API (line protocol, so Telegraf's `influxdb_v2`
+//! output sends here unchanged) and JSON batches. Both decode into points and take the one validated
+//! path to Kafka; refusals answer in the protocol's own form (see `error.rs`).
+//!
+//! Bodies are read up to `limits.max_request_bytes`; a gzip body is inflated through a reader capped at
+//! `limits.max_decompressed_bytes`, so a gzip bomb is refused after reading at most the cap.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flate2::read::MultiGzDecoder;
+use proto::v1::Point;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::error::{Error, Result};
+use crate::ingest::{Ingest, now_ns};
+use crate::lineproto::{self, Precision};
+use crate::validate::Violation;
+
+/// The headers a successful write carries besides its status.
+const ACCEPTED_HEADER: &str = "runnel-accepted-points";
+const IGNORED_HEADER: &str = "runnel-ignored-fields";
+
+/// A bound, not yet serving, HTTP listener.
+#[derive(Debug)]
+pub(crate) struct HttpListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl HttpListener {
+    pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves the ingest endpoints until `shutdown`, then lets in-flight requests finish.
+    pub(crate) async fn serve(self, ingest: Ingest, shutdown: plumbing::Shutdown) -> std::io::Result<()> {
+        tracing::info!(addr = %self.addr, "http serving");
+        let router = Router::new()
+            .route("/api/v2/write", post(write_line_protocol))
+            .route("/api/v1/write", post(write_json))
+            .route("/health", get(health))
+            .with_state(ingest);
+        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    }
+}
+
+/// The InfluxDB v2 write parameters; `org` and `bucket` are accepted and not used (Runnel has one
+/// points topic), so a Telegraf configuration needs no change.
+#[derive(Debug, Deserialize)]
+struct WriteParams {
+    precision: Option<String>,
+}
+
+async fn write_line_protocol(
+    State(ingest): State<Ingest>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let written = async {
+        let precision = match params.precision.as_deref() {
+            None => Precision::default(),
+            Some(name) => name.parse().map_err(|reason| Error::BadRequest { what: "precision".into(), reason })?,
+        };
+        let body = read_body(body, &headers, ingest.limits()).await?;
+        let text = std::str::from_utf8(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") })?;
+        let parsed = lineproto::parse(text, precision, now_ns())
+            .map_err(|violations| Error::Invalid { context: String::new(), violations })?;
+        let lines = &parsed.lines;
+        ingest.write(&parsed.points, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
+        Ok::<_, Error>((parsed.points.len(), parsed.ignored_fields))
+    };
+    match written.await {
+        Ok((accepted, ignored)) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response.headers_mut().insert(ACCEPTED_HEADER, HeaderValue::from(accepted));
+            response.headers_mut().insert(IGNORED_HEADER, HeaderValue::from(ignored));
+            response
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// A JSON batch: the `Point` message of the gRPC API, field for field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonBatch {
+    points: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonPoint {
+    metric: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// A number, or a string as protobuf's JSON mapping writes 64-bit integers (JavaScript's numbers
+    /// hold nanosecond timestamps only approximately).
+    timestamp_ns: JsonInt,
+    value: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum JsonInt {
+    Number(i64),
+    Text(String),
+}
+
+async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let written = async {
+        let body = read_body(body, &headers, ingest.limits()).await?;
+        let batch: JsonBatch =
+            serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
+        let points = json_points(batch)?;
+        ingest.write(&points, String::new, |_| {}).await?;
+        Ok::<_, Error>(points.len())
+    };
+    match written.await {
+        Ok(accepted) => {
+            let body = serde_json::json!({ "accepted": accepted }).to_string();
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Decodes every point, reporting each one that is not a point with its index.
+fn json_points(batch: JsonBatch) -> Result<Vec<Point>> {
+    let mut points = Vec::with_capacity(batch.points.len());
+    let mut violations = Vec::new();
+    for (index, value) in batch.points.into_iter().enumerate() {
+        let refuse = |field: &str, reason: String| Violation { index: Some(index), line: None, field: field.to_owned(), reason };
+        match serde_json::from_value::<JsonPoint>(value) {
+            Ok(p) => {
+                let timestamp_ns = match p.timestamp_ns {
+                    JsonInt::Number(ns) => ns,
+                    JsonInt::Text(text) => match text.parse() {
+                        Ok(ns) => ns,
+                        Err(err) => {
+                            violations.push(refuse("timestamp_ns", format!("{text:?} is not a 64-bit integer: {err}")));
+                            continue;
+                        }
+                    },
+                };
+                points.push(Point { metric: p.metric, tags: p.tags, timestamp_ns, value: p.value });
+            }
+            Err(err) => violations.push(refuse("", err.to_string())),
+        }
+    }
+    if violations.is_empty() { Ok(points) } else { Err(Error::Invalid { context: String::new(), violations }) }
+}
+
+/// Reads the body within the request limit and inflates a gzip one within the decompressed limit.
+async fn read_body(body: Body, headers: &HeaderMap, limits: &crate::config::Limits) -> Result<Bytes> {
+    let raw = axum::body::to_bytes(body, limits.max_request_bytes)
+        .await
+        .map_err(|_| Error::TooLarge { what: "request body".into(), limit: limits.max_request_bytes })?;
+    match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
+        None | Some(Ok("identity")) => Ok(raw),
+        Some(Ok("gzip")) => {
+            let limit = limits.max_decompressed_bytes;
+            let mut inflated = Vec::new();
+            // One byte past the limit tells a body at the limit from one beyond it.
+            MultiGzDecoder::new(raw.as_ref())
+                .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+                .read_to_end(&mut inflated)
+                .map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not valid gzip: {err}") })?;
+            if inflated.len() > limit {
+                return Err(Error::TooLarge { what: "decompressed body".into(), limit });
+            }
+            Ok(Bytes::from(inflated))
+        }
+        Some(other) => Err(Error::UnsupportedEncoding(format!("{other:?}"))),
+    }
+}
+
+async fn health() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"pass"}"#)
+}

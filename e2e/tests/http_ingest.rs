@@ -1,0 +1,257 @@
+//! The collector's HTTP endpoints against a real broker: InfluxDB line protocol as Telegraf sends it
+//! and JSON batches land in the points topic point for point; every refusal answers with the documented
+//! status and a JSON body naming each bad point's index, line and field, and writes nothing.
+
+// Tests report failure by panicking, and build settings by assigning to defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use e2e::{Running, kafka, message_count, now_ns, read_committed, topic};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use proto::prost::Message as _;
+use proto::v1::Point;
+use reqwest::StatusCode;
+
+const S: i64 = 1_000_000_000;
+
+async fn start(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, Running<collector::Error>) {
+    let mut s = collector::Settings::default();
+    s.kafka = kafka();
+    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.topics.points = points;
+    limits(&mut s.limits);
+    let app = collector::App::build(s).await.expect("collector starts");
+    let addr: SocketAddr = app.http_addr();
+    (format!("http://{addr}"), Running::spawn(|shutdown| app.run(shutdown)))
+}
+
+fn point(metric: &str, tags: &[(&str, &str)], ts: i64, value: f64) -> Point {
+    Point { metric: metric.into(), tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), timestamp_ns: ts, value }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(body).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// Every point in `topic`, each checked to be keyed by its series, in a canonical order.
+fn points_in(topic: &str, want: usize) -> Vec<Point> {
+    let records = read_committed(&kafka(), topic, want, Duration::from_secs(30));
+    let mut points: Vec<Point> = records
+        .iter()
+        .map(|r| Point::decode(r.payload.as_slice()).unwrap())
+        .collect();
+    points.sort_by(|a, b| (a.series_key(), a.timestamp_ns).cmp(&(b.series_key(), b.timestamp_ns)).then(a.value.total_cmp(&b.value)));
+    points
+}
+
+fn sorted(mut points: Vec<Point>) -> Vec<Point> {
+    points.sort_by(|a, b| (a.series_key(), a.timestamp_ns).cmp(&(b.series_key(), b.timestamp_ns)).then(a.value.total_cmp(&b.value)));
+    points
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
+    let points_topic = topic("http-points", 3);
+    let name = points_topic.name.clone();
+    let (url, running) = start(points_topic, |_| {}).await;
+    let client = reqwest::Client::new();
+    let t = now_ns() / S * S;
+
+    // Telegraf's influxdb_v2 output: its serializer sorts tags, suffixes integers with `i`, writes
+    // nanosecond timestamps and `\n` line endings; the output gzips the body (content_encoding =
+    // "gzip" is its default), names bucket and org in the query and sends its token.
+    let body = format!(
+        "cpu,cpu=cpu-total,host=edge-7 usage_idle=97.2,usage_system=1.1,usage_user=1.7 {t}\n\
+         mem,host=edge-7 available=6012345344i,used_percent=24.9 {t}\n\
+         system,host=edge-7 load1=0.42,n_cpus=2i,uptime_format=\"3 days,  2:11\" {t}\n\
+         net,host=edge-7,interface=eth0 bytes_recv=123456789i,err_in=0i {t}\n\
+         disk,device=sda1,fstype=ext4,host=edge-7,mode=rw,path=/ used_percent=41.5 {t}\n\
+         diskio,host=edge-7,name=sda io_time=1234i {}\n",
+        t + 10 * S
+    );
+    let reply = client
+        .post(format!("{url}/api/v2/write?bucket=telegraf&org=fleet"))
+        .header("Authorization", "Token fleet-token")
+        .header("Content-Encoding", "gzip")
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("User-Agent", "Telegraf/1.32.0 Go/1.23.2")
+        .body(gzip(body.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT, "{:?}", reply.text().await);
+    assert_eq!(reply.headers()["runnel-accepted-points"], "11");
+    assert_eq!(reply.headers()["runnel-ignored-fields"], "1", "uptime_format is a string");
+
+    let host = ("host", "edge-7");
+    let want = sorted(vec![
+        point("cpu_usage_idle", &[("cpu", "cpu-total"), host], t, 97.2),
+        point("cpu_usage_system", &[("cpu", "cpu-total"), host], t, 1.1),
+        point("cpu_usage_user", &[("cpu", "cpu-total"), host], t, 1.7),
+        point("mem_available", &[host], t, 6_012_345_344.0),
+        point("mem_used_percent", &[host], t, 24.9),
+        point("system_load1", &[host], t, 0.42),
+        point("system_n_cpus", &[host], t, 2.0),
+        point("net_bytes_recv", &[host, ("interface", "eth0")], t, 123_456_789.0),
+        point("net_err_in", &[host, ("interface", "eth0")], t, 0.0),
+        point("disk_used_percent", &[("device", "sda1"), ("fstype", "ext4"), host, ("mode", "rw"), ("path", "/")], t, 41.5),
+        point("diskio_io_time", &[host, ("name", "sda")], t + 10 * S, 1234.0),
+    ]);
+    let reply = client
+        .post(format!("{url}/api/v1/write"))
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"points":[{{"metric":"json_gauge","tags":{{"host":"edge-7"}},"timestamp_ns":"{t}","value":-2.5}}]}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert_eq!(reply.text().await.unwrap(), r#"{"accepted":1}"#);
+
+    // Seconds precision, plain body, no timestamp on the second line (the collector's clock).
+    let before = now_ns();
+    let reply = client
+        .post(format!("{url}/api/v2/write?precision=s"))
+        .body(format!("probe,host=edge-7 value=1 {}\nprobe,host=edge-8 value=2\n", t / S))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    let after = now_ns();
+
+    running.stop().await;
+    assert_eq!(message_count(&kafka(), &name), 14, "11 from Telegraf's body, 1 JSON, 2 probes, and nothing else");
+    let got = points_in(&name, 14);
+    let clocked = got.iter().find(|p| p.tags.get("host").is_some_and(|h| h == "edge-8")).unwrap();
+    assert!((before..=after).contains(&clocked.timestamp_ns), "a line without a timestamp takes the clock");
+    let mut all = want.clone();
+    all.push(point("json_gauge", &[host], t, -2.5));
+    all.push(point("probe", &[host], t, 1.0));
+    all.push(point("probe", &[("host", "edge-8")], clocked.timestamp_ns, 2.0));
+    assert_eq!(got, sorted(all));
+    // Keyed by series, as the processor's partitioning needs (a series always lands in one partition).
+    let records = read_committed(&kafka(), &name, 14, Duration::from_secs(30));
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    for r in &records {
+        let key = Point::decode(r.payload.as_slice()).unwrap().series_key();
+        assert_eq!(*partition_of.entry(key).or_insert(r.partition), r.partition);
+    }
+}
+
+/// The peak resident memory of this process, in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_index_line_and_field_and_write_nothing() {
+    let points_topic = topic("http-refused", 2);
+    let name = points_topic.name.clone();
+    let (url, running) = start(points_topic, |l| {
+        l.max_batch_points = 4;
+        l.max_request_bytes = 64 * 1024;
+        l.max_decompressed_bytes = 1024 * 1024;
+        l.max_age = Duration::from_secs(3600);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let t = now_ns();
+    let post = |path: &str, body: Vec<u8>, encoding: Option<&str>| {
+        let mut request = client.post(format!("{url}{path}")).body(body);
+        if let Some(encoding) = encoding {
+            request = request.header("Content-Encoding", encoding);
+        }
+        async move {
+            let reply = request.send().await.unwrap();
+            let status = reply.status();
+            let retry_after = reply.headers().get("retry-after").cloned();
+            let json: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+            assert!(retry_after.is_none(), "a refusal of the request itself is not retried");
+            (status, json)
+        }
+    };
+    let errors = |json: &serde_json::Value| -> Vec<(serde_json::Value, serde_json::Value, String)> {
+        json["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["index"].clone(), e["line"].clone(), e["field"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    use serde_json::Value::Null;
+    use serde_json::json;
+
+    // Points that parse but break the rules: each named by its point index, its line and its field.
+    let body = format!("ok,host=a value=1 {t}\n# a comment\n9lives value=2 {t}\nok value=3 1\n");
+    let (status, json) = post("/api/v2/write", body.into_bytes(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json["code"], "invalid");
+    assert_eq!(errors(&json), vec![(json!(1), json!(3), "metric".to_owned()), (json!(2), json!(4), "timestamp_ns".to_owned())]);
+    assert!(json["message"].as_str().unwrap().starts_with("line 3: points[1].metric: "), "{json}");
+
+    // Lines that are not line protocol: each named by its line.
+    let body = format!("ok value=1 {t}\nthis is not line protocol\nok value=2 {t}\nok,tag value=3\n");
+    let (status, json) = post("/api/v2/write", body.into_bytes(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(errors(&json), vec![(Null, json!(2), "line".to_owned()), (Null, json!(4), "line".to_owned())]);
+
+    // JSON: a point that is not a point, by index.
+    let body = format!(r#"{{"points":[{{"metric":"ok","timestamp_ns":{t},"value":1}},{{"metric":"ok","value":2}}]}}"#);
+    let (status, json) = post("/api/v1/write", body.into_bytes(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(errors(&json), vec![(json!(1), Null, String::new())]);
+    assert!(json["message"].as_str().unwrap().contains("timestamp_ns"), "{json}");
+    let (status, json) = post("/api/v1/write", br#"{"points":[],"extra":1}"#.to_vec(), None).await;
+    assert_eq!((status, json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
+
+    // The request's own parameters and encoding.
+    let (status, json) = post("/api/v2/write?precision=h", b"ok value=1".to_vec(), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json["message"], "precision: precision \"h\" is not one of ns, us, ms, s");
+    let (status, _) = post("/api/v2/write", b"ok value=1".to_vec(), Some("br")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, json) = post("/api/v2/write", b"not gzip at all".to_vec(), Some("gzip")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+
+    // Sizes: too many points (413, so that Telegraf splits the batch), a body past the limit, a gzip bomb.
+    let five: String = (0..5).map(|i| format!("ok value={i} {t}\n")).collect();
+    let (status, json) = post("/api/v2/write", five.into_bytes(), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json["message"], "points: batch of 5 points exceeds the limit of 4");
+    let (status, json) = post("/api/v2/write", vec![b'#'; 64 * 1024 + 1], None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json["message"], "request body exceeds the limit of 65536 bytes");
+
+    // 64 MiB of zeros gzip to about 64 KiB; the collector inflates only up to its 1 MiB limit.
+    let bomb = {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..64 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        encoder.finish().unwrap()
+    };
+    assert!(bomb.len() < 64 * 1024, "the bomb fits the request limit: {} bytes", bomb.len());
+    let peak_before = peak_rss();
+    let (status, json) = post("/api/v2/write", bomb, Some("gzip")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json["message"], "decompressed body exceeds the limit of 1048576 bytes");
+    let growth = peak_rss().saturating_sub(peak_before);
+    assert!(growth < 16 * 1024 * 1024, "inflating the bomb grew the peak memory by {growth} bytes");
+
+    // Nothing of any refused request was written; a good one after them is.
+    let reply = client.post(format!("{url}/api/v2/write")).body(format!("ok,host=a value=7 {t}")).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    running.stop().await;
+    assert_eq!(message_count(&kafka(), &name), 1);
+    assert_eq!(points_in(&name, 1), vec![point("ok", &[("host", "a")], t, 7.0)]);
+}
