@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// Where the ingest gRPC service listens.
     pub grpc: GrpcSettings,
-    /// Where the HTTP endpoints listen: InfluxDB's `/api/v2/write` (line protocol) and `/api/v1/write`
-    /// (JSON batches).
+    /// Where the HTTP endpoints listen: InfluxDB's `/api/v2/write` (line protocol), Prometheus remote
+    /// write (`/api/v1/write`) and JSON batches (`/api/v1/points`).
     pub http: HttpSettings,
     pub kafka: KafkaSettings,
     pub topics: Topics,

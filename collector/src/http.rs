@@ -1,6 +1,7 @@
 //! The HTTP ingest endpoints: InfluxDB's v2 write API (line protocol, so Telegraf's `influxdb_v2`
-//! output sends here unchanged) and JSON batches. Both decode into points and take the one validated
-//! path to Kafka; refusals answer in the protocol's own form (see `error.rs`).
+//! output sends here unchanged), Prometheus remote write (at Prometheus's own receiver path) and JSON
+//! batches. Each decodes into points and takes the one validated path to Kafka; refusals answer in the
+//! protocol's own form (see `error.rs`).
 //!
 //! Bodies are read up to `limits.max_request_bytes`; a gzip body is inflated through a reader capped at
 //! `limits.max_decompressed_bytes`, so a gzip bomb is refused after reading at most the cap.
@@ -20,14 +21,16 @@ use proto::v1::Point;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::ingest::{Ingest, now_ns};
 use crate::lineproto::{self, Precision};
+use crate::promwrite::{self, BodyError};
 use crate::validate::Violation;
 
 /// The headers a successful write carries besides its status.
 const ACCEPTED_HEADER: &str = "runnel-accepted-points";
-const IGNORED_HEADER: &str = "runnel-ignored-fields";
+const IGNORED_HEADER: &str = "runnel-ignored-values";
 
 /// A bound, not yet serving, HTTP listener.
 #[derive(Debug)]
@@ -52,7 +55,10 @@ impl HttpListener {
         tracing::info!(addr = %self.addr, "http serving");
         let router = Router::new()
             .route("/api/v2/write", post(write_line_protocol))
-            .route("/api/v1/write", post(write_json))
+            // Prometheus's own receiver path, and Cortex's and Mimir's.
+            .route("/api/v1/write", post(write_remote))
+            .route("/api/v1/push", post(write_remote))
+            .route("/api/v1/points", post(write_json))
             .route("/health", get(health))
             .with_state(ingest);
         axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
@@ -86,14 +92,50 @@ async fn write_line_protocol(
         Ok::<_, Error>((parsed.points.len(), parsed.ignored_fields))
     };
     match written.await {
-        Ok((accepted, ignored)) => {
-            let mut response = StatusCode::NO_CONTENT.into_response();
-            response.headers_mut().insert(ACCEPTED_HEADER, HeaderValue::from(accepted));
-            response.headers_mut().insert(IGNORED_HEADER, HeaderValue::from(ignored));
-            response
-        }
+        Ok((accepted, ignored)) => no_content(accepted, ignored),
         Err(err) => err.into_response(),
     }
+}
+
+async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let written = async {
+        match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
+            None | Some(Ok("snappy")) => {}
+            Some(other) => return Err(Error::UnsupportedEncoding(format!("{other:?}"))),
+        }
+        let limits = ingest.limits();
+        let raw = read_raw(body, limits).await?;
+        let decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
+            Ok(Ok(decoded)) => decoded,
+            Ok(Err(violations)) => return Err(Error::Invalid { context: String::new(), violations }),
+            Err(BodyError::TooLarge { limit, .. }) => return Err(Error::TooLarge { what: "decompressed body".into(), limit }),
+            Err(BodyError::NotSnappy(reason)) => return Err(Error::BadRequest { what: "body".into(), reason: format!("not snappy: {reason}") }),
+            Err(BodyError::NotProtobuf(reason)) => {
+                return Err(Error::BadRequest { what: "body".into(), reason: format!("not a prometheus.WriteRequest: {reason}") });
+            }
+        };
+        let series = &decoded.series;
+        ingest
+            .write(&decoded.points, String::new, |v| {
+                if let Some(s) = v.index.and_then(|i| series.get(i)) {
+                    v.field = format!("timeseries[{s}].{}", v.field);
+                }
+            })
+            .await?;
+        Ok::<_, Error>((decoded.points.len(), decoded.ignored))
+    };
+    match written.await {
+        Ok((accepted, ignored)) => no_content(accepted, ignored),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// A write's success: `204` with how many points were accepted and how many values made none.
+fn no_content(accepted: usize, ignored: usize) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(ACCEPTED_HEADER, HeaderValue::from(accepted));
+    response.headers_mut().insert(IGNORED_HEADER, HeaderValue::from(ignored));
+    response
 }
 
 /// A JSON batch: the `Point` message of the gRPC API, field for field.
@@ -166,11 +208,16 @@ fn json_points(batch: JsonBatch) -> Result<Vec<Point>> {
     if violations.is_empty() { Ok(points) } else { Err(Error::Invalid { context: String::new(), violations }) }
 }
 
-/// Reads the body within the request limit and inflates a gzip one within the decompressed limit.
-async fn read_body(body: Body, headers: &HeaderMap, limits: &crate::config::Limits) -> Result<Bytes> {
-    let raw = axum::body::to_bytes(body, limits.max_request_bytes)
+/// Reads the body as sent, within the request limit.
+async fn read_raw(body: Body, limits: &Limits) -> Result<Bytes> {
+    axum::body::to_bytes(body, limits.max_request_bytes)
         .await
-        .map_err(|_| Error::TooLarge { what: "request body".into(), limit: limits.max_request_bytes })?;
+        .map_err(|_| Error::TooLarge { what: "request body".into(), limit: limits.max_request_bytes })
+}
+
+/// Reads the body within the request limit and inflates a gzip one within the decompressed limit.
+async fn read_body(body: Body, headers: &HeaderMap, limits: &Limits) -> Result<Bytes> {
+    let raw = read_raw(body, limits).await?;
     match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
         None | Some(Ok("identity")) => Ok(raw),
         Some(Ok("gzip")) => {

@@ -1,5 +1,5 @@
 //! The collector: Runnel's ingest edge. It takes points over gRPC and HTTP (InfluxDB line protocol,
-//! JSON), validates every point of a batch, refuses an invalid batch whole, and writes accepted points
+//! Prometheus remote write, JSON), validates every point of a batch, refuses an invalid batch whole, and writes accepted points
 //! to the points topic, answering only after Kafka acknowledged them.
 
 pub mod config;
@@ -9,6 +9,7 @@ mod http;
 mod ingest;
 mod kafka;
 pub mod lineproto;
+pub mod promwrite;
 pub mod validate;
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
-//! The collector's HTTP endpoints against a real broker: InfluxDB line protocol as Telegraf sends it
-//! and JSON batches land in the points topic point for point; every refusal answers with the documented
+//! The collector's HTTP endpoints against a real broker: InfluxDB line protocol as Telegraf sends it,
+//! Prometheus remote write and JSON batches land in the points topic point for point; every refusal answers with the documented
 //! status and a JSON body naming each bad point's index, line and field, and writes nothing.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
@@ -41,17 +41,13 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-/// Every point in `topic`, each checked to be keyed by its series, in a canonical order.
+/// The first `want` points in `topic`, in [`sorted`] order.
 fn points_in(topic: &str, want: usize) -> Vec<Point> {
     let records = read_committed(&kafka(), topic, want, Duration::from_secs(30));
-    let mut points: Vec<Point> = records
-        .iter()
-        .map(|r| Point::decode(r.payload.as_slice()).unwrap())
-        .collect();
-    points.sort_by(|a, b| (a.series_key(), a.timestamp_ns).cmp(&(b.series_key(), b.timestamp_ns)).then(a.value.total_cmp(&b.value)));
-    points
+    sorted(records.iter().map(|r| Point::decode(r.payload.as_slice()).unwrap()).collect())
 }
 
+/// In series key, then time, then value order: the order a comparison of two sets of points needs.
 fn sorted(mut points: Vec<Point>) -> Vec<Point> {
     points.sort_by(|a, b| (a.series_key(), a.timestamp_ns).cmp(&(b.series_key(), b.timestamp_ns)).then(a.value.total_cmp(&b.value)));
     points
@@ -89,7 +85,7 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
         .unwrap();
     assert_eq!(reply.status(), StatusCode::NO_CONTENT, "{:?}", reply.text().await);
     assert_eq!(reply.headers()["runnel-accepted-points"], "11");
-    assert_eq!(reply.headers()["runnel-ignored-fields"], "1", "uptime_format is a string");
+    assert_eq!(reply.headers()["runnel-ignored-values"], "1", "uptime_format is a string");
 
     let host = ("host", "edge-7");
     let want = sorted(vec![
@@ -106,7 +102,7 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
         point("diskio_io_time", &[host, ("name", "sda")], t + 10 * S, 1234.0),
     ]);
     let reply = client
-        .post(format!("{url}/api/v1/write"))
+        .post(format!("{url}/api/v1/points"))
         .header("Content-Type", "application/json")
         .body(format!(r#"{{"points":[{{"metric":"json_gauge","tags":{{"host":"edge-7"}},"timestamp_ns":"{t}","value":-2.5}}]}}"#))
         .send()
@@ -143,6 +139,74 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
         let key = Point::decode(r.payload.as_slice()).unwrap().series_key();
         assert_eq!(*partition_of.entry(key).or_insert(r.partition), r.partition);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_remote_write_lands_sample_for_sample() {
+    use proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+
+    let points_topic = topic("http-prom", 2);
+    let name = points_topic.name.clone();
+    let (url, running) = start(points_topic, |_| {}).await;
+    let ms = now_ns() / 1_000_000;
+    let series = |labels: &[(&str, &str)], samples: &[(f64, i64)]| TimeSeries {
+        labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }).collect(),
+        samples: samples.iter().map(|&(value, timestamp)| Sample { value, timestamp }).collect(),
+        histograms: Vec::new(),
+    };
+    // What a Prometheus server's remote_write queue sends: labels sorted by name with `__name__`
+    // first, samples in time order, a staleness marker (this NaN bit pattern) for a series that went
+    // away, classic histogram buckets as series of their own.
+    let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+    let request = WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "up"), ("instance", "edge-7:9100"), ("job", "node")], &[(1.0, ms - 15_000), (1.0, ms)]),
+            series(&[("__name__", "node_load1"), ("instance", "edge-7:9100"), ("job", "node")], &[(0.42, ms)]),
+            series(&[("__name__", "http_request_duration_seconds_bucket"), ("job", "api"), ("le", "+Inf")], &[(1027.0, ms)]),
+            series(&[("__name__", "node_gone"), ("job", "node")], &[(stale, ms)]),
+        ],
+    };
+    let body = snap::raw::Encoder::new().compress_vec(&request.encode_to_vec()).unwrap();
+    let reply = reqwest::Client::new()
+        .post(format!("{url}/api/v1/write"))
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .header("User-Agent", "Prometheus/3.1.0")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT, "{:?}", reply.text().await);
+    assert_eq!(reply.headers()["runnel-accepted-points"], "4");
+    assert_eq!(reply.headers()["runnel-ignored-values"], "1", "the staleness marker");
+
+    // A series without a name is refused by its index, and nothing of the request is written.
+    let bad = WriteRequest { timeseries: vec![series(&[("__name__", "up")], &[(1.0, ms)]), series(&[("job", "node")], &[(1.0, ms)])] };
+    let reply = reqwest::Client::new()
+        .post(format!("{url}/api/v1/push"))
+        .header("Content-Encoding", "snappy")
+        .body(snap::raw::Encoder::new().compress_vec(&bad.encode_to_vec()).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let json: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!(json["errors"][0]["field"], "timeseries[1].labels", "{json}");
+
+    running.stop().await;
+    assert_eq!(message_count(&kafka(), &name), 4);
+    let node = [("instance", "edge-7:9100"), ("job", "node")];
+    let ns = |ms: i64| ms * 1_000_000;
+    assert_eq!(
+        points_in(&name, 4),
+        sorted(vec![
+            point("up", &node, ns(ms - 15_000), 1.0),
+            point("up", &node, ns(ms), 1.0),
+            point("node_load1", &node, ns(ms), 0.42),
+            point("http_request_duration_seconds_bucket", &[("job", "api"), ("le", "+Inf")], ns(ms), 1027.0),
+        ])
+    );
 }
 
 /// The peak resident memory of this process, in bytes.
@@ -206,11 +270,11 @@ async fn refusals_name_index_line_and_field_and_write_nothing() {
 
     // JSON: a point that is not a point, by index.
     let body = format!(r#"{{"points":[{{"metric":"ok","timestamp_ns":{t},"value":1}},{{"metric":"ok","value":2}}]}}"#);
-    let (status, json) = post("/api/v1/write", body.into_bytes(), None).await;
+    let (status, json) = post("/api/v1/points", body.into_bytes(), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(errors(&json), vec![(json!(1), Null, String::new())]);
     assert!(json["message"].as_str().unwrap().contains("timestamp_ns"), "{json}");
-    let (status, json) = post("/api/v1/write", br#"{"points":[],"extra":1}"#.to_vec(), None).await;
+    let (status, json) = post("/api/v1/points", br#"{"points":[],"extra":1}"#.to_vec(), None).await;
     assert_eq!((status, json["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")));
 
     // The request's own parameters and encoding.

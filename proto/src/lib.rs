@@ -1,6 +1,7 @@
 //! The Runnel contract: the `runnel.v1` messages and services generated from `proto/runnel/v1`, the
 //! series key that every topic is keyed by, and re-exports of the gRPC and protobuf crates so that every
-//! service speaks the same versions.
+//! service speaks the same versions. Also the foreign contracts the collector accepts: Prometheus's
+//! remote-write request (`proto/prometheus`).
 
 pub use prost;
 pub use tonic;
@@ -10,6 +11,12 @@ pub use tonic_types;
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("runnel.v1");
+}
+
+/// Prometheus's remote-write request, package `prometheus`.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod prometheus {
+    tonic::include_proto!("prometheus");
 }
 
 use std::collections::BTreeMap;
