@@ -1,6 +1,9 @@
-//! The ingest gRPC service: validate a whole batch, then write it.
+//! The gRPC services: Runnel's `IngestService` and OTLP's `MetricsService`, both over the one
+//! validated path to Kafka.
 
 use futures::StreamExt as _;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use proto::tonic::{Request, Response, Status, Streaming};
 use proto::v1::ingest_service_server::IngestService;
 use proto::v1::{WriteRequest, WriteResponse};
@@ -11,6 +14,21 @@ use crate::ingest::Ingest;
 /// The ingest gRPC service.
 #[derive(Debug, Clone)]
 pub(crate) struct IngestGrpc(pub(crate) Ingest);
+
+/// OTLP's metrics service, on the same port: an OpenTelemetry SDK or Collector exports here.
+#[derive(Debug, Clone)]
+pub(crate) struct OtlpGrpc(pub(crate) Ingest);
+
+#[proto::tonic::async_trait]
+impl MetricsService for OtlpGrpc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.0.write_otlp(request.into_inner()).await?;
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
 
 #[proto::tonic::async_trait]
 impl IngestService for IngestGrpc {

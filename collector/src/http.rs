@@ -1,6 +1,6 @@
 //! The HTTP ingest endpoints: InfluxDB's v2 write API (line protocol, so Telegraf's `influxdb_v2`
-//! output sends here unchanged), Prometheus remote write (at Prometheus's own receiver path) and JSON
-//! batches. Each decodes into points and takes the one validated path to Kafka; refusals answer in the
+//! output sends here unchanged), Prometheus remote write (at Prometheus's own receiver path), OTLP/HTTP
+//! metrics and JSON batches. Each decodes into points and takes the one validated path to Kafka; refusals answer in the
 //! protocol's own form (see `error.rs`).
 //!
 //! Bodies are read up to `limits.max_request_bytes`; a gzip body is inflated through a reader capped at
@@ -17,6 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flate2::read::MultiGzDecoder;
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use proto::prost::Message as _;
 use proto::v1::Point;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -59,6 +61,8 @@ impl HttpListener {
             .route("/api/v1/write", post(write_remote))
             .route("/api/v1/push", post(write_remote))
             .route("/api/v1/points", post(write_json))
+            // OTLP/HTTP's metrics path, protobuf-encoded.
+            .route("/v1/metrics", post(write_otlp))
             .route("/health", get(health))
             .with_state(ingest);
         axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
@@ -126,6 +130,26 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
     };
     match written.await {
         Ok((accepted, ignored)) => no_content(accepted, ignored),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let written = async {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !content_type.starts_with("application/x-protobuf") {
+            return Err(Error::UnsupportedEncoding(format!("{content_type:?}: OTLP is taken as application/x-protobuf")));
+        }
+        let body = read_body(body, &headers, ingest.limits()).await?;
+        let request = ExportMetricsServiceRequest::decode(body)
+            .map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not an ExportMetricsServiceRequest: {err}") })?;
+        ingest.write_otlp(request).await
+    };
+    match written.await {
+        Ok(_) => {
+            let body = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
+            ([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
+        }
         Err(err) => err.into_response(),
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use proto::v1::Point;
 
 use crate::config::Limits;
@@ -42,6 +43,22 @@ impl Ingest {
             return Ok(());
         }
         self.sink.write(points).await
+    }
+}
+
+impl Ingest {
+    /// Maps an OTLP export to points and writes them; a refusal names each point's metric by its path
+    /// in the request. Returns the points accepted and the data points that made none.
+    pub(crate) async fn write_otlp(&self, request: ExportMetricsServiceRequest) -> Result<(usize, usize)> {
+        let mapped = crate::otlp::map(request).map_err(|violations| Error::Invalid { context: String::new(), violations })?;
+        let origins = &mapped.origins;
+        self.write(&mapped.points, String::new, |v| {
+            if let Some(origin) = v.index.and_then(|i| origins.get(i)) {
+                v.field = format!("{origin}.{}", v.field);
+            }
+        })
+        .await?;
+        Ok((mapped.points.len(), mapped.ignored))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The collector: Runnel's ingest edge. It takes points over gRPC and HTTP (InfluxDB line protocol,
-//! Prometheus remote write, JSON), validates every point of a batch, refuses an invalid batch whole, and writes accepted points
+//! Prometheus remote write, JSON) and OTLP (gRPC and HTTP), validates every point of a batch, refuses an invalid batch whole, and writes accepted points
 //! to the points topic, answering only after Kafka acknowledged them.
 
 pub mod config;
@@ -9,6 +9,7 @@ mod http;
 mod ingest;
 mod kafka;
 pub mod lineproto;
+pub mod otlp;
 pub mod promwrite;
 pub mod validate;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use proto::v1::ingest_service_server::IngestServiceServer;
 
 pub use crate::config::Settings;
@@ -62,7 +64,8 @@ impl App {
     /// Serves until `shutdown`; then finishes in-flight calls and flushes the producer.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         let router = proto::tonic::transport::Server::builder()
-            .add_service(IngestServiceServer::new(grpc::IngestGrpc(self.ingest.clone())));
+            .add_service(IngestServiceServer::new(grpc::IngestGrpc(self.ingest.clone())))
+            .add_service(MetricsServiceServer::new(grpc::OtlpGrpc(self.ingest.clone())));
         // Either server failing stops the other, then the collector.
         let stop = shutdown.child_token();
         let (grpc, http) = tokio::join!(

@@ -1,5 +1,6 @@
-//! The collector's HTTP endpoints against a real broker: InfluxDB line protocol as Telegraf sends it,
-//! Prometheus remote write and JSON batches land in the points topic point for point; every refusal answers with the documented
+//! The collector's protocols against a real broker: InfluxDB line protocol as Telegraf sends it,
+//! Prometheus remote write, OTLP metrics (gRPC and HTTP) and JSON batches land in the points topic
+//! point for point; every refusal answers with the documented
 //! status and a JSON body naming each bad point's index, line and field, and writes nothing.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
@@ -19,7 +20,8 @@ use reqwest::StatusCode;
 
 const S: i64 = 1_000_000_000;
 
-async fn start(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, Running<collector::Error>) {
+/// A collector on the test's topic; returns its HTTP and gRPC base URLs.
+async fn start_both(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, String, Running<collector::Error>) {
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
@@ -27,8 +29,13 @@ async fn start(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut 
     s.topics.points = points;
     limits(&mut s.limits);
     let app = collector::App::build(s).await.expect("collector starts");
-    let addr: SocketAddr = app.http_addr();
-    (format!("http://{addr}"), Running::spawn(|shutdown| app.run(shutdown)))
+    let (http, grpc): (SocketAddr, SocketAddr) = (app.http_addr(), app.grpc_addr());
+    (format!("http://{http}"), format!("http://{grpc}"), Running::spawn(|shutdown| app.run(shutdown)))
+}
+
+async fn start(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, Running<collector::Error>) {
+    let (http, _, running) = start_both(points, limits).await;
+    (http, running)
 }
 
 fn point(metric: &str, tags: &[(&str, &str)], ts: i64, value: f64) -> Point {
@@ -207,6 +214,89 @@ async fn prometheus_remote_write_lands_sample_for_sample() {
             point("http_request_duration_seconds_bucket", &[("job", "api"), ("le", "+Inf")], ns(ms), 1027.0),
         ])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_over_grpc_and_http_land_as_documented() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value;
+    use opentelemetry_proto::tonic::metrics::v1::{Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    let points_topic = topic("otlp-points", 2);
+    let name = points_topic.name.clone();
+    let (http, grpc, running) = start_both(points_topic, |_| {}).await;
+    let t = now_ns() / S * S;
+    let kv = |key: &str, value: &str| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        ..Default::default()
+    };
+    // What an OpenTelemetry SDK exports: a resource naming the service (and attributes that are not
+    // its identity), a cumulative counter, a gauge and an explicit-bucket histogram.
+    let export = |service: &str| ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource { attributes: vec![kv("service.name", service), kv("telemetry.sdk.language", "rust")], ..Default::default() }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    Metric {
+                        name: "http.server.requests".into(),
+                        data: Some(Data::Sum(Sum {
+                            data_points: vec![NumberDataPoint { attributes: vec![kv("http.route", "/pay")], time_unix_nano: t as u64, value: Some(Value::AsInt(41)), ..Default::default() }],
+                            aggregation_temporality: 2,
+                            is_monotonic: true,
+                        })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "queue.depth".into(),
+                        data: Some(Data::Gauge(Gauge { data_points: vec![NumberDataPoint { time_unix_nano: t as u64, value: Some(Value::AsDouble(3.5)), ..Default::default() }] })),
+                        ..Default::default()
+                    },
+                    Metric {
+                        name: "rpc.duration".into(),
+                        data: Some(Data::Histogram(Histogram {
+                            data_points: vec![HistogramDataPoint { time_unix_nano: t as u64, count: 4, sum: Some(1.5), bucket_counts: vec![3, 1], explicit_bounds: vec![0.25], ..Default::default() }],
+                            aggregation_temporality: 2,
+                        })),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+
+    let mut client = MetricsServiceClient::connect(grpc).await.unwrap();
+    client.export(export("checkout")).await.unwrap();
+    let reply = reqwest::Client::new()
+        .post(format!("{http}/v1/metrics"))
+        .header("Content-Type", "application/x-protobuf")
+        .body(export("billing").encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK, "{:?}", reply.text().await);
+    let reply = reqwest::Client::new().post(format!("{http}/v1/metrics")).header("Content-Type", "application/json").body("{}").send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    running.stop().await;
+    let mut want = Vec::new();
+    for service in ["checkout", "billing"] {
+        let svc = ("service.name", service);
+        want.push(point("http.server.requests", &[("http.route", "/pay"), svc], t, 41.0));
+        want.push(point("queue.depth", &[svc], t, 3.5));
+        want.push(point("rpc.duration_count", &[svc], t, 4.0));
+        want.push(point("rpc.duration_sum", &[svc], t, 1.5));
+        want.push(point("rpc.duration_bucket", &[("le", "0.25"), svc], t, 3.0));
+        want.push(point("rpc.duration_bucket", &[("le", "+Inf"), svc], t, 4.0));
+    }
+    assert_eq!(message_count(&kafka(), &name), 12);
+    assert_eq!(points_in(&name, 12), sorted(want));
 }
 
 /// The peak resident memory of this process, in bytes.
