@@ -20,6 +20,8 @@ pub struct Settings {
     pub topics: Topics,
     /// What a point must satisfy to be accepted.
     pub limits: Limits,
+    /// Who may write. With no token the collector is open: keep it on loopback then.
+    pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -44,6 +46,43 @@ pub struct Topics {
     /// Where accepted points go.
     pub points: TopicSettings,
 }
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// API tokens, each mapped to a tenant; when any is set, every request must present one.
+    pub tokens: Vec<TokenSettings>,
+}
+
+/// One API token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// The secret a client presents (`Authorization: Token <token>` or `Bearer <token>`); at least 16
+    /// characters.
+    pub token: String,
+    /// Stamped as the `tenant` tag on every point written with this token; a point may not carry
+    /// another tenant.
+    pub tenant: String,
+    /// Points per second this token may write, on average; none means no limit.
+    pub points_per_second: Option<u32>,
+    /// Points this token may write at once before the rate applies; defaults to one second's worth.
+    pub burst_points: Option<u32>,
+}
+
+impl std::fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret stays out of logs.
+        f.debug_struct("TokenSettings")
+            .field("tenant", &self.tenant)
+            .field("points_per_second", &self.points_per_second)
+            .field("burst_points", &self.burst_points)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shortest token accepted: shorter secrets can be guessed.
+const MIN_TOKEN_LEN: usize = 16;
 
 /// Validation limits; see `validate` for the rules they bound.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +123,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             topics: Topics { points: TopicSettings::new(topics::POINTS) },
             limits: Limits::default(),
+            auth: AuthSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -129,6 +169,18 @@ impl ServiceSettings for Settings {
             "limits.max_in_flight_points",
             format!("{} must be at least limits.max_batch_points ({}) and at most {}", l.max_in_flight_points, l.max_batch_points, u32::MAX),
         );
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            check(&mut errors, t.token.chars().count() >= MIN_TOKEN_LEN, &format!("{key}.token"), format!("must be at least {MIN_TOKEN_LEN} characters"));
+            check(&mut errors, self.auth.tokens[..i].iter().all(|o| o.token != t.token), &format!("{key}.token"), "is also an earlier token's");
+            check(
+                &mut errors,
+                !t.tenant.is_empty() && t.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')),
+                &format!("{key}.tenant"),
+                format!("{:?} must be non-empty letters, digits, '_', '.' or '-'", t.tenant),
+            );
+            check(&mut errors, t.points_per_second != Some(0), &format!("{key}.points_per_second"), "must be positive; leave it out for no limit");
+        }
         errors
     }
 

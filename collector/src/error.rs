@@ -30,6 +30,15 @@ pub enum Error {
     /// Not retryable as it is: the request passes a size limit (split it).
     #[error("{what} exceeds the limit of {limit} bytes")]
     TooLarge { what: String, limit: usize },
+    /// Not retryable: no API token, or one that is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Retryable after `retry_after`: the token's rate limit.
+    #[error("tenant {tenant:?} is over its rate limit: {points} more points must wait {retry_after:?}")]
+    RateLimited { tenant: String, points: usize, retry_after: std::time::Duration },
+    /// Not retryable as it is: more points at once than the token's burst allows (split the request).
+    #[error("{points} points at once exceed tenant {tenant:?}'s burst; split the request")]
+    OverBurst { tenant: String, points: usize },
     /// Not retryable: a `Content-Encoding` other than gzip.
     #[error("content encoding {0} is not supported; send gzip or no encoding")]
     UnsupportedEncoding(String),
@@ -48,7 +57,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later; what a client's retry policy needs.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Overloaded { .. } | Self::Delivery { .. } | Self::Kafka(_))
+        matches!(self, Self::Overloaded { .. } | Self::RateLimited { .. } | Self::Delivery { .. } | Self::Kafka(_))
     }
 }
 
@@ -72,8 +81,9 @@ impl From<Error> for Status {
                     .collect();
                 Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(details))
             }
-            Error::BadRequest { .. } | Error::UnsupportedEncoding(_) => Status::invalid_argument(message),
-            Error::Overloaded { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
+            Error::BadRequest { .. } | Error::UnsupportedEncoding(_) | Error::OverBurst { .. } => Status::invalid_argument(message),
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::Overloaded { .. } | Error::RateLimited { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
             Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
             Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => Status::internal(message),
         }
@@ -94,6 +104,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let message = self.to_string();
         let (status, code, retry_after) = match &self {
+            Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Error::RateLimited { retry_after, .. } => {
+                let secs = u32::try_from(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).unwrap_or(u32::MAX);
+                (StatusCode::TOO_MANY_REQUESTS, "too many requests", Some(secs))
+            }
+            Error::OverBurst { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None),
             Error::Invalid { violations, .. } if violations.iter().any(Violation::is_batch_size) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None)
             }

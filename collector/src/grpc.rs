@@ -11,6 +11,11 @@ use proto::v1::{WriteRequest, WriteResponse};
 use crate::error::Error;
 use crate::ingest::Ingest;
 
+/// The `authorization` metadata of a call, if any.
+fn authorization<T>(request: &Request<T>) -> Option<&str> {
+    request.metadata().get("authorization").and_then(|v| v.to_str().ok())
+}
+
 /// The ingest gRPC service.
 #[derive(Debug, Clone)]
 pub(crate) struct IngestGrpc(pub(crate) Ingest);
@@ -25,7 +30,8 @@ impl MetricsService for OtlpGrpc {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.0.write_otlp(request.into_inner()).await?;
+        let caller = self.0.authorize(authorization(&request))?;
+        self.0.write_otlp(&caller, request.into_inner()).await?;
         Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }
@@ -33,8 +39,9 @@ impl MetricsService for OtlpGrpc {
 #[proto::tonic::async_trait]
 impl IngestService for IngestGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
-        let points = request.into_inner().points;
-        self.0.write(&points, String::new, |_| {}).await?;
+        let caller = self.0.authorize(authorization(&request))?;
+        let mut points = request.into_inner().points;
+        self.0.write(&caller, &mut points, String::new, |_| {}).await?;
         Ok(Response::new(WriteResponse { accepted: points.len() as u64 }))
     }
 
@@ -42,14 +49,15 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let caller = self.0.authorize(authorization(&request))?;
         let mut stream = request.into_inner();
         let mut accepted = 0u64;
         let mut index = 0usize;
         while let Some(message) = stream.next().await {
-            let points = message?.points;
+            let mut points = message?.points;
             let prior = accepted;
             self.0
-                .write(&points, || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
+                .write(&caller, &mut points, || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
             .await
             .map_err(|err| match err {
                 Error::Invalid { .. } => Status::from(err),

@@ -83,6 +83,7 @@ async fn write_line_protocol(
     body: Body,
 ) -> Response {
     let written = async {
+        let caller = ingest.authorize(authorization(&headers))?;
         let precision = match params.precision.as_deref() {
             None => Precision::default(),
             Some(name) => name.parse().map_err(|reason| Error::BadRequest { what: "precision".into(), reason })?,
@@ -91,8 +92,9 @@ async fn write_line_protocol(
         let text = std::str::from_utf8(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") })?;
         let parsed = lineproto::parse(text, precision, now_ns())
             .map_err(|violations| Error::Invalid { context: String::new(), violations })?;
+        let mut parsed = parsed;
         let lines = &parsed.lines;
-        ingest.write(&parsed.points, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
+        ingest.write(&caller, &mut parsed.points, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
         Ok::<_, Error>((parsed.points.len(), parsed.ignored_fields))
     };
     match written.await {
@@ -103,13 +105,14 @@ async fn write_line_protocol(
 
 async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let written = async {
+        let caller = ingest.authorize(authorization(&headers))?;
         match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
             None | Some(Ok("snappy")) => {}
             Some(other) => return Err(Error::UnsupportedEncoding(format!("{other:?}"))),
         }
         let limits = ingest.limits();
         let raw = read_raw(body, limits).await?;
-        let decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
+        let mut decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
             Ok(Ok(decoded)) => decoded,
             Ok(Err(violations)) => return Err(Error::Invalid { context: String::new(), violations }),
             Err(BodyError::TooLarge { limit, .. }) => return Err(Error::TooLarge { what: "decompressed body".into(), limit }),
@@ -120,7 +123,7 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
         };
         let series = &decoded.series;
         ingest
-            .write(&decoded.points, String::new, |v| {
+            .write(&caller, &mut decoded.points, String::new, |v| {
                 if let Some(s) = v.index.and_then(|i| series.get(i)) {
                     v.field = format!("timeseries[{s}].{}", v.field);
                 }
@@ -136,6 +139,7 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
 
 async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let written = async {
+        let caller = ingest.authorize(authorization(&headers))?;
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if !content_type.starts_with("application/x-protobuf") {
             return Err(Error::UnsupportedEncoding(format!("{content_type:?}: OTLP is taken as application/x-protobuf")));
@@ -143,7 +147,7 @@ async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body
         let body = read_body(body, &headers, ingest.limits()).await?;
         let request = ExportMetricsServiceRequest::decode(body)
             .map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not an ExportMetricsServiceRequest: {err}") })?;
-        ingest.write_otlp(request).await
+        ingest.write_otlp(&caller, request).await
     };
     match written.await {
         Ok(_) => {
@@ -152,6 +156,11 @@ async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body
         }
         Err(err) => err.into_response(),
     }
+}
+
+/// The `Authorization` header, if any.
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
 /// A write's success: `204` with how many points were accepted and how many values made none.
@@ -190,11 +199,12 @@ enum JsonInt {
 
 async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let written = async {
+        let caller = ingest.authorize(authorization(&headers))?;
         let body = read_body(body, &headers, ingest.limits()).await?;
         let batch: JsonBatch =
             serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
-        let points = json_points(batch)?;
-        ingest.write(&points, String::new, |_| {}).await?;
+        let mut points = json_points(batch)?;
+        ingest.write(&caller, &mut points, String::new, |_| {}).await?;
         Ok::<_, Error>(points.len())
     };
     match written.await {

@@ -2,6 +2,7 @@
 //! Prometheus remote write, JSON) and OTLP (gRPC and HTTP), validates every point of a batch, refuses an invalid batch whole, and writes accepted points
 //! to the points topic, answering only after Kafka acknowledged them.
 
+mod auth;
 pub mod config;
 pub mod error;
 mod grpc;
@@ -22,6 +23,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use proto::v1::ingest_service_server::IngestServiceServer;
 
 pub use crate::config::Settings;
+pub use crate::auth::TENANT_TAG;
 pub use crate::error::{Error, Result};
 use crate::ingest::Ingest;
 use crate::kafka::PointSink;
@@ -48,7 +50,8 @@ impl App {
         let sink = PointSink::new(producer, settings.topics.points.name.clone(), max_in_flight);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
-        Ok(Self { listener, http, ingest: Ingest::new(settings.limits, sink.clone()), sink })
+        let auth = auth::Auth::new(&settings.auth.tokens);
+        Ok(Self { listener, http, ingest: Ingest::new(settings.limits, auth, sink.clone()), sink })
     }
 
     /// The gRPC address actually bound.

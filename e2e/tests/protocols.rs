@@ -21,20 +21,25 @@ use reqwest::StatusCode;
 const S: i64 = 1_000_000_000;
 
 /// A collector on the test's topic; returns its HTTP and gRPC base URLs.
-async fn start_both(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, String, Running<collector::Error>) {
+async fn start_both(
+    points: plumbing::kafka::TopicSettings,
+    limits: impl FnOnce(&mut collector::config::Limits),
+    auth: impl FnOnce(&mut collector::config::AuthSettings),
+) -> (String, String, Running<collector::Error>) {
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = points;
     limits(&mut s.limits);
+    auth(&mut s.auth);
     let app = collector::App::build(s).await.expect("collector starts");
     let (http, grpc): (SocketAddr, SocketAddr) = (app.http_addr(), app.grpc_addr());
     (format!("http://{http}"), format!("http://{grpc}"), Running::spawn(|shutdown| app.run(shutdown)))
 }
 
 async fn start(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, Running<collector::Error>) {
-    let (http, _, running) = start_both(points, limits).await;
+    let (http, _, running) = start_both(points, limits, |_| {}).await;
     (http, running)
 }
 
@@ -228,7 +233,7 @@ async fn otlp_metrics_over_grpc_and_http_land_as_documented() {
 
     let points_topic = topic("otlp-points", 2);
     let name = points_topic.name.clone();
-    let (http, grpc, running) = start_both(points_topic, |_| {}).await;
+    let (http, grpc, running) = start_both(points_topic, |_| {}, |_| {}).await;
     let t = now_ns() / S * S;
     let kv = |key: &str, value: &str| KeyValue {
         key: key.into(),
@@ -297,6 +302,80 @@ async fn otlp_metrics_over_grpc_and_http_land_as_documented() {
     }
     assert_eq!(message_count(&kafka(), &name), 12);
     assert_eq!(points_in(&name, 12), sorted(want));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_keep_strangers_out_and_tenants_apart() {
+    use futures::StreamExt as _;
+    use proto::tonic::Code;
+    use proto::v1::WriteRequest;
+    use proto::v1::ingest_service_client::IngestServiceClient;
+    use collector::config::TokenSettings;
+
+    const A: &str = "token-of-tenant-a-0001";
+    const B: &str = "token-of-tenant-b-0002";
+    let points_topic = topic("auth-points", 2);
+    let name = points_topic.name.clone();
+    let (http, grpc, running) = start_both(points_topic, |_| {}, |auth| {
+        auth.tokens = vec![
+            TokenSettings { token: A.into(), tenant: "a".into(), points_per_second: Some(1), burst_points: Some(50) },
+            TokenSettings { token: B.into(), tenant: "b".into(), points_per_second: None, burst_points: None },
+        ];
+    })
+    .await;
+    let t = now_ns() / S * S;
+    let client = reqwest::Client::new();
+
+    // 10,000 requests without a valid token, over every endpoint: every one refused with 401.
+    let bad_headers = [None, Some("Token wrong-token-0000000000"), Some(A), Some("Token token-of-tenant-a-000"), Some("Bearer token-of-tenant-a-00011"), Some("Basic dG9rZW4=")];
+    let endpoints = ["/api/v2/write", "/api/v1/points", "/api/v1/write", "/v1/metrics"];
+    let statuses: Vec<StatusCode> = futures::stream::iter(0..10_000usize)
+        .map(|i| {
+            let mut request = client.post(format!("{http}{}", endpoints[i % endpoints.len()])).body(format!("stranger value={i} {t}"));
+            if let Some(header) = bad_headers[i % bad_headers.len()] {
+                request = request.header("Authorization", header);
+            }
+            async move { request.send().await.unwrap().status() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert_eq!(statuses.len(), 10_000);
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{:?}", statuses.iter().find(|s| **s != StatusCode::UNAUTHORIZED));
+    let mut ingest = IngestServiceClient::connect(grpc.clone()).await.unwrap();
+    let status = ingest.write(WriteRequest { points: vec![point("stranger", &[], t, 1.0)] }).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A's token writes as tenant a, B's as b; over gRPC the token is metadata.
+    let write = |token: &'static str, body: String| {
+        client.post(format!("{http}/api/v2/write")).header("Authorization", format!("Token {token}")).body(body).send()
+    };
+    assert_eq!(write(A, format!("m,host=x value=1 {t}")).await.unwrap().status(), StatusCode::NO_CONTENT);
+    let mut request = proto::tonic::Request::new(WriteRequest { points: vec![point("m", &[("host", "x")], t, 2.0)] });
+    request.metadata_mut().insert("authorization", format!("Bearer {B}").parse().unwrap());
+    ingest.write(request).await.unwrap();
+
+    // A cannot write into b's series: a point naming tenant b is refused, and nothing of its request is written.
+    let reply = write(A, format!("m,host=y value=3 {t}\nm,host=x,tenant=b value=3 {t}")).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let json: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!((json["errors"][0]["index"].clone(), json["errors"][0]["field"].clone()), (serde_json::json!(1), serde_json::json!("tags[\"tenant\"]")), "{json}");
+
+    // A's rate: a burst of 50 points at 1 point a second. 1 is spent; 45 more fit, 10 more must wait,
+    // and 60 at once never fit.
+    let lines = |n: usize, from: usize| (from..from + n).map(|i| format!("burst value={i} {t}\n")).collect::<String>();
+    assert_eq!(write(A, lines(45, 0)).await.unwrap().status(), StatusCode::NO_CONTENT);
+    let reply = write(A, lines(10, 45)).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(reply.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(write(A, lines(60, 100)).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    running.stop().await;
+    let a = [("tenant", "a")];
+    let mut want = vec![point("m", &[("host", "x"), a[0]], t, 1.0), point("m", &[("host", "x"), ("tenant", "b")], t, 2.0)];
+    want.extend((0..45).map(|i| point("burst", &a, t, f64::from(i))));
+    assert_eq!(message_count(&kafka(), &name), 47, "the two first writes and the 45 of the burst, nothing of the strangers");
+    assert_eq!(points_in(&name, 47), sorted(want));
 }
 
 /// The peak resident memory of this process, in bytes.
