@@ -201,4 +201,19 @@ mod tests {
         let keys: Vec<String> = s.validate().into_iter().map(|e| e.key).collect();
         assert_eq!(keys, ["limits.max_in_flight_points"]);
     }
+
+    #[test]
+    fn tokens_must_be_long_unique_and_name_a_tenant() {
+        let token = |token: &str, tenant: &str, rate: Option<u32>| TokenSettings { token: token.into(), tenant: tenant.into(), points_per_second: rate, burst_points: None };
+        let mut s = Settings::default();
+        s.auth.tokens = vec![
+            token("0123456789abcdef", "fleet-a", Some(100)),
+            token("short", "b", None),
+            token("0123456789abcdef", "c", None),
+            token("fedcba9876543210", "has space", Some(0)),
+        ];
+        let keys: Vec<String> = s.validate().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["auth.tokens[1].token", "auth.tokens[2].token", "auth.tokens[3].tenant", "auth.tokens[3].points_per_second"]);
+        assert!(!format!("{:?}", s.auth).contains("0123456789abcdef"), "a token never shows in Debug output");
+    }
 }

@@ -11,7 +11,7 @@ use crate::validate::Violation;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How many violations a refusal lists in its details; a batch of garbage must not make a huge answer.
-const MAX_REPORTED_VIOLATIONS: usize = 100;
+pub(crate) const MAX_REPORTED_VIOLATIONS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

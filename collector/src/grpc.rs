@@ -1,14 +1,16 @@
 //! The gRPC services: Runnel's `IngestService` and OTLP's `MetricsService`, both over the one
 //! validated path to Kafka.
 
-use futures::StreamExt as _;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt as _};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService;
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use proto::tonic::{Request, Response, Status, Streaming};
 use proto::v1::ingest_service_server::IngestService;
-use proto::v1::{WriteRequest, WriteResponse};
+use proto::v1::{FieldViolation, WriteAck, WriteRequest, WriteResponse};
 
-use crate::error::Error;
+use crate::error::{Error, MAX_REPORTED_VIOLATIONS};
 use crate::ingest::Ingest;
 
 /// The `authorization` metadata of a call, if any.
@@ -73,4 +75,50 @@ impl IngestService for IngestGrpc {
         }
         Ok(Response::new(WriteResponse { accepted }))
     }
+
+    type WriteAckedStream = Pin<Box<dyn Stream<Item = Result<WriteAck, Status>> + Send>>;
+
+    async fn write_acked(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<Self::WriteAckedStream>, Status> {
+        let caller = self.0.authorize(authorization(&request))?;
+        let ingest = self.0.clone();
+        // Up to ACKED_IN_FLIGHT messages of one stream are written at once; `buffered` answers them in
+        // order, and stops reading the stream (backpressure) while that many are pending.
+        let acks = request
+            .into_inner()
+            .enumerate()
+            .map(move |(sequence, message)| {
+                let (ingest, caller) = (ingest.clone(), caller.clone());
+                async move {
+                    // A broken stream ends the answers too; every message before it was answered.
+                    let mut points = message?.points;
+                    let sequence = sequence as u64;
+                    Ok(match ingest.write(&caller, &mut points, String::new, |_| {}).await {
+                        Ok(()) => WriteAck { sequence, accepted: points.len() as u64, ..WriteAck::default() },
+                        Err(err) => refused(sequence, err),
+                    })
+                }
+            })
+            .buffered(ACKED_IN_FLIGHT);
+        Ok(Response::new(Box::pin(acks)))
+    }
+}
+
+/// How many messages of one `WriteAcked` stream may be in the works at once.
+const ACKED_IN_FLIGHT: usize = 16;
+
+/// The ack of a refused message: the code and message a `Write` of it would have failed with.
+fn refused(sequence: u64, err: Error) -> WriteAck {
+    let violations = match &err {
+        Error::Invalid { violations, .. } => violations
+            .iter()
+            .take(MAX_REPORTED_VIOLATIONS)
+            .map(|v| FieldViolation { field: v.path(), description: v.reason.clone() })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let status = Status::from(err);
+    WriteAck { sequence, accepted: 0, code: status.code() as i32, message: status.message().to_owned(), violations }
 }

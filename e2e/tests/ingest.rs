@@ -108,3 +108,32 @@ async fn every_rule_refuses_the_whole_batch_and_writes_nothing() {
     running.stop().await;
     assert_eq!(message_count(&kafka(), &name), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_each_message_in_order_and_goes_on_after_a_refusal() {
+    use futures::StreamExt as _;
+
+    let points_topic = topic("ingest-acked", 2);
+    let name = points_topic.name.clone();
+    let (addr, running) = start(settings(points_topic)).await;
+    let mut client = IngestServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let now = now_ns();
+    let good = |n: usize| WriteRequest { points: (0..n).map(|i| point("ok", &[("host", "a")], now, i as f64)).collect() };
+    let messages = vec![
+        good(2),
+        WriteRequest { points: vec![point("ok", &[], now, 1.0), point("m", &[], now, f64::NAN)] },
+        good(3),
+        good(1),
+        good(5), // past the batch limit of 4
+        good(4),
+    ];
+    let acks: Vec<proto::v1::WriteAck> =
+        client.write_acked(futures::stream::iter(messages)).await.unwrap().into_inner().map(|a| a.unwrap()).collect().await;
+    let summary: Vec<(u64, u64, i32)> = acks.iter().map(|a| (a.sequence, a.accepted, a.code)).collect();
+    let invalid = Code::InvalidArgument as i32;
+    assert_eq!(summary, vec![(0, 2, 0), (1, 0, invalid), (2, 3, 0), (3, 1, 0), (4, 0, invalid), (5, 4, 0)]);
+    assert_eq!(acks[1].message, "points[1].value: NaN is not a finite number");
+    assert_eq!(acks[1].violations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>(), vec!["points[1].value"]);
+    running.stop().await;
+    assert_eq!(message_count(&kafka(), &name), 10, "exactly the points of the acknowledged messages");
+}
