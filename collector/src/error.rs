@@ -21,6 +21,9 @@ pub enum Error {
     /// Retryable: Kafka did not acknowledge every point of a batch within its delivery timeout.
     #[error("kafka did not acknowledge {failed} of {total} points ({source}); the batch may be partly written")]
     Delivery { failed: usize, total: usize, source: KafkaError },
+    /// Retryable: librdkafka reports every broker down; nothing was queued.
+    #[error("kafka is unavailable: every broker is down; retry later")]
+    KafkaDown,
     /// Retryable: too many points already await Kafka's acknowledgement (Kafka is slow or away).
     #[error("overloaded: {in_flight} points await kafka's acknowledgement and {points} more would pass the limit of {limit}; retry later")]
     Overloaded { points: usize, in_flight: usize, limit: usize },
@@ -57,7 +60,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later; what a client's retry policy needs.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Overloaded { .. } | Self::RateLimited { .. } | Self::Delivery { .. } | Self::Kafka(_))
+        matches!(self, Self::Overloaded { .. } | Self::RateLimited { .. } | Self::KafkaDown | Self::Delivery { .. } | Self::Kafka(_))
     }
 }
 
@@ -84,7 +87,7 @@ impl From<Error> for Status {
             Error::BadRequest { .. } | Error::UnsupportedEncoding(_) | Error::OverBurst { .. } => Status::invalid_argument(message),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Overloaded { .. } | Error::RateLimited { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
-            Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
+            Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
             Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => Status::internal(message),
         }
     }
@@ -117,7 +120,9 @@ impl IntoResponse for Error {
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None),
             Error::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type", None),
             Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "too many requests", Some(OVERLOADED_RETRY_AFTER_SECS)),
-            Error::Delivery { .. } | Error::Kafka(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(UNAVAILABLE_RETRY_AFTER_SECS)),
+            Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(UNAVAILABLE_RETRY_AFTER_SECS))
+            }
             Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
             }

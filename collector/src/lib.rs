@@ -46,8 +46,9 @@ impl App {
         settings.kafka.ensure_topics(&[&settings.topics.points]).await?;
         let max_in_flight = settings.limits.max_in_flight_points;
         // The in-flight bound is what refuses a write, never librdkafka's queue.
-        let producer = settings.kafka.producer_holding("runnel-collector", max_in_flight).create()?;
-        let sink = PointSink::new(producer, settings.topics.points.name.clone(), max_in_flight);
+        let reach = kafka::Reachability::default();
+        let producer = settings.kafka.producer_holding("runnel-collector", max_in_flight).create_with_context(reach.clone())?;
+        let sink = PointSink::new(producer, reach, settings.topics.points.name.clone(), max_in_flight);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
         let auth = auth::Auth::new(&settings.auth.tokens);
@@ -71,7 +72,7 @@ impl App {
             .add_service(MetricsServiceServer::new(grpc::OtlpGrpc(self.ingest.clone())));
         // Either server failing stops the other, then the collector.
         let stop = shutdown.child_token();
-        let (grpc, http) = tokio::join!(
+        let (grpc, http, ()) = tokio::join!(
             async {
                 let served = self.listener.serve(router, stop.clone()).await;
                 stop.cancel();
@@ -82,6 +83,7 @@ impl App {
                 stop.cancel();
                 served
             },
+            self.sink.probe(stop.clone()),
         );
         grpc?;
         http.map_err(Error::HttpServe)?;
