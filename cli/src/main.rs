@@ -1,6 +1,8 @@
 //! `runnel`: a command line for people. Writes demo load to the collector, reads windows from the
 //! store, asks the analyzer for forecasts, watches alerts, backtests and tests alert rules, and
-//! replays dead letters.
+//! replays dead letters, and sends CSV or NDJSON files.
+
+mod send;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,51 @@ enum Command {
         /// How far back the points reach.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         span: Duration,
+    },
+    /// Send a CSV or NDJSON file of points to the collector, in batches it acknowledges one by one, with
+    /// a progress bar; `--follow` keeps sending the lines appended to it, like `tail -f`.
+    ///
+    /// Each row gives one point per value column, at the row's time, tagged with its tag columns. With
+    /// no `--metric`, a value column's name is the metric; with one, it is the metric of a single value
+    /// column or the prefix of `<metric>_<column>`.
+    ///
+    /// Examples:
+    ///   runnel send data.csv --tag-columns sensor
+    ///   runnel send readings.csv --metric env --time-unit ms --tag site=lab
+    ///   runnel send events.ndjson --metric-column name --value-columns value --follow
+    Send {
+        file: PathBuf,
+        /// csv or ndjson; by default from the file's extension.
+        #[arg(long, value_enum)]
+        format: Option<send::Format>,
+        /// The metric of every point, or the prefix `<metric>_<column>` with several value columns.
+        #[arg(long)]
+        metric: Option<String>,
+        /// The column that names each row's metric.
+        #[arg(long, conflicts_with = "metric")]
+        metric_column: Option<String>,
+        /// The column of the event time: RFC 3339, or a number in `--time-unit`.
+        #[arg(long, default_value = "timestamp")]
+        time_column: String,
+        /// The unit of a numeric time.
+        #[arg(long, value_enum, default_value = "s")]
+        time_unit: send::TimeUnit,
+        /// Columns whose values are tags (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        tag_columns: Vec<String>,
+        /// A tag every point gets, `name=value`; repeatable.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Columns holding values (comma-separated); by default every column that is not the time, the
+        /// metric or a tag.
+        #[arg(long, value_delimiter = ',')]
+        value_columns: Vec<String>,
+        /// Points per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Keep sending lines appended to the file until interrupted (Ctrl-C).
+        #[arg(long)]
+        follow: bool,
     },
     /// Print the windows of a metric's series.
     Range {
@@ -210,6 +257,12 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { hosts, span } => demo(&cli.collector, hosts, span).await,
+        Command::Send { file, format, metric, metric_column, time_column, time_unit, tag_columns, tags, value_columns, batch, follow } => {
+            let mapping = send::Mapping { metric, metric_column, time_column, time_unit, tag_columns, tags: tags.into_iter().collect(), value_columns };
+            let sent = send::send(&cli.collector, &file, format, &mapping, batch.max(1), follow).await?;
+            println!("sent {} points from {} lines of {}, each acknowledged", sent.points, sent.lines, file.display());
+            Ok(())
+        }
         Command::Range { metric, tags, since, last } => range(&cli.store, metric, tags, since, last).await,
         Command::Series { metric } => series(&cli.store, metric).await,
         Command::Forecast { metric, tags, horizon, holt } => forecast(&cli.analyzer, metric, tags, horizon, holt).await,

@@ -378,6 +378,69 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
     assert_eq!(points_in(&name, 47), sorted(want));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runnel_send_delivers_csv_and_ndjson_files_and_follows_a_growing_one() {
+    let points_topic = topic("send-points", 2);
+    let name = points_topic.name.clone();
+    let (_, grpc, running) = start_both(points_topic, |_| {}, |_| {}).await;
+    let dir = std::env::temp_dir().join(e2e::unique("runnel-send"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t0 = now_ns() / S - 3600;
+    let runnel = |args: &[&str]| std::process::Command::new(e2e::process::bin("runnel")).arg("--collector").arg(&grpc).args(args).output().unwrap();
+
+    // 2,500 rows, every seventh without humidity: 3 batches of up to 1,000 points.
+    let mut csv = String::from("timestamp,sensor,temperature,humidity\n");
+    let mut want = Vec::new();
+    for i in 0..2_500i64 {
+        let (ts, sensor, temperature) = (t0 + i, format!("s{}", i % 4), 20.0 + (i % 10) as f64 / 4.0);
+        let humidity = if i % 7 == 0 { String::new() } else { format!("{}", 40 + i % 5) };
+        csv.push_str(&format!("{ts},{sensor},{temperature},{humidity}\n"));
+        let tags = [("sensor", sensor.as_str()), ("site", "lab")];
+        want.push(point("env_temperature", &tags, ts * S, temperature));
+        if !humidity.is_empty() {
+            want.push(point("env_humidity", &tags, ts * S, humidity.parse().unwrap()));
+        }
+    }
+    std::fs::write(dir.join("data.csv"), &csv).unwrap();
+    let out = runnel(&["send", dir.join("data.csv").to_str().unwrap(), "--metric", "env", "--tag-columns", "sensor", "--tag", "site=lab"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("sent {} points from 2501 lines of {}, each acknowledged\n", want.len(), dir.join("data.csv").display()));
+
+    // NDJSON with a bad value on line 3: refused, naming the line and column; nothing of it is sent.
+    let ndjson = format!("{{\"timestamp\":{t0},\"v\":1}}\n{{\"timestamp\":{t0},\"v\":2}}\n{{\"timestamp\":{t0},\"v\":\"warm\"}}\n");
+    std::fs::write(dir.join("bad.ndjson"), ndjson).unwrap();
+    let out = runnel(&["send", dir.join("bad.ndjson").to_str().unwrap(), "--metric", "nd"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3: column \"v\": \"warm\" is not a number"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Following: the rows there at the start, then the rows appended later, then an interrupt.
+    let growing = dir.join("growing.csv");
+    std::fs::write(&growing, format!("timestamp,value\n{t0},1\n{},2\n", t0 + 1)).unwrap();
+    let mut follower = std::process::Command::new(e2e::process::bin("runnel"))
+        .args(["--collector", &grpc, "send", growing.to_str().unwrap(), "--metric", "grown", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let expected = want.len() as i64;
+    e2e::eventually("the first rows", Duration::from_secs(30), || async { (message_count(&kafka(), &name) == expected + 2).then_some(()) }).await;
+    let mut file = std::fs::OpenOptions::new().append(true).open(&growing).unwrap();
+    write!(file, "{},3\n{},4\n{},5\n", t0 + 2, t0 + 3, t0 + 4).unwrap();
+    drop(file);
+    e2e::eventually("the appended rows", Duration::from_secs(30), || async { (message_count(&kafka(), &name) == expected + 5).then_some(()) }).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(follower.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = follower.wait().unwrap();
+    assert!(status.success(), "an interrupt ends a follow cleanly: {status:?}");
+    let mut printed = String::new();
+    std::io::Read::read_to_string(follower.stdout.as_mut().unwrap(), &mut printed).unwrap();
+    assert!(printed.starts_with("sent 5 points from 6 lines"), "{printed}");
+
+    running.stop().await;
+    want.extend((0..5).map(|i| point("grown", &[], (t0 + i) * S, (i + 1) as f64)));
+    assert_eq!(message_count(&kafka(), &name), want.len() as i64);
+    assert_eq!(points_in(&name, want.len()), sorted(want));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The peak resident memory of this process, in bytes.
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
