@@ -6,6 +6,7 @@
 #   deploy/bench.sh processor --points 200000 --rounds 1   # a short run
 #   deploy/bench.sh store                          # store ingest, Parquet encoding, query latency
 #   deploy/bench.sh analyzer                       # model updates, aggregates per CPU second, NAB score
+#   deploy/bench.sh collector                      # ingest per protocol beside a bare producer
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

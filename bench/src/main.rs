@@ -7,6 +7,7 @@
 //! to become visible to a `read_committed` reader.
 
 mod analyzer;
+mod collector;
 mod store;
 
 use std::sync::Arc;
@@ -72,6 +73,24 @@ enum Command {
         #[arg(long, default_value = "../shared/data/nab")]
         nab: std::path::PathBuf,
     },
+    /// Collector: points per second accepted through gRPC batches, gRPC streaming and HTTP line
+    /// protocol, beside a bare rdkafka producer sending the same points.
+    Collector {
+        #[arg(long, default_value_t = 1_000_000)]
+        points: u64,
+        #[arg(long, default_value_t = 10_000)]
+        series: u64,
+        /// Points per request (and per streamed message).
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Store ingest beside a bare consumer, Parquet encoding beside pyarrow, and query latency from 1,000
     /// to 100,000 series.
     Store {
@@ -130,6 +149,15 @@ fn main() -> anyhow::Result<()> {
             let options = analyzer::Options { scales, aggregates, partitions, rounds, nab };
             let section = runtime.block_on(analyzer::analyzer_bench(&kafka, &options))?;
             write_section(&cli.report, "Analyzer", &format!("{section}Reproduce: `{command}`\n"))?;
+            println!("{section}");
+        }
+        Command::Collector { points, series, batch, clients, partitions, rounds } => {
+            let command = format!(
+                "deploy/bench.sh collector --points {points} --series {series} --batch {batch} --clients {clients} --partitions {partitions} --rounds {rounds}"
+            );
+            let options = collector::Options { points, series, batch, clients, partitions, rounds };
+            let section = runtime.block_on(collector::collector_bench(&kafka, &options))?;
+            write_section(&cli.report, "Collector", &format!("{section}\nReproduce: `{command}`\n"))?;
             println!("{section}");
         }
         Command::Store { aggregates, points, partitions, rounds, scales, python } => {
@@ -259,7 +287,7 @@ async fn processor_bench(kafka: &KafkaSettings, points: u64, series: u64, rounds
 }
 
 /// Cores, memory and CPU model, and the versions that matter.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -323,7 +351,7 @@ pub(crate) fn load(kafka: &KafkaSettings, topic: &str, points: u64, series: u64)
 }
 
 /// Enqueues one record, waiting for room while the producer's queue is full.
-fn send(producer: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), KafkaError> {
+pub(crate) fn send(producer: &BaseProducer, topic: &str, key: &[u8], payload: &[u8]) -> Result<(), KafkaError> {
     loop {
         match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
             Ok(()) => return Ok(()),

@@ -158,10 +158,10 @@ async fn ingest(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
     ))
 }
 
-const HEADER: &str = "| run | records/s (median) | every round | ratio | CPU s per million (median) | cores busy |\n|---|---|---|---|---|---|\n";
+pub(crate) const HEADER: &str = "| run | records/s (median) | every round | ratio | CPU s per million (median) | cores busy |\n|---|---|---|---|---|---|\n";
 
 /// A table row: the median rate of `runs`, every round's, the ratio to `baseline`, and the CPU cost.
-fn row(name: &str, runs: &[Run], baseline: f64) -> String {
+pub(crate) fn row(name: &str, runs: &[Run], baseline: f64) -> String {
     let rate = median(runs.iter().map(Run::rate).collect());
     let all = runs.iter().map(|r| format!("{:.0}", r.rate())).collect::<Vec<_>>().join(", ");
     let cpu = median(runs.iter().map(Run::cpu_per_million).collect());
