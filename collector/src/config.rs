@@ -22,6 +22,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Who may write. With no token the collector is open: keep it on loopback then.
     pub auth: AuthSettings,
+    /// Per source: whether a batch with invalid points is refused whole (false, the default) or its
+    /// valid points are written and each invalid one goes to the dead-letter topic with its raw bytes
+    /// and why.
+    pub accept_partial: AcceptPartial,
     pub telemetry: TelemetrySettings,
 }
 
@@ -45,6 +49,24 @@ pub struct HttpSettings {
 pub struct Topics {
     /// Where accepted points go.
     pub points: TopicSettings,
+    /// Where the invalid points of partially accepted batches go.
+    pub deadletter: TopicSettings,
+}
+
+/// Partial acceptance per source; see [`Settings::accept_partial`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptPartial {
+    /// gRPC `Write`, `WriteStream` and `WriteAcked`.
+    pub grpc: bool,
+    /// InfluxDB line protocol (`/api/v2/write`); a line that is not line protocol is dead-lettered too.
+    pub line_protocol: bool,
+    /// Prometheus remote write.
+    pub remote_write: bool,
+    /// OTLP metrics, gRPC and HTTP.
+    pub otlp: bool,
+    /// JSON batches (`/api/v1/points`).
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -121,9 +143,10 @@ impl Default for Settings {
             grpc: GrpcSettings { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
             http: HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8086)) },
             kafka: KafkaSettings::default(),
-            topics: Topics { points: TopicSettings::new(topics::POINTS) },
+            topics: Topics { points: TopicSettings::new(topics::POINTS), deadletter: TopicSettings::new(topics::DEADLETTER) },
             limits: Limits::default(),
             auth: AuthSettings::default(),
+            accept_partial: AcceptPartial::default(),
             telemetry: TelemetrySettings::default(),
         }
     }
@@ -150,6 +173,7 @@ impl ServiceSettings for Settings {
     fn validate(&self) -> Vec<FieldError> {
         let mut errors = self.kafka.validate("kafka");
         errors.extend(self.topics.points.validate("topics.points"));
+        errors.extend(self.topics.deadletter.validate("topics.deadletter"));
         errors.extend(self.telemetry.validate("telemetry"));
         let l = &self.limits;
         for (key, value) in [

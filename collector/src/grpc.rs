@@ -11,7 +11,7 @@ use proto::v1::ingest_service_server::IngestService;
 use proto::v1::{FieldViolation, WriteAck, WriteRequest, WriteResponse};
 
 use crate::error::{Error, MAX_REPORTED_VIOLATIONS};
-use crate::ingest::Ingest;
+use crate::ingest::{Batch, Ingest, Source};
 
 /// The `authorization` metadata of a call, if any.
 fn authorization<T>(request: &Request<T>) -> Option<&str> {
@@ -42,9 +42,9 @@ impl MetricsService for OtlpGrpc {
 impl IngestService for IngestGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = self.0.authorize(authorization(&request))?;
-        let mut points = request.into_inner().points;
-        self.0.write(&caller, &mut points, String::new, |_| {}).await?;
-        Ok(Response::new(WriteResponse { accepted: points.len() as u64 }))
+        let points = request.into_inner().points;
+        let written = self.0.write(&caller, Batch::of(Source::Grpc, points), String::new, |_| {}).await?;
+        Ok(Response::new(WriteResponse { accepted: written.accepted as u64, dead_lettered: written.dead_lettered as u64 }))
     }
 
     async fn write_stream(
@@ -53,13 +53,14 @@ impl IngestService for IngestGrpc {
     ) -> Result<Response<WriteResponse>, Status> {
         let caller = self.0.authorize(authorization(&request))?;
         let mut stream = request.into_inner();
-        let mut accepted = 0u64;
+        let (mut accepted, mut dead_lettered) = (0u64, 0u64);
         let mut index = 0usize;
         while let Some(message) = stream.next().await {
-            let mut points = message?.points;
+            let points = message?.points;
             let prior = accepted;
-            self.0
-                .write(&caller, &mut points, || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
+            let written = self
+                .0
+                .write(&caller, Batch::of(Source::Grpc, points), || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
             .await
             .map_err(|err| match err {
                 Error::Invalid { .. } => Status::from(err),
@@ -70,10 +71,11 @@ impl IngestService for IngestGrpc {
                     Status::new(status.code(), message)
                 }
             })?;
-            accepted += points.len() as u64;
+            accepted += written.accepted as u64;
+            dead_lettered += written.dead_lettered as u64;
             index += 1;
         }
-        Ok(Response::new(WriteResponse { accepted }))
+        Ok(Response::new(WriteResponse { accepted, dead_lettered }))
     }
 
     type WriteAckedStream = Pin<Box<dyn Stream<Item = Result<WriteAck, Status>> + Send>>;
@@ -93,10 +95,10 @@ impl IngestService for IngestGrpc {
                 let (ingest, caller) = (ingest.clone(), caller.clone());
                 async move {
                     // A broken stream ends the answers too; every message before it was answered.
-                    let mut points = message?.points;
+                    let points = message?.points;
                     let sequence = sequence as u64;
-                    Ok(match ingest.write(&caller, &mut points, String::new, |_| {}).await {
-                        Ok(()) => WriteAck { sequence, accepted: points.len() as u64, ..WriteAck::default() },
+                    Ok(match ingest.write(&caller, Batch::of(Source::Grpc, points), String::new, |_| {}).await {
+                        Ok(w) => WriteAck { sequence, accepted: w.accepted as u64, dead_lettered: w.dead_lettered as u64, ..WriteAck::default() },
                         Err(err) => refused(sequence, err),
                     })
                 }
@@ -120,5 +122,5 @@ fn refused(sequence: u64, err: Error) -> WriteAck {
         _ => Vec::new(),
     };
     let status = Status::from(err);
-    WriteAck { sequence, accepted: 0, code: status.code() as i32, message: status.message().to_owned(), violations }
+    WriteAck { sequence, code: status.code() as i32, message: status.message().to_owned(), violations, ..WriteAck::default() }
 }

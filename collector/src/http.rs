@@ -20,12 +20,13 @@ use flate2::read::MultiGzDecoder;
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use proto::prost::Message as _;
 use proto::v1::Point;
+use proto::v1::dead_letter::Reason;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::ingest::{Ingest, now_ns};
+use crate::ingest::{Batch, Ingest, Source, Written, dead_letter, now_ns};
 use crate::lineproto::{self, Precision};
 use crate::promwrite::{self, BodyError};
 use crate::validate::Violation;
@@ -33,6 +34,7 @@ use crate::validate::Violation;
 /// The headers a successful write carries besides its status.
 const ACCEPTED_HEADER: &str = "runnel-accepted-points";
 const IGNORED_HEADER: &str = "runnel-ignored-values";
+const DEAD_LETTERED_HEADER: &str = "runnel-dead-lettered";
 
 /// A bound, not yet serving, HTTP listener.
 #[derive(Debug)]
@@ -90,15 +92,26 @@ async fn write_line_protocol(
         };
         let body = read_body(body, &headers, ingest.limits()).await?;
         let text = std::str::from_utf8(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") })?;
-        let parsed = lineproto::parse(text, precision, now_ns())
-            .map_err(|violations| Error::Invalid { context: String::new(), violations })?;
-        let mut parsed = parsed;
-        let lines = &parsed.lines;
-        ingest.write(&caller, &mut parsed.points, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
-        Ok::<_, Error>((parsed.points.len(), parsed.ignored_fields))
+        let parsed = lineproto::parse_lenient(text, precision, now_ns());
+        let partial = ingest.accepts_partial(Source::LineProtocol);
+        if !partial && !parsed.refused.is_empty() {
+            return Err(Error::Invalid { context: String::new(), violations: parsed.refused.into_iter().map(|(_, v)| v).collect() });
+        }
+        // A point's dead letter carries the text of its line.
+        let physical: Vec<&str> = text.split('\n').collect();
+        let lines = parsed.lines;
+        let line_text = |i: usize| {
+            let line = lines.get(i).and_then(|l| physical.get(l - 1)).copied().unwrap_or_default();
+            line.trim_end_matches('\r').as_bytes().to_vec()
+        };
+        let malformed =
+            parsed.refused.into_iter().map(|(raw, v)| dead_letter(Reason::Malformed, v.to_string(), raw.into_bytes(), None)).collect();
+        let batch = Batch { source: Source::LineProtocol, points: parsed.points, raw: Some(&line_text), malformed };
+        let written = ingest.write(&caller, batch, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
+        Ok::<_, Error>((written, parsed.ignored_fields))
     };
     match written.await {
-        Ok((accepted, ignored)) => no_content(accepted, ignored),
+        Ok((written, ignored)) => no_content(written, ignored),
         Err(err) => err.into_response(),
     }
 }
@@ -112,7 +125,7 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
         }
         let limits = ingest.limits();
         let raw = read_raw(body, limits).await?;
-        let mut decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
+        let decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
             Ok(Ok(decoded)) => decoded,
             Ok(Err(violations)) => return Err(Error::Invalid { context: String::new(), violations }),
             Err(BodyError::TooLarge { limit, .. }) => return Err(Error::TooLarge { what: "decompressed body".into(), limit }),
@@ -122,17 +135,17 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
             }
         };
         let series = &decoded.series;
-        ingest
-            .write(&caller, &mut decoded.points, String::new, |v| {
+        let written = ingest
+            .write(&caller, Batch::of(Source::RemoteWrite, decoded.points), String::new, |v| {
                 if let Some(s) = v.index.and_then(|i| series.get(i)) {
                     v.field = format!("timeseries[{s}].{}", v.field);
                 }
             })
             .await?;
-        Ok::<_, Error>((decoded.points.len(), decoded.ignored))
+        Ok::<_, Error>((written, decoded.ignored))
     };
     match written.await {
-        Ok((accepted, ignored)) => no_content(accepted, ignored),
+        Ok((written, ignored)) => no_content(written, ignored),
         Err(err) => err.into_response(),
     }
 }
@@ -163,10 +176,12 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
-/// A write's success: `204` with how many points were accepted and how many values made none.
-fn no_content(accepted: usize, ignored: usize) -> Response {
+/// A write's success: `204` with how many points were accepted, how many went to the dead-letter
+/// topic, and how many values made none.
+fn no_content(written: Written, ignored: usize) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(ACCEPTED_HEADER, HeaderValue::from(accepted));
+    response.headers_mut().insert(ACCEPTED_HEADER, HeaderValue::from(written.accepted));
+    response.headers_mut().insert(DEAD_LETTERED_HEADER, HeaderValue::from(written.dead_lettered));
     response.headers_mut().insert(IGNORED_HEADER, HeaderValue::from(ignored));
     response
 }
@@ -203,13 +218,12 @@ async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body
         let body = read_body(body, &headers, ingest.limits()).await?;
         let batch: JsonBatch =
             serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
-        let mut points = json_points(batch)?;
-        ingest.write(&caller, &mut points, String::new, |_| {}).await?;
-        Ok::<_, Error>(points.len())
+        let points = json_points(batch)?;
+        ingest.write(&caller, Batch::of(Source::Json, points), String::new, |_| {}).await
     };
     match written.await {
-        Ok(accepted) => {
-            let body = serde_json::json!({ "accepted": accepted }).to_string();
+        Ok(written) => {
+            let body = serde_json::json!({ "accepted": written.accepted, "dead_lettered": written.dead_lettered }).to_string();
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(err) => err.into_response(),

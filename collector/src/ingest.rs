@@ -1,15 +1,21 @@
 //! The one path every protocol feeds: authorize the caller, stamp its tenant, validate the whole batch,
 //! take it from the caller's rate, then write it. A protocol's module only decodes its wire format into
 //! points and maps the outcome to its own answers.
+//!
+//! A batch with invalid points is refused whole, unless its source accepts partial batches
+//! (`accept_partial`): then its valid points are written and each invalid point (or unreadable line)
+//! goes to the dead-letter topic with its raw bytes and why, in the same acknowledged write.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use proto::v1::Point;
+use proto::prost::Message as _;
+use proto::v1::dead_letter::Reason;
+use proto::v1::{DeadLetter, Point};
 
 use crate::auth::{Auth, Caller, TENANT_TAG};
-use crate::config::Limits;
+use crate::config::{AcceptPartial, Limits};
 use crate::error::{Error, Result};
 use crate::kafka::PointSink;
 use crate::validate::{Violation, validate_batch};
@@ -17,13 +23,25 @@ use crate::validate::{Violation, validate_batch};
 #[derive(Debug, Clone)]
 pub(crate) struct Ingest {
     limits: Arc<Limits>,
+    partial: AcceptPartial,
     auth: Auth,
     sink: PointSink,
 }
 
 impl Ingest {
-    pub(crate) fn new(limits: Limits, auth: Auth, sink: PointSink) -> Self {
-        Self { limits: Arc::new(limits), auth, sink }
+    pub(crate) fn new(limits: Limits, partial: AcceptPartial, auth: Auth, sink: PointSink) -> Self {
+        Self { limits: Arc::new(limits), partial, auth, sink }
+    }
+
+    /// Whether `source` accepts the valid points of a batch with invalid ones.
+    pub(crate) fn accepts_partial(&self, source: Source) -> bool {
+        match source {
+            Source::Grpc => self.partial.grpc,
+            Source::LineProtocol => self.partial.line_protocol,
+            Source::RemoteWrite => self.partial.remote_write,
+            Source::Otlp => self.partial.otlp,
+            Source::Json => self.partial.json,
+        }
     }
 
     /// The caller presenting `authorization` (an HTTP header's or gRPC metadata's value); checked before
@@ -37,45 +55,107 @@ impl Ingest {
     }
 
     /// Stamps the caller's tenant on every point and validates them, refusing the batch whole with
-    /// every violation (`annotate` may add what the protocol knows, such as line numbers); takes the
-    /// points from the caller's rate; then writes them and returns once Kafka acknowledged all.
+    /// every violation (`annotate` may add what the protocol knows, such as line numbers), or, when the
+    /// source accepts partial batches, dead-lettering the invalid points; takes the points from the
+    /// caller's rate; then writes them and returns once Kafka acknowledged all.
     pub(crate) async fn write(
         &self,
         caller: &Caller,
-        points: &mut [Point],
+        mut batch: Batch<'_>,
         context: impl FnOnce() -> String,
         annotate: impl Fn(&mut Violation),
-    ) -> Result<()> {
-        let mut violations = stamp_tenant(caller, points);
-        if let Err(invalid) = validate_batch(points, &self.limits, now_ns()) {
+    ) -> Result<Written> {
+        let mut violations = stamp_tenant(caller, &mut batch.points);
+        if let Err(invalid) = validate_batch(&batch.points, &self.limits, now_ns()) {
             violations.extend(invalid);
         }
-        if !violations.is_empty() {
-            violations.sort_by_key(|v| v.index);
-            violations.iter_mut().for_each(&annotate);
+        violations.sort_by_key(|v| v.index);
+        violations.iter_mut().for_each(&annotate);
+        let partial = self.accepts_partial(batch.source);
+        // A rule on the whole batch (its size) cannot be met by dropping points.
+        let whole = violations.iter().any(|v| v.index.is_none());
+        if (!violations.is_empty() || !batch.malformed.is_empty()) && (!partial || whole) {
+            if violations.is_empty() {
+                violations = batch.malformed.iter().map(|l| Violation { index: None, line: None, field: "line".into(), reason: l.detail.clone() }).collect();
+            }
             return Err(Error::Invalid { context: context(), violations });
         }
-        if points.is_empty() {
-            return Ok(());
+        let mut letters = std::mem::take(&mut batch.malformed);
+        let mut good = Vec::with_capacity(batch.points.len());
+        let mut violations = violations.into_iter().peekable();
+        for (index, point) in batch.points.into_iter().enumerate() {
+            let mut why = Vec::new();
+            while let Some(v) = violations.next_if(|v| v.index == Some(index)) {
+                why.push(v.to_string());
+            }
+            if why.is_empty() {
+                good.push(point);
+            } else {
+                let raw = batch.raw.map_or_else(|| point.encode_to_vec(), |raw| raw(index));
+                letters.push(dead_letter(Reason::Invalid, why.join("; "), raw, Some(point)));
+            }
         }
-        caller.take(points.len())?;
-        self.sink.write(points).await
+        if good.is_empty() && letters.is_empty() {
+            return Ok(Written::default());
+        }
+        caller.take(good.len())?;
+        self.sink.write(&good, &letters).await?;
+        Ok(Written { accepted: good.len(), dead_lettered: letters.len() })
     }
+}
+
+/// Where a batch came from, for the partial-acceptance setting of each source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Grpc,
+    LineProtocol,
+    RemoteWrite,
+    Otlp,
+    Json,
+}
+
+/// A decoded batch on its way in.
+pub(crate) struct Batch<'a> {
+    pub(crate) source: Source,
+    pub(crate) points: Vec<Point>,
+    /// The bytes point `i` came from, for its dead letter (a line of line protocol); without it, the
+    /// point's protobuf encoding.
+    pub(crate) raw: Option<&'a (dyn Fn(usize) -> Vec<u8> + Sync)>,
+    /// Parts of the request that made no point (lines that are not line protocol), as dead letters.
+    pub(crate) malformed: Vec<DeadLetter>,
+}
+
+impl Batch<'_> {
+    pub(crate) fn of(source: Source, points: Vec<Point>) -> Self {
+        Self { source, points, raw: None, malformed: Vec::new() }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub(crate) accepted: usize,
+    pub(crate) dead_lettered: usize,
+}
+
+/// A dead letter of the collector's.
+pub(crate) fn dead_letter(reason: Reason, detail: String, raw: Vec<u8>, point: Option<Point>) -> DeadLetter {
+    DeadLetter { reason: reason as i32, detail, service: "collector".into(), raw, point, refused_at_ns: now_ns(), ..DeadLetter::default() }
 }
 
 impl Ingest {
     /// Maps an OTLP export to points and writes them; a refusal names each point's metric by its path
     /// in the request. Returns the points accepted and the data points that made none.
-    pub(crate) async fn write_otlp(&self, caller: &Caller, request: ExportMetricsServiceRequest) -> Result<(usize, usize)> {
-        let mut mapped = crate::otlp::map(request).map_err(|violations| Error::Invalid { context: String::new(), violations })?;
-        let origins = &mapped.origins;
-        self.write(caller, &mut mapped.points, String::new, |v| {
+    pub(crate) async fn write_otlp(&self, caller: &Caller, request: ExportMetricsServiceRequest) -> Result<(Written, usize)> {
+        let crate::otlp::Mapped { points, origins, ignored } =
+            crate::otlp::map(request).map_err(|violations| Error::Invalid { context: String::new(), violations })?;
+        let written = self.write(caller, Batch::of(Source::Otlp, points), String::new, |v| {
             if let Some(origin) = v.index.and_then(|i| origins.get(i)) {
                 v.field = format!("{origin}.{}", v.field);
             }
         })
         .await?;
-        Ok((mapped.points.len(), mapped.ignored))
+        Ok((written, ignored))
     }
 }
 

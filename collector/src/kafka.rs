@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use proto::prost::Message as _;
-use proto::v1::Point;
+use proto::v1::{DeadLetter, Point};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
@@ -50,6 +50,7 @@ pub(crate) struct PointSink {
     producer: Producer,
     /// The producer's context, shared: whether every broker is down.
     reach: Reachability,
+    deadletter_topic: String,
     topic: String,
     /// A permit per point that may await Kafka's acknowledgement.
     in_flight: Arc<Semaphore>,
@@ -64,8 +65,8 @@ impl std::fmt::Debug for PointSink {
 
 impl PointSink {
     /// `reach` is the context `producer` was created with.
-    pub(crate) fn new(producer: Producer, reach: Reachability, topic: String, max_in_flight: usize) -> Self {
-        Self { producer, reach, topic, in_flight: Arc::new(Semaphore::new(max_in_flight)), max_in_flight }
+    pub(crate) fn new(producer: Producer, reach: Reachability, topic: String, deadletter_topic: String, max_in_flight: usize) -> Self {
+        Self { producer, reach, topic, deadletter_topic, in_flight: Arc::new(Semaphore::new(max_in_flight)), max_in_flight }
     }
 
     /// While every broker is down, asks for metadata every second; the first answer lets writes in
@@ -92,21 +93,28 @@ impl PointSink {
 
     /// Writes every point and returns once Kafka acknowledged all of them; refuses the whole batch,
     /// writing nothing, when it does not fit beside the points already awaiting acknowledgement.
-    pub(crate) async fn write(&self, points: &[Point]) -> Result<()> {
+    /// Dead letters for the dead-letter topic go in the same write: all acknowledged, or an error.
+    pub(crate) async fn write(&self, points: &[Point], letters: &[DeadLetter]) -> Result<()> {
         if self.reach.down.load(Ordering::SeqCst) {
             return Err(Error::KafkaDown);
         }
-        let wanted = u32::try_from(points.len()).unwrap_or(u32::MAX);
+        let records = points.len() + letters.len();
+        let wanted = u32::try_from(records).unwrap_or(u32::MAX);
         // Held until every send below has its answer; dropping it returns the room.
         let _room = self.in_flight.try_acquire_many(wanted).map_err(|_| Error::Overloaded {
-            points: points.len(),
+            points: records,
             in_flight: self.max_in_flight - self.in_flight.available_permits(),
             limit: self.max_in_flight,
         })?;
-        let encoded: Vec<(String, Vec<u8>)> =
-            points.iter().map(|p| (p.series_key(), p.encode_to_vec())).collect();
-        let sends = encoded.iter().map(|(key, payload)| {
-            self.producer.send(FutureRecord::to(&self.topic).key(key).payload(payload), QUEUE_TIMEOUT)
+        let mut encoded: Vec<(&str, String, Vec<u8>)> =
+            points.iter().map(|p| (self.topic.as_str(), p.series_key(), p.encode_to_vec())).collect();
+        // Keyed like the point each replaces, as every dead letter is.
+        encoded.extend(letters.iter().map(|l| {
+            let key = l.point.as_ref().map(Point::series_key).unwrap_or_default();
+            (self.deadletter_topic.as_str(), key, l.encode_to_vec())
+        }));
+        let sends = encoded.iter().map(|(topic, key, payload)| {
+            self.producer.send(FutureRecord::to(topic).key(key).payload(payload), QUEUE_TIMEOUT)
         });
         let results = join_all(sends).await;
         let total = results.len();
@@ -159,7 +167,7 @@ mod tests {
             .set("message.timeout.ms", "60000")
             .create_with_context(reach.clone())
             .expect("a producer is created without contacting the broker");
-        PointSink::new(producer, if noticed { reach } else { Reachability::default() }, "t".into(), max_in_flight)
+        PointSink::new(producer, if noticed { reach } else { Reachability::default() }, "t".into(), "d".into(), max_in_flight)
     }
 
     #[tokio::test]
@@ -170,7 +178,7 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "librdkafka never reported every broker down");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(matches!(sink.write(&points(1)).await, Err(Error::KafkaDown)));
+        assert!(matches!(sink.write(&points(1), &[]).await, Err(Error::KafkaDown)));
         assert_eq!(sink.in_flight(), 0, "nothing was queued");
     }
 
@@ -179,14 +187,14 @@ mod tests {
         let sink = unreachable_sink(5, false);
         let stuck = {
             let sink = sink.clone();
-            tokio::spawn(async move { sink.write(&points(3)).await })
+            tokio::spawn(async move { sink.write(&points(3), &[]).await })
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while sink.in_flight() < 3 {
             assert!(tokio::time::Instant::now() < deadline, "the first batch never went in flight");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        match sink.write(&points(3)).await {
+        match sink.write(&points(3), &[]).await {
             Err(Error::Overloaded { points: 3, in_flight: 3, limit: 5 }) => {}
             other => panic!("expected an overload refusal, got {other:?}"),
         }

@@ -43,16 +43,16 @@ pub struct App {
 impl App {
     /// Creates the points topic if needed, connects the producer and binds the gRPC and HTTP listeners.
     pub async fn build(settings: Settings) -> Result<Self> {
-        settings.kafka.ensure_topics(&[&settings.topics.points]).await?;
+        settings.kafka.ensure_topics(&[&settings.topics.points, &settings.topics.deadletter]).await?;
         let max_in_flight = settings.limits.max_in_flight_points;
         // The in-flight bound is what refuses a write, never librdkafka's queue.
         let reach = kafka::Reachability::default();
         let producer = settings.kafka.producer_holding("runnel-collector", max_in_flight).create_with_context(reach.clone())?;
-        let sink = PointSink::new(producer, reach, settings.topics.points.name.clone(), max_in_flight);
+        let sink = PointSink::new(producer, reach, settings.topics.points.name.clone(), settings.topics.deadletter.name.clone(), max_in_flight);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
         let auth = auth::Auth::new(&settings.auth.tokens);
-        Ok(Self { listener, http, ingest: Ingest::new(settings.limits, auth, sink.clone()), sink })
+        Ok(Self { listener, http, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone()), sink })
     }
 
     /// The gRPC address actually bound.

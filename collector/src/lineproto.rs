@@ -72,14 +72,22 @@ pub struct Parsed {
     pub lines: Vec<usize>,
     /// String fields, which make no point.
     pub ignored_fields: usize,
+    /// Each line that made no point because it is not line protocol (or its timestamp does not fit),
+    /// with its text and why.
+    pub refused: Vec<(String, Violation)>,
 }
 
 /// Parses a whole body; a line that is not line protocol is a violation naming its line, and every
 /// such line is reported. Points are numbered in body order, several per line when it has several
 /// numeric fields.
 pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Vec<Violation>> {
+    let parsed = parse_lenient(body, precision, now_ns);
+    if parsed.refused.is_empty() { Ok(parsed) } else { Err(parsed.refused.into_iter().map(|(_, v)| v).collect()) }
+}
+
+/// Parses every line that is line protocol and keeps the others, with their text, in `refused`.
+pub fn parse_lenient(body: &str, precision: Precision, now_ns: i64) -> Parsed {
     let mut parsed = Parsed::default();
-    let mut violations = Vec::new();
     for raw in influxdb_line_protocol::split_lines(body) {
         let line = line_number(body, raw);
         // Windows line endings: the `\r` would otherwise be trailing content of the line.
@@ -90,7 +98,7 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Ve
         let line_protocol = match result {
             Ok(ok) => ok,
             Err(err) => {
-                violations.push(refuse("line", err.to_string()));
+                parsed.refused.push((raw.to_owned(), refuse("line", err.to_string())));
                 continue;
             }
         };
@@ -99,7 +107,7 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Ve
             Some(ts) => match ts.checked_mul(precision.nanos()) {
                 Some(ns) => ns,
                 None => {
-                    violations.push(refuse("timestamp", format!("{ts} in {precision} does not fit in 64-bit nanoseconds")));
+                    parsed.refused.push((raw.to_owned(), refuse("timestamp", format!("{ts} in {precision} does not fit in 64-bit nanoseconds"))));
                     continue;
                 }
             },
@@ -130,7 +138,7 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Ve
             parsed.lines.push(line);
         }
     }
-    if violations.is_empty() { Ok(parsed) } else { Err(violations) }
+    parsed
 }
 
 /// The 1-based line of `body` where `part`, a slice of it, starts.

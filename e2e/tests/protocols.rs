@@ -121,7 +121,7 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
         .await
         .unwrap();
     assert_eq!(reply.status(), StatusCode::OK);
-    assert_eq!(reply.text().await.unwrap(), r#"{"accepted":1}"#);
+    assert_eq!(reply.text().await.unwrap(), r#"{"accepted":1,"dead_lettered":0}"#);
 
     // Seconds precision, plain body, no timestamp on the second line (the collector's clock).
     let before = now_ns();
@@ -439,6 +439,65 @@ async fn runnel_send_delivers_csv_and_ndjson_files_and_follows_a_growing_one() {
     assert_eq!(message_count(&kafka(), &name), want.len() as i64);
     assert_eq!(points_in(&name, want.len()), sorted(want));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_accepts_partial_batches_dead_letters_each_bad_point_with_its_bytes() {
+    use proto::v1::DeadLetter;
+    use proto::v1::dead_letter::Reason;
+    use proto::v1::ingest_service_client::IngestServiceClient;
+    use proto::v1::WriteRequest;
+
+    let points_topic = topic("partial-points", 2);
+    let name = points_topic.name.clone();
+    let deadletter = topic("partial-deadletter", 1);
+    let deadletter_name = deadletter.name.clone();
+    let mut s = collector::Settings::default();
+    s.kafka = kafka();
+    s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.topics.points = points_topic;
+    s.topics.deadletter = deadletter;
+    s.accept_partial.line_protocol = true;
+    s.accept_partial.grpc = true;
+    let app = collector::App::build(s).await.unwrap();
+    let (http, grpc) = (format!("http://{}", app.http_addr()), format!("http://{}", app.grpc_addr()));
+    let running = Running::spawn(|shutdown| app.run(shutdown));
+    let t = now_ns() / S * S;
+
+    // Line 2 is not line protocol, line 3's metric breaks a rule: both dead-lettered, lines 1 and 4 written.
+    let body = format!("ok,host=a value=1 {t}\nthis is not line protocol\n9lives,host=a value=2 {t}\nok,host=b value=3 {t}\n");
+    let reply = reqwest::Client::new().post(format!("{http}/api/v2/write")).body(body).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    assert_eq!((&reply.headers()["runnel-accepted-points"], &reply.headers()["runnel-dead-lettered"]), (&"2".parse().unwrap(), &"2".parse().unwrap()));
+
+    // gRPC: the middle point is NaN.
+    let mut client = IngestServiceClient::connect(grpc).await.unwrap();
+    let nan = point("g", &[], t, f64::NAN);
+    let reply = client.write(WriteRequest { points: vec![point("g", &[], t, 1.0), nan.clone(), point("g", &[], t, 2.0)] }).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.dead_lettered), (2, 1));
+    running.stop().await;
+
+    assert_eq!(message_count(&kafka(), &name), 4);
+    assert_eq!(
+        points_in(&name, 4),
+        sorted(vec![point("ok", &[("host", "a")], t, 1.0), point("ok", &[("host", "b")], t, 3.0), point("g", &[], t, 1.0), point("g", &[], t, 2.0)])
+    );
+    let letters: Vec<DeadLetter> = read_committed(&kafka(), &deadletter_name, 3, Duration::from_secs(30))
+        .iter()
+        .map(|r| DeadLetter::decode(r.payload.as_slice()).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 3);
+    let find = |raw: &[u8]| letters.iter().find(|l| l.raw == raw).unwrap_or_else(|| panic!("no letter with raw {:?}", String::from_utf8_lossy(raw)));
+    let malformed = find(b"this is not line protocol");
+    assert_eq!((malformed.reason, malformed.point.is_none(), malformed.service.as_str()), (Reason::Malformed as i32, true, "collector"));
+    assert!(malformed.detail.starts_with("line 2: line: "), "{}", malformed.detail);
+    let invalid = find(format!("9lives,host=a value=2 {t}").as_bytes());
+    assert_eq!((invalid.reason, invalid.point.clone()), (Reason::Invalid as i32, Some(point("9lives", &[("host", "a")], t, 2.0))));
+    assert!(invalid.detail.starts_with("line 3: points[1].metric: "), "{}", invalid.detail);
+    let grpc_letter = find(&nan.encode_to_vec());
+    assert_eq!(grpc_letter.reason, Reason::Invalid as i32);
+    assert_eq!(grpc_letter.detail, "points[1].value: NaN is not a finite number");
 }
 
 /// The peak resident memory of this process, in bytes.
