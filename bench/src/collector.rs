@@ -59,7 +59,7 @@ fn line_protocol(points: &[Point], batch: usize) -> Vec<String> {
 enum Protocol {
     GrpcBatches,
     GrpcStream,
-    HttpLineProtocol,
+    LineProtocol,
 }
 
 pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
@@ -74,7 +74,7 @@ pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyho
         let run = bare_producer(kafka, o, &points).await?;
         eprintln!("round {round}: bare producer {:.0} points/s", run.rate());
         bare.push(run);
-        for (protocol, runs) in [(Protocol::GrpcBatches, &mut grpc), (Protocol::GrpcStream, &mut stream), (Protocol::HttpLineProtocol, &mut http)] {
+        for (protocol, runs) in [(Protocol::GrpcBatches, &mut grpc), (Protocol::GrpcStream, &mut stream), (Protocol::LineProtocol, &mut http)] {
             let run = through_collector(kafka, o, protocol, &batches, &bodies).await?;
             eprintln!("round {round}: {protocol:?} {:.0} points/s", run.rate());
             runs.push(run);
@@ -134,8 +134,7 @@ async fn bare_producer(kafka: &KafkaSettings, o: &Options, points: &[Point]) -> 
 
 async fn through_collector(kafka: &KafkaSettings, o: &Options, protocol: Protocol, batches: &[WriteRequest], bodies: &[String]) -> anyhow::Result<Run> {
     let topic = fresh_topic(kafka, o).await?;
-    let mut settings = collector::Settings::default();
-    settings.kafka = kafka.clone();
+    let mut settings = collector::Settings { kafka: kafka.clone(), ..Default::default() };
     settings.grpc.listen = "127.0.0.1:0".parse()?;
     settings.http.listen = "127.0.0.1:0".parse()?;
     settings.topics.points = topic.clone();
@@ -175,7 +174,7 @@ async fn through_collector(kafka: &KafkaSettings, o: &Options, protocol: Protoco
                             bail!("{acked} of {sent} streamed batches acknowledged");
                         }
                     }
-                    Protocol::HttpLineProtocol => {
+                    Protocol::LineProtocol => {
                         let client = reqwest::Client::new();
                         for body in my_bodies {
                             let reply = client.post(format!("{http}/api/v2/write")).body(body).send().await?;

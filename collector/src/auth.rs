@@ -6,8 +6,10 @@
 //! SHA-256 digests in constant time against every configured token, so neither a token's length nor
 //! how much of it matched shows in the time an answer takes.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher as _, RandomState};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::{Quota, RateLimiter};
@@ -16,7 +18,10 @@ use governor::state::{InMemoryState, NotKeyed};
 use ring::digest::{SHA256, digest};
 use subtle::ConstantTimeEq as _;
 
+use proto::v1::Point;
+
 use crate::config::TokenSettings;
+use crate::validate::Violation;
 use crate::error::{Error, Result};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
@@ -35,11 +40,42 @@ struct Entry {
     caller: Caller,
 }
 
-/// Who a request comes from: a tenant and its rate limit, or anyone when no token is configured.
+/// Who a request comes from: a tenant, its rate limit and its series budget, or anyone when no token
+/// is configured.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Caller {
     pub(crate) tenant: Option<Arc<str>>,
     limiter: Option<Arc<Limiter>>,
+    series: Option<Arc<SeriesBudget>>,
+}
+
+/// The series a tenant has written through this collector, up to its limit. Kept in memory per
+/// collector instance: a cardinality guard against a runaway client, not an exact count across a
+/// fleet of collectors or restarts.
+#[derive(Debug)]
+struct SeriesBudget {
+    limit: usize,
+    seen: Mutex<HashSet<u64>>,
+    hasher: RandomState,
+}
+
+/// Series a batch added to its tenant's budget, handed back if the batch is not written after all.
+#[derive(Debug, Default)]
+pub(crate) struct Reserved {
+    budget: Option<Arc<SeriesBudget>>,
+    added: Vec<u64>,
+}
+
+impl Reserved {
+    /// Returns the series to the budget: the batch they came with was not written.
+    pub(crate) fn release(self) {
+        if let Some(budget) = self.budget {
+            let mut seen = budget.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            for h in self.added {
+                seen.remove(&h);
+            }
+        }
+    }
 }
 
 impl Auth {
@@ -53,6 +89,9 @@ impl Auth {
                     limiter: t.points_per_second.and_then(NonZeroU32::new).map(|rate| {
                         let burst = t.burst_points.and_then(NonZeroU32::new).unwrap_or(rate);
                         Arc::new(RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
+                    }),
+                    series: t.max_series.map(|limit| {
+                        Arc::new(SeriesBudget { limit, seen: Mutex::new(HashSet::new()), hasher: RandomState::new() })
                     }),
                 },
             })
@@ -82,6 +121,38 @@ impl Auth {
 }
 
 impl Caller {
+    /// Admits the series of `points` into the tenant's budget; a point whose series would pass the limit
+    /// is a violation. The series added come back as `Reserved`, to release if the batch is not written.
+    pub(crate) fn admit_series(&self, points: &[Point]) -> (Reserved, Vec<Violation>) {
+        let Some(budget) = &self.series else { return (Reserved::default(), Vec::new()) };
+        let mut seen = budget.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut reserved = Reserved { budget: Some(Arc::clone(budget)), added: Vec::new() };
+        let mut violations = Vec::new();
+        for (index, point) in points.iter().enumerate() {
+            let key = point.series_key();
+            let h = budget.hasher.hash_one(&key);
+            if seen.contains(&h) {
+                continue;
+            }
+            if seen.len() < budget.limit {
+                seen.insert(h);
+                reserved.added.push(h);
+            } else {
+                violations.push(Violation {
+                    index: Some(index),
+                    line: None,
+                    field: String::new(),
+                    reason: format!(
+                        "{key} would be a new series of tenant {:?}, which has its limit of {} series",
+                        self.tenant.as_deref().unwrap_or_default(),
+                        budget.limit
+                    ),
+                });
+            }
+        }
+        (reserved, violations)
+    }
+
     /// Takes `points` from the caller's rate; refuses the whole request when they do not fit now.
     pub(crate) fn take(&self, points: usize) -> Result<()> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
@@ -110,7 +181,7 @@ mod tests {
     use super::*;
 
     fn token(token: &str, tenant: &str, rate: Option<u32>) -> TokenSettings {
-        TokenSettings { token: token.into(), tenant: tenant.into(), points_per_second: rate, burst_points: None }
+        TokenSettings { token: token.into(), tenant: tenant.into(), points_per_second: rate, burst_points: None, max_series: None }
     }
 
     #[test]
@@ -126,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_rate_limit_refuses_past_the_burst_and_says_when_to_retry() {
-        let auth = Auth::new(&[TokenSettings { token: "t".into(), tenant: "a".into(), points_per_second: Some(10), burst_points: Some(20) }]);
+        let auth = Auth::new(&[TokenSettings { token: "t".into(), tenant: "a".into(), points_per_second: Some(10), burst_points: Some(20), max_series: None }]);
         let caller = auth.check(Some("Token t")).unwrap();
         caller.take(15).unwrap();
         match caller.take(10) {
@@ -137,5 +208,21 @@ mod tests {
             other => panic!("expected a rate limit, got {other:?}"),
         }
         assert!(matches!(caller.take(21), Err(Error::OverBurst { points: 21, .. })), "more than the burst never fits");
+    }
+
+    #[test]
+    fn a_series_budget_admits_known_series_and_refuses_new_ones_past_the_limit() {
+        let auth = Auth::new(&[TokenSettings { token: "t".into(), tenant: "a".into(), points_per_second: None, burst_points: None, max_series: Some(2) }]);
+        let caller = auth.check(Some("Token t")).unwrap();
+        let p = |m: &str| Point { metric: m.into(), ..Point::default() };
+        let (first, refused) = caller.admit_series(&[p("x"), p("x"), p("y")]);
+        assert!(refused.is_empty());
+        let (_, refused) = caller.admit_series(&[p("y"), p("z"), p("x")]);
+        let indices: Vec<Option<usize>> = refused.iter().map(|v| v.index).collect();
+        assert_eq!(indices, vec![Some(1)], "only z is new, and past the limit");
+        assert!(refused[0].reason.starts_with("z{} would be a new series of tenant \"a\""), "{}", refused[0].reason);
+        first.release();
+        let (_, refused) = caller.admit_series(&[p("z")]);
+        assert!(refused.is_empty(), "released series make room again");
     }
 }

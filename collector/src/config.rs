@@ -90,6 +90,9 @@ pub struct TokenSettings {
     pub points_per_second: Option<u32>,
     /// Points this token may write at once before the rate applies; defaults to one second's worth.
     pub burst_points: Option<u32>,
+    /// Most distinct series this tenant may write through one collector (kept in memory per
+    /// instance); a point of a series past it is refused like an invalid one. None means no limit.
+    pub max_series: Option<usize>,
 }
 
 impl std::fmt::Debug for TokenSettings {
@@ -99,6 +102,7 @@ impl std::fmt::Debug for TokenSettings {
             .field("tenant", &self.tenant)
             .field("points_per_second", &self.points_per_second)
             .field("burst_points", &self.burst_points)
+            .field("max_series", &self.max_series)
             .finish_non_exhaustive()
     }
 }
@@ -228,7 +232,7 @@ mod tests {
 
     #[test]
     fn tokens_must_be_long_unique_and_name_a_tenant() {
-        let token = |token: &str, tenant: &str, rate: Option<u32>| TokenSettings { token: token.into(), tenant: tenant.into(), points_per_second: rate, burst_points: None };
+        let token = |token: &str, tenant: &str, rate: Option<u32>| TokenSettings { token: token.into(), tenant: tenant.into(), points_per_second: rate, burst_points: None, max_series: None };
         let mut s = Settings::default();
         s.auth.tokens = vec![
             token("0123456789abcdef", "fleet-a", Some(100)),

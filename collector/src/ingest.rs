@@ -14,7 +14,7 @@ use proto::prost::Message as _;
 use proto::v1::dead_letter::Reason;
 use proto::v1::{DeadLetter, Point};
 
-use crate::auth::{Auth, Caller, TENANT_TAG};
+use crate::auth::{Auth, Caller, Reserved, TENANT_TAG};
 use crate::config::{AcceptPartial, Limits};
 use crate::error::{Error, Result};
 use crate::kafka::PointSink;
@@ -69,12 +69,21 @@ impl Ingest {
         if let Err(invalid) = validate_batch(&batch.points, &self.limits, now_ns()) {
             violations.extend(invalid);
         }
+        // Series are admitted only for a batch that is otherwise valid, and handed back if it is not
+        // written after all.
+        let mut reserved = Reserved::default();
+        if violations.is_empty() {
+            let (admitted, over) = caller.admit_series(&batch.points);
+            reserved = admitted;
+            violations.extend(over);
+        }
         violations.sort_by_key(|v| v.index);
         violations.iter_mut().for_each(&annotate);
         let partial = self.accepts_partial(batch.source);
         // A rule on the whole batch (its size) cannot be met by dropping points.
         let whole = violations.iter().any(|v| v.index.is_none());
         if (!violations.is_empty() || !batch.malformed.is_empty()) && (!partial || whole) {
+            reserved.release();
             if violations.is_empty() {
                 violations = batch.malformed.iter().map(|l| Violation { index: None, line: None, field: "line".into(), reason: l.detail.clone() }).collect();
             }
@@ -98,8 +107,14 @@ impl Ingest {
         if good.is_empty() && letters.is_empty() {
             return Ok(Written::default());
         }
-        caller.take(good.len())?;
-        self.sink.write(&good, &letters).await?;
+        let written = match caller.take(good.len()) {
+            Ok(()) => self.sink.write(&good, &letters).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = written {
+            reserved.release();
+            return Err(err);
+        }
         Ok(Written { accepted: good.len(), dead_lettered: letters.len() })
     }
 }

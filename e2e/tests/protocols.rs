@@ -318,8 +318,8 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
     let name = points_topic.name.clone();
     let (http, grpc, running) = start_both(points_topic, |_| {}, |auth| {
         auth.tokens = vec![
-            TokenSettings { token: A.into(), tenant: "a".into(), points_per_second: Some(1), burst_points: Some(50) },
-            TokenSettings { token: B.into(), tenant: "b".into(), points_per_second: None, burst_points: None },
+            TokenSettings { token: A.into(), tenant: "a".into(), points_per_second: Some(1), burst_points: Some(50), max_series: None },
+            TokenSettings { token: B.into(), tenant: "b".into(), points_per_second: None, burst_points: None, max_series: Some(2) },
         ];
     })
     .await;
@@ -361,6 +361,15 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
     let json: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
     assert_eq!((json["errors"][0]["index"].clone(), json["errors"][0]["field"].clone()), (serde_json::json!(1), serde_json::json!("tags[\"tenant\"]")), "{json}");
 
+    // B may have 2 series: it has m{host="x"}; of s1 and s2 only one more fits, so the batch is
+    // refused naming s2, and admits nothing; s1 alone is then written.
+    let reply = write(B, format!("s1 value=1 {t}\ns2 value=2 {t}")).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let json: serde_json::Value = serde_json::from_str(&reply.text().await.unwrap()).unwrap();
+    assert_eq!(json["errors"][0]["index"], 1, "{json}");
+    assert!(json["message"].as_str().unwrap().contains("s2{tenant=\"b\"} would be a new series of tenant \"b\""), "{json}");
+    assert_eq!(write(B, format!("s1 value=1 {t}")).await.unwrap().status(), StatusCode::NO_CONTENT);
+
     // A's rate: a burst of 50 points at 1 point a second. 1 is spent; 45 more fit, 10 more must wait,
     // and 60 at once never fit.
     let lines = |n: usize, from: usize| (from..from + n).map(|i| format!("burst value={i} {t}\n")).collect::<String>();
@@ -372,10 +381,14 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
 
     running.stop().await;
     let a = [("tenant", "a")];
-    let mut want = vec![point("m", &[("host", "x"), a[0]], t, 1.0), point("m", &[("host", "x"), ("tenant", "b")], t, 2.0)];
+    let mut want = vec![
+        point("m", &[("host", "x"), a[0]], t, 1.0),
+        point("m", &[("host", "x"), ("tenant", "b")], t, 2.0),
+        point("s1", &[("tenant", "b")], t, 1.0),
+    ];
     want.extend((0..45).map(|i| point("burst", &a, t, f64::from(i))));
-    assert_eq!(message_count(&kafka(), &name), 47, "the two first writes and the 45 of the burst, nothing of the strangers");
-    assert_eq!(points_in(&name, 47), sorted(want));
+    assert_eq!(message_count(&kafka(), &name), 48, "the two first writes, s1 and the 45 of the burst, nothing of the strangers");
+    assert_eq!(points_in(&name, 48), sorted(want));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
