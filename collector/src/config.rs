@@ -21,6 +21,8 @@ pub struct Settings {
     /// What a point must satisfy to be accepted.
     pub limits: Limits,
     /// Who may write. With no token the collector is open: keep it on loopback then.
+    // No tokens serialize to an empty table, which the layered loading drops: default it back.
+    #[serde(default)]
     pub auth: AuthSettings,
     /// Per source: whether a batch with invalid points is refused whole (false, the default) or its
     /// valid points are written and each invalid one goes to the dead-letter topic with its raw bytes
@@ -73,6 +75,7 @@ pub struct AcceptPartial {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// API tokens, each mapped to a tenant; when any is set, every request must present one.
+    #[serde(default)]
     pub tokens: Vec<TokenSettings>,
 }
 
