@@ -42,6 +42,9 @@ pub enum Error {
     /// Not retryable as it is: more points at once than the token's burst allows (split the request).
     #[error("{points} points at once exceed tenant {tenant:?}'s burst; split the request")]
     OverBurst { tenant: String, points: usize },
+    /// Not retryable: a `Content-Type` the endpoint does not take.
+    #[error("content type {0}")]
+    UnsupportedMediaType(String),
     /// Not retryable: a `Content-Encoding` other than gzip.
     #[error("content encoding {0} is not supported; send gzip or no encoding")]
     UnsupportedEncoding(String),
@@ -84,7 +87,9 @@ impl From<Error> for Status {
                     .collect();
                 Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(details))
             }
-            Error::BadRequest { .. } | Error::UnsupportedEncoding(_) | Error::OverBurst { .. } => Status::invalid_argument(message),
+            Error::BadRequest { .. } | Error::UnsupportedEncoding(_) | Error::UnsupportedMediaType(_) | Error::OverBurst { .. } => {
+                Status::invalid_argument(message)
+            }
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Overloaded { .. } | Error::RateLimited { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
             Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
@@ -118,7 +123,7 @@ impl IntoResponse for Error {
             }
             Error::Invalid { .. } | Error::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid", None),
             Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request too large", None),
-            Error::UnsupportedEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type", None),
+            Error::UnsupportedEncoding(_) | Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported media type", None),
             Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "too many requests", Some(OVERLOADED_RETRY_AFTER_SECS)),
             Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(UNAVAILABLE_RETRY_AFTER_SECS))

@@ -83,92 +83,73 @@ async fn write_line_protocol(
     Query(params): Query<WriteParams>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let written = async {
-        let caller = ingest.authorize(authorization(&headers))?;
-        let precision = match params.precision.as_deref() {
-            None => Precision::default(),
-            Some(name) => name.parse().map_err(|reason| Error::BadRequest { what: "precision".into(), reason })?,
-        };
-        let body = read_body(body, &headers, ingest.limits()).await?;
-        let text = std::str::from_utf8(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") })?;
-        let parsed = lineproto::parse_lenient(text, precision, now_ns());
-        let partial = ingest.accepts_partial(Source::LineProtocol);
-        if !partial && !parsed.refused.is_empty() {
-            return Err(Error::Invalid { context: String::new(), violations: parsed.refused.into_iter().map(|(_, v)| v).collect() });
-        }
-        // A point's dead letter carries the text of its line.
-        let physical: Vec<&str> = text.split('\n').collect();
-        let lines = parsed.lines;
-        let line_text = |i: usize| {
-            let line = lines.get(i).and_then(|l| physical.get(l - 1)).copied().unwrap_or_default();
-            line.trim_end_matches('\r').as_bytes().to_vec()
-        };
-        let malformed =
-            parsed.refused.into_iter().map(|(raw, v)| dead_letter(Reason::Malformed, v.to_string(), raw.into_bytes(), None)).collect();
-        let batch = Batch { source: Source::LineProtocol, points: parsed.points, raw: Some(&line_text), malformed };
-        let written = ingest.write(&caller, batch, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
-        Ok::<_, Error>((written, parsed.ignored_fields))
+) -> Result<Response> {
+    let caller = ingest.authorize(authorization(&headers))?;
+    let precision = match params.precision.as_deref() {
+        None => Precision::default(),
+        Some(name) => name.parse().map_err(|reason| Error::BadRequest { what: "precision".into(), reason })?,
     };
-    match written.await {
-        Ok((written, ignored)) => no_content(written, ignored),
-        Err(err) => err.into_response(),
+    let body = read_body(body, &headers, ingest.limits()).await?;
+    let text = std::str::from_utf8(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") })?;
+    let parsed = lineproto::parse_lenient(text, precision, now_ns());
+    let partial = ingest.accepts_partial(Source::LineProtocol);
+    if !partial && !parsed.refused.is_empty() {
+        return Err(Error::Invalid { context: String::new(), violations: parsed.refused.into_iter().map(|(_, v)| v).collect() });
     }
+    // A point's dead letter carries the text of its line.
+    let physical: Vec<&str> = text.split('\n').collect();
+    let lines = parsed.lines;
+    let line_text = |i: usize| {
+        let line = lines.get(i).and_then(|l| physical.get(l - 1)).copied().unwrap_or_default();
+        line.trim_end_matches('\r').as_bytes().to_vec()
+    };
+    let malformed =
+        parsed.refused.into_iter().map(|(raw, v)| dead_letter(Reason::Malformed, v.to_string(), raw.into_bytes(), None)).collect();
+    let batch = Batch { source: Source::LineProtocol, points: parsed.points, raw: Some(&line_text), malformed };
+    let written = ingest.write(&caller, batch, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
+    Ok(no_content(written, parsed.ignored_fields))
 }
 
-async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let written = async {
-        let caller = ingest.authorize(authorization(&headers))?;
-        match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
-            None | Some(Ok("snappy")) => {}
-            Some(other) => return Err(Error::UnsupportedEncoding(format!("{other:?}"))),
+async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let caller = ingest.authorize(authorization(&headers))?;
+    match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
+        None | Some(Ok("snappy")) => {}
+        Some(other) => return Err(Error::UnsupportedEncoding(format!("{other:?}"))),
+    }
+    let limits = ingest.limits();
+    let raw = read_raw(body, limits).await?;
+    let decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(violations)) => return Err(Error::Invalid { context: String::new(), violations }),
+        Err(BodyError::TooLarge { limit, .. }) => return Err(Error::TooLarge { what: "decompressed body".into(), limit }),
+        Err(BodyError::NotSnappy(reason)) => return Err(Error::BadRequest { what: "body".into(), reason: format!("not snappy: {reason}") }),
+        Err(BodyError::NotProtobuf(reason)) => {
+            return Err(Error::BadRequest { what: "body".into(), reason: format!("not a prometheus.WriteRequest: {reason}") });
         }
-        let limits = ingest.limits();
-        let raw = read_raw(body, limits).await?;
-        let decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
-            Ok(Ok(decoded)) => decoded,
-            Ok(Err(violations)) => return Err(Error::Invalid { context: String::new(), violations }),
-            Err(BodyError::TooLarge { limit, .. }) => return Err(Error::TooLarge { what: "decompressed body".into(), limit }),
-            Err(BodyError::NotSnappy(reason)) => return Err(Error::BadRequest { what: "body".into(), reason: format!("not snappy: {reason}") }),
-            Err(BodyError::NotProtobuf(reason)) => {
-                return Err(Error::BadRequest { what: "body".into(), reason: format!("not a prometheus.WriteRequest: {reason}") });
+    };
+    let series = &decoded.series;
+    let written = ingest
+        .write(&caller, Batch::of(Source::RemoteWrite, decoded.points), String::new, |v| {
+            if let Some(s) = v.index.and_then(|i| series.get(i)) {
+                v.field = format!("timeseries[{s}].{}", v.field);
             }
-        };
-        let series = &decoded.series;
-        let written = ingest
-            .write(&caller, Batch::of(Source::RemoteWrite, decoded.points), String::new, |v| {
-                if let Some(s) = v.index.and_then(|i| series.get(i)) {
-                    v.field = format!("timeseries[{s}].{}", v.field);
-                }
-            })
-            .await?;
-        Ok::<_, Error>((written, decoded.ignored))
-    };
-    match written.await {
-        Ok((written, ignored)) => no_content(written, ignored),
-        Err(err) => err.into_response(),
-    }
+        })
+        .await?;
+    Ok(no_content(written, decoded.ignored))
 }
 
-async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let written = async {
-        let caller = ingest.authorize(authorization(&headers))?;
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if !content_type.starts_with("application/x-protobuf") {
-            return Err(Error::UnsupportedEncoding(format!("{content_type:?}: OTLP is taken as application/x-protobuf")));
-        }
-        let body = read_body(body, &headers, ingest.limits()).await?;
-        let request = ExportMetricsServiceRequest::decode(body)
-            .map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not an ExportMetricsServiceRequest: {err}") })?;
-        ingest.write_otlp(&caller, request).await
-    };
-    match written.await {
-        Ok(_) => {
-            let body = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
-            ([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
-        }
-        Err(err) => err.into_response(),
+async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let caller = ingest.authorize(authorization(&headers))?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.starts_with("application/x-protobuf") {
+        return Err(Error::UnsupportedMediaType(format!("{content_type:?}; OTLP is taken as application/x-protobuf")));
     }
+    let body = read_body(body, &headers, ingest.limits()).await?;
+    let request = ExportMetricsServiceRequest::decode(body)
+        .map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not an ExportMetricsServiceRequest: {err}") })?;
+    ingest.write_otlp(&caller, request).await?;
+    let body = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
+    Ok(([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response())
 }
 
 /// The `Authorization` header, if any.
@@ -201,33 +182,19 @@ struct JsonPoint {
     tags: BTreeMap<String, String>,
     /// A number, or a string as protobuf's JSON mapping writes 64-bit integers (JavaScript's numbers
     /// hold nanosecond timestamps only approximately).
-    timestamp_ns: JsonInt,
+    timestamp_ns: serde_json::Value,
     value: f64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum JsonInt {
-    Number(i64),
-    Text(String),
-}
-
-async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let written = async {
-        let caller = ingest.authorize(authorization(&headers))?;
-        let body = read_body(body, &headers, ingest.limits()).await?;
-        let batch: JsonBatch =
-            serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
-        let points = json_points(batch)?;
-        ingest.write(&caller, Batch::of(Source::Json, points), String::new, |_| {}).await
-    };
-    match written.await {
-        Ok(written) => {
-            let body = serde_json::json!({ "accepted": written.accepted, "dead_lettered": written.dead_lettered }).to_string();
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        Err(err) => err.into_response(),
-    }
+async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let caller = ingest.authorize(authorization(&headers))?;
+    let body = read_body(body, &headers, ingest.limits()).await?;
+    let batch: JsonBatch =
+        serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
+    let points = json_points(batch)?;
+    let written = ingest.write(&caller, Batch::of(Source::Json, points), String::new, |_| {}).await?;
+    let body = serde_json::json!({ "accepted": written.accepted, "dead_lettered": written.dead_lettered }).to_string();
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// Decodes every point, reporting each one that is not a point with its index.
@@ -238,15 +205,15 @@ fn json_points(batch: JsonBatch) -> Result<Vec<Point>> {
         let refuse = |field: &str, reason: String| Violation { index: Some(index), line: None, field: field.to_owned(), reason };
         match serde_json::from_value::<JsonPoint>(value) {
             Ok(p) => {
-                let timestamp_ns = match p.timestamp_ns {
-                    JsonInt::Number(ns) => ns,
-                    JsonInt::Text(text) => match text.parse() {
-                        Ok(ns) => ns,
-                        Err(err) => {
-                            violations.push(refuse("timestamp_ns", format!("{text:?} is not a 64-bit integer: {err}")));
-                            continue;
-                        }
-                    },
+                // Read here rather than by serde, so that a refusal names the field.
+                let timestamp_ns = match &p.timestamp_ns {
+                    serde_json::Value::Number(n) => n.as_i64(),
+                    serde_json::Value::String(text) => text.parse().ok(),
+                    _ => None,
+                };
+                let Some(timestamp_ns) = timestamp_ns else {
+                    violations.push(refuse("timestamp_ns", format!("{} is not a 64-bit integer", p.timestamp_ns)));
+                    continue;
                 };
                 points.push(Point { metric: p.metric, tags: p.tags, timestamp_ns, value: p.value });
             }

@@ -90,9 +90,14 @@ impl Ingest {
             return Err(Error::Invalid { context: context(), violations });
         }
         let mut letters = std::mem::take(&mut batch.malformed);
-        let mut good = Vec::with_capacity(batch.points.len());
+        // The common case, every point valid, writes the batch as it came.
+        let (mut good, suspects) = if violations.is_empty() {
+            (batch.points, Vec::new())
+        } else {
+            (Vec::with_capacity(batch.points.len()), batch.points)
+        };
         let mut violations = violations.into_iter().peekable();
-        for (index, point) in batch.points.into_iter().enumerate() {
+        for (index, point) in suspects.into_iter().enumerate() {
             let mut why = Vec::new();
             while let Some(v) = violations.next_if(|v| v.index == Some(index)) {
                 why.push(v.to_string());
