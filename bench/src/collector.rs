@@ -59,7 +59,7 @@ fn line_protocol(points: &[Point], batch: usize) -> Vec<String> {
 enum Protocol {
     GrpcBatches,
     GrpcStream,
-    LineProtocol,
+    HttpLines,
 }
 
 pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
@@ -74,7 +74,7 @@ pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyho
         let run = bare_producer(kafka, o, &points).await?;
         eprintln!("round {round}: bare producer {:.0} points/s", run.rate());
         bare.push(run);
-        for (protocol, runs) in [(Protocol::GrpcBatches, &mut grpc), (Protocol::GrpcStream, &mut stream), (Protocol::LineProtocol, &mut http)] {
+        for (protocol, runs) in [(Protocol::GrpcBatches, &mut grpc), (Protocol::GrpcStream, &mut stream), (Protocol::HttpLines, &mut http)] {
             let run = through_collector(kafka, o, protocol, &batches, &bodies).await?;
             eprintln!("round {round}: {protocol:?} {:.0} points/s", run.rate());
             runs.push(run);
@@ -174,7 +174,7 @@ async fn through_collector(kafka: &KafkaSettings, o: &Options, protocol: Protoco
                             bail!("{acked} of {sent} streamed batches acknowledged");
                         }
                     }
-                    Protocol::LineProtocol => {
+                    Protocol::HttpLines => {
                         let client = reqwest::Client::new();
                         for body in my_bodies {
                             let reply = client.post(format!("{http}/api/v2/write")).body(body).send().await?;
