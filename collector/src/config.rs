@@ -1,6 +1,7 @@
 //! The collector's settings.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
@@ -16,6 +17,9 @@ pub struct Settings {
     /// Where the HTTP endpoints listen: InfluxDB's `/api/v2/write` (line protocol), Prometheus remote
     /// write (`/api/v1/write`) and JSON batches (`/api/v1/points`).
     pub http: HttpSettings,
+    /// TLS on both listeners (gRPC and HTTP); none serves plaintext, which is only safe on loopback.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
     pub kafka: KafkaSettings,
     pub topics: Topics,
     /// What a point must satisfy to be accepted.
@@ -44,6 +48,20 @@ pub struct HttpSettings {
     /// Listen address; port 0 lets the OS choose. 8086 is InfluxDB's, so that its clients need only
     /// the host changed.
     pub listen: SocketAddr,
+}
+
+/// The server's certificate, and for mutual TLS the CAs a client's certificate must chain to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the server's certificate chain, its own certificate first.
+    pub cert: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CA certificates that sign client certificates; when set, every client must
+    /// present a certificate that chains to one of them (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +167,7 @@ impl Default for Settings {
         Self {
             grpc: GrpcSettings { listen: SocketAddr::from(([127, 0, 0, 1], 50051)) },
             http: HttpSettings { listen: SocketAddr::from(([127, 0, 0, 1], 8086)) },
+            tls: None,
             kafka: KafkaSettings::default(),
             topics: Topics { points: TopicSettings::new(topics::POINTS), deadletter: TopicSettings::new(topics::DEADLETTER) },
             limits: Limits::default(),

@@ -50,6 +50,9 @@ pub enum Error {
     UnsupportedEncoding(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A TLS file that cannot be read or used; `key` is the setting that names it.
+    #[error("{key} {path}: {reason}")]
+    Tls { key: String, path: String, reason: String },
     #[error("grpc listener: {0}")]
     Bind(std::io::Error),
     #[error("grpc server: {0}")]
@@ -93,7 +96,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Overloaded { .. } | Error::RateLimited { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
             Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
-            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => Status::internal(message),
+            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) | Error::Tls { .. } => Status::internal(message),
         }
     }
 }
@@ -128,7 +131,7 @@ impl IntoResponse for Error {
             Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(UNAVAILABLE_RETRY_AFTER_SECS))
             }
-            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) => {
+            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) | Error::Tls { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
             }
         };

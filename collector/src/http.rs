@@ -16,6 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use flate2::read::MultiGzDecoder;
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use proto::prost::Message as _;
@@ -54,9 +55,10 @@ impl HttpListener {
         self.addr
     }
 
-    /// Serves the ingest endpoints until `shutdown`, then lets in-flight requests finish.
-    pub(crate) async fn serve(self, ingest: Ingest, shutdown: plumbing::Shutdown) -> std::io::Result<()> {
-        tracing::info!(addr = %self.addr, "http serving");
+    /// Serves the ingest endpoints, over TLS when `tls` is given, until `shutdown`; then lets in-flight
+    /// requests finish.
+    pub(crate) async fn serve(self, ingest: Ingest, tls: Option<RustlsConfig>, shutdown: plumbing::Shutdown) -> std::io::Result<()> {
+        tracing::info!(addr = %self.addr, tls = tls.is_some(), "http serving");
         let router = Router::new()
             .route("/api/v2/write", post(write_line_protocol))
             // Prometheus's own receiver path, and Cortex's and Mimir's.
@@ -67,7 +69,22 @@ impl HttpListener {
             .route("/v1/metrics", post(write_otlp))
             .route("/health", get(health))
             .with_state(ingest);
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        let Some(tls) = tls else {
+            return axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        };
+        // axum-server does the handshakes in each connection's own task (a slow client holds up no
+        // other), with a deadline.
+        let handle = axum_server::Handle::<SocketAddr>::new();
+        let stopper = handle.clone();
+        let _stop = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            stopper.graceful_shutdown(None);
+        });
+        axum_server::Server::from_listener(self.listener)
+            .acceptor(RustlsAcceptor::new(tls))
+            .handle(handle)
+            .serve(router.into_make_service())
+            .await
     }
 }
 

@@ -12,6 +12,7 @@ mod kafka;
 pub mod lineproto;
 pub mod otlp;
 pub mod promwrite;
+mod tls;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -36,13 +37,16 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct App {
     listener: Listener,
     http: http::HttpListener,
+    tls: Option<tls::Tls>,
     ingest: Ingest,
     sink: PointSink,
 }
 
 impl App {
-    /// Creates the points topic if needed, connects the producer and binds the gRPC and HTTP listeners.
+    /// Reads the TLS files, creates the points topic if needed, connects the producer and binds the
+    /// gRPC and HTTP listeners.
     pub async fn build(settings: Settings) -> Result<Self> {
+        let tls = settings.tls.as_ref().map(tls::Tls::load).transpose()?;
         settings.kafka.ensure_topics(&[&settings.topics.points, &settings.topics.deadletter]).await?;
         let max_in_flight = settings.limits.max_in_flight_points;
         // The in-flight bound is what refuses a write, never librdkafka's queue.
@@ -52,7 +56,8 @@ impl App {
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
         let auth = auth::Auth::new(&settings.auth.tokens);
-        Ok(Self { listener, http, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone()), sink })
+        warn_if_exposed(&settings, tls.as_ref());
+        Ok(Self { listener, http, tls, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone()), sink })
     }
 
     /// The gRPC address actually bound.
@@ -67,7 +72,11 @@ impl App {
 
     /// Serves until `shutdown`; then finishes in-flight calls and flushes the producer.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
-        let router = proto::tonic::transport::Server::builder()
+        let mut server = proto::tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            server = server.tls_config(tls.grpc())?;
+        }
+        let router = server
             .add_service(IngestServiceServer::new(grpc::IngestGrpc(self.ingest.clone())))
             .add_service(MetricsServiceServer::new(grpc::OtlpGrpc(self.ingest.clone())));
         // Either server failing stops the other, then the collector.
@@ -79,7 +88,7 @@ impl App {
                 served
             },
             async {
-                let served = self.http.serve(self.ingest, stop.clone()).await;
+                let served = self.http.serve(self.ingest, self.tls.as_ref().map(tls::Tls::http), stop.clone()).await;
                 stop.cancel();
                 served
             },
@@ -90,5 +99,20 @@ impl App {
         self.sink.flush(FLUSH_TIMEOUT)?;
         tracing::info!("collector stopped");
         Ok(())
+    }
+}
+
+/// A listener off loopback without TLS or tokens is how data leaks or gets forged: say so at startup.
+fn warn_if_exposed(settings: &Settings, tls: Option<&tls::Tls>) {
+    for (name, addr) in [("grpc", settings.grpc.listen), ("http", settings.http.listen)] {
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        if tls.is_none() {
+            tracing::warn!(listener = name, %addr, "listening off loopback without tls: points and tokens travel in plaintext");
+        }
+        if settings.auth.tokens.is_empty() && !tls.is_some_and(tls::Tls::is_mutual) {
+            tracing::warn!(listener = name, %addr, "listening off loopback with no api tokens and no client certificates: anyone can write");
+        }
     }
 }

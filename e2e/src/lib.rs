@@ -5,6 +5,7 @@
 //! reports, and settings are built by assigning to defaults, which reads best in tests.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::field_reassign_with_default)]
 
+pub mod certs;
 pub mod cluster;
 pub mod oracle;
 pub mod process;

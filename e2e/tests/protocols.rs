@@ -1,6 +1,6 @@
 //! The collector's protocols against a real broker: InfluxDB line protocol as Telegraf sends it,
 //! Prometheus remote write, OTLP metrics (gRPC and HTTP) and JSON batches land in the points topic
-//! point for point; every refusal answers with the documented
+//! point for point, in plaintext and over TLS; every refusal answers with the documented
 //! status and a JSON body naming each bad point's index, line and field, and writes nothing.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
@@ -26,16 +26,28 @@ async fn start_both(
     limits: impl FnOnce(&mut collector::config::Limits),
     auth: impl FnOnce(&mut collector::config::AuthSettings),
 ) -> (String, String, Running<collector::Error>) {
+    let mut s = settings(points);
+    limits(&mut s.limits);
+    auth(&mut s.auth);
+    let (http, grpc, running) = start_with(s).await;
+    (format!("http://{http}"), format!("http://{grpc}"), running)
+}
+
+/// Collector settings on this broker and the test's topic, listening on loopback port 0.
+fn settings(points: plumbing::kafka::TopicSettings) -> collector::Settings {
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = points;
-    limits(&mut s.limits);
-    auth(&mut s.auth);
-    let app = collector::App::build(s).await.expect("collector starts");
-    let (http, grpc): (SocketAddr, SocketAddr) = (app.http_addr(), app.grpc_addr());
-    (format!("http://{http}"), format!("http://{grpc}"), Running::spawn(|shutdown| app.run(shutdown)))
+    s
+}
+
+/// A running collector and its HTTP and gRPC addresses.
+async fn start_with(settings: collector::Settings) -> (SocketAddr, SocketAddr, Running<collector::Error>) {
+    let app = collector::App::build(settings).await.expect("collector starts");
+    let (http, grpc) = (app.http_addr(), app.grpc_addr());
+    (http, grpc, Running::spawn(|shutdown| app.run(shutdown)))
 }
 
 async fn start(points: plumbing::kafka::TopicSettings, limits: impl FnOnce(&mut collector::config::Limits)) -> (String, Running<collector::Error>) {
@@ -47,16 +59,34 @@ fn point(metric: &str, tags: &[(&str, &str)], ts: i64, value: f64) -> Point {
     Point { metric: metric.into(), tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), timestamp_ns: ts, value }
 }
 
-fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(body).unwrap();
-    encoder.finish().unwrap()
-}
-
 /// The first `want` points in `topic`, in [`sorted`] order.
 fn points_in(topic: &str, want: usize) -> Vec<Point> {
     let records = read_committed(&kafka(), topic, want, Duration::from_secs(30));
     sorted(records.iter().map(|r| Point::decode(r.payload.as_slice()).unwrap()).collect())
+}
+
+/// Replays a request recorded by e2e/recorders (`tests/data/<name>.body` and `.request.json`) to
+/// the collector at `url`: the same path, headers and body bytes, the body sent chunked when it was.
+async fn recorded(client: &reqwest::Client, url: &str, name: &str) -> reqwest::Response {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let body = std::fs::read(data.join(format!("{name}.body"))).unwrap();
+    let request: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join(format!("{name}.request.json"))).unwrap()).unwrap();
+    assert_eq!(request["method"], "POST");
+    let headers = request["headers"].as_object().unwrap();
+    let mut builder = client.post(format!("{url}{}", request["path"].as_str().unwrap()));
+    for (header, value) in headers {
+        // The connection's own headers are the client's to set.
+        if !["host", "content-length", "transfer-encoding"].contains(&header.to_ascii_lowercase().as_str()) {
+            builder = builder.header(header, value.as_str().unwrap());
+        }
+    }
+    let chunked = headers.get("Transfer-Encoding").is_some_and(|v| v == "chunked");
+    let body = if chunked {
+        reqwest::Body::wrap_stream(futures::stream::iter([Ok::<_, std::io::Error>(body)]))
+    } else {
+        reqwest::Body::from(body)
+    };
+    builder.body(body).send().await.unwrap()
 }
 
 /// In series key, then time, then value order: the order a comparison of two sets of points needs.
@@ -69,36 +99,18 @@ fn sorted(mut points: Vec<Point>) -> Vec<Point> {
 async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
     let points_topic = topic("http-points", 3);
     let name = points_topic.name.clone();
-    let (url, running) = start(points_topic, |_| {}).await;
+    // The recorded body is from 2025-11-24: let the collector take points that old.
+    let (url, running) = start(points_topic, |l| l.max_age = Duration::from_secs(20 * 365 * 86_400)).await;
     let client = reqwest::Client::new();
-    let t = now_ns() / S * S;
 
-    // Telegraf's influxdb_v2 output: its serializer sorts tags, suffixes integers with `i`, writes
-    // nanosecond timestamps and `\n` line endings; the output gzips the body (content_encoding =
-    // "gzip" is its default), names bucket and org in the query and sends its token.
-    let body = format!(
-        "cpu,cpu=cpu-total,host=edge-7 usage_idle=97.2,usage_system=1.1,usage_user=1.7 {t}\n\
-         mem,host=edge-7 available=6012345344i,used_percent=24.9 {t}\n\
-         system,host=edge-7 load1=0.42,n_cpus=2i,uptime_format=\"3 days,  2:11\" {t}\n\
-         net,host=edge-7,interface=eth0 bytes_recv=123456789i,err_in=0i {t}\n\
-         disk,device=sda1,fstype=ext4,host=edge-7,mode=rw,path=/ used_percent=41.5 {t}\n\
-         diskio,host=edge-7,name=sda io_time=1234i {}\n",
-        t + 10 * S
-    );
-    let reply = client
-        .post(format!("{url}/api/v2/write?bucket=telegraf&org=fleet"))
-        .header("Authorization", "Token fleet-token")
-        .header("Content-Encoding", "gzip")
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .header("User-Agent", "Telegraf/1.32.0 Go/1.23.2")
-        .body(gzip(body.as_bytes()))
-        .send()
-        .await
-        .unwrap();
+    // What Telegraf 1.37's influxdb_v2 output sent, recorded by e2e/recorders from Telegraf's own
+    // code: a gzip body sent chunked, nanosecond timestamps, unsigned integers as `i`, the token,
+    // bucket and org.
+    let reply = recorded(&client, &url, "telegraf/influxdb_v2").await;
     assert_eq!(reply.status(), StatusCode::NO_CONTENT, "{:?}", reply.text().await);
     assert_eq!(reply.headers()["runnel-accepted-points"], "11");
     assert_eq!(reply.headers()["runnel-ignored-values"], "1", "uptime_format is a string");
-
+    let t = 1_764_000_000 * S;
     let host = ("host", "edge-7");
     let want = sorted(vec![
         point("cpu_usage_idle", &[("cpu", "cpu-total"), host], t, 97.2),
@@ -113,10 +125,11 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
         point("disk_used_percent", &[("device", "sda1"), ("fstype", "ext4"), host, ("mode", "rw"), ("path", "/")], t, 41.5),
         point("diskio_io_time", &[host, ("name", "sda")], t + 10 * S, 1234.0),
     ]);
+    let now = now_ns() / S * S;
     let reply = client
         .post(format!("{url}/api/v1/points"))
         .header("Content-Type", "application/json")
-        .body(format!(r#"{{"points":[{{"metric":"json_gauge","tags":{{"host":"edge-7"}},"timestamp_ns":"{t}","value":-2.5}}]}}"#))
+        .body(format!(r#"{{"points":[{{"metric":"json_gauge","tags":{{"host":"edge-7"}},"timestamp_ns":"{now}","value":-2.5}}]}}"#))
         .send()
         .await
         .unwrap();
@@ -127,7 +140,7 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
     let before = now_ns();
     let reply = client
         .post(format!("{url}/api/v2/write?precision=s"))
-        .body(format!("probe,host=edge-7 value=1 {}\nprobe,host=edge-8 value=2\n", t / S))
+        .body(format!("probe,host=edge-7 value=1 {}\nprobe,host=edge-8 value=2\n", now / S))
         .send()
         .await
         .unwrap();
@@ -140,8 +153,8 @@ async fn line_protocol_as_telegraf_sends_it_lands_point_for_point() {
     let clocked = got.iter().find(|p| p.tags.get("host").is_some_and(|h| h == "edge-8")).unwrap();
     assert!((before..=after).contains(&clocked.timestamp_ns), "a line without a timestamp takes the clock");
     let mut all = want.clone();
-    all.push(point("json_gauge", &[host], t, -2.5));
-    all.push(point("probe", &[host], t, 1.0));
+    all.push(point("json_gauge", &[host], now, -2.5));
+    all.push(point("probe", &[host], now, 1.0));
     all.push(point("probe", &[("host", "edge-8")], clocked.timestamp_ns, 2.0));
     assert_eq!(got, sorted(all));
     // Keyed by series, as the processor's partitioning needs (a series always lands in one partition).
@@ -159,39 +172,20 @@ async fn prometheus_remote_write_lands_sample_for_sample() {
 
     let points_topic = topic("http-prom", 2);
     let name = points_topic.name.clone();
-    let (url, running) = start(points_topic, |_| {}).await;
-    let ms = now_ns() / 1_000_000;
+    let (url, running) = start(points_topic, |l| l.max_age = Duration::from_secs(20 * 365 * 86_400)).await;
     let series = |labels: &[(&str, &str)], samples: &[(f64, i64)]| TimeSeries {
         labels: labels.iter().map(|(n, v)| Label { name: n.to_string(), value: v.to_string() }).collect(),
         samples: samples.iter().map(|&(value, timestamp)| Sample { value, timestamp }).collect(),
         histograms: Vec::new(),
     };
-    // What a Prometheus server's remote_write queue sends: labels sorted by name with `__name__`
-    // first, samples in time order, a staleness marker (this NaN bit pattern) for a series that went
-    // away, classic histogram buckets as series of their own.
-    let stale = f64::from_bits(0x7ff0_0000_0000_0002);
-    let request = WriteRequest {
-        timeseries: vec![
-            series(&[("__name__", "up"), ("instance", "edge-7:9100"), ("job", "node")], &[(1.0, ms - 15_000), (1.0, ms)]),
-            series(&[("__name__", "node_load1"), ("instance", "edge-7:9100"), ("job", "node")], &[(0.42, ms)]),
-            series(&[("__name__", "http_request_duration_seconds_bucket"), ("job", "api"), ("le", "+Inf")], &[(1027.0, ms)]),
-            series(&[("__name__", "node_gone"), ("job", "node")], &[(stale, ms)]),
-        ],
-    };
-    let body = snap::raw::Encoder::new().compress_vec(&request.encode_to_vec()).unwrap();
-    let reply = reqwest::Client::new()
-        .post(format!("{url}/api/v1/write"))
-        .header("Content-Encoding", "snappy")
-        .header("Content-Type", "application/x-protobuf")
-        .header("User-Agent", "Prometheus/3.1.0")
-        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    // What Prometheus 3.8's remote-write client sent, recorded by e2e/recorders from Prometheus's
+    // own code and its prompb types: labels sorted by name, samples in time order, a staleness
+    // marker for a series that went away, a classic histogram bucket as a series of its own.
+    let reply = recorded(&reqwest::Client::new(), &url, "prometheus/remote_write_v1").await;
     assert_eq!(reply.status(), StatusCode::NO_CONTENT, "{:?}", reply.text().await);
     assert_eq!(reply.headers()["runnel-accepted-points"], "4");
     assert_eq!(reply.headers()["runnel-ignored-values"], "1", "the staleness marker");
+    let ms = 1_764_000_000_000;
 
     // A series without a name is refused by its index, and nothing of the request is written.
     let bad = WriteRequest { timeseries: vec![series(&[("__name__", "up")], &[(1.0, ms)]), series(&[("job", "node")], &[(1.0, ms)])] };
@@ -622,4 +616,109 @@ async fn refusals_name_index_line_and_field_and_write_nothing() {
     running.stop().await;
     assert_eq!(message_count(&kafka(), &name), 1);
     assert_eq!(points_in(&name, 1), vec![point("ok", &[("host", "a")], t, 7.0)]);
+}
+
+/// Writes one point over gRPC to `url` (`https://...` for TLS); connection and call errors alike come
+/// back as the error's text, since a refused handshake may show at either.
+async fn grpc_write(url: String, tls: Option<proto::tonic::transport::ClientTlsConfig>, point: Point) -> Result<u64, String> {
+    use proto::v1::WriteRequest;
+    use proto::v1::ingest_service_client::IngestServiceClient;
+    let mut endpoint = proto::tonic::transport::Channel::from_shared(url).map_err(|e| e.to_string())?.connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let reply = IngestServiceClient::new(channel).write(WriteRequest { points: vec![point] }).await.map_err(|e| format!("write: {e:?}"))?;
+    Ok(reply.into_inner().accepted)
+}
+
+/// An HTTPS client that trusts `ca` and presents `identity` if given.
+fn https_client(ca: &std::path::Path, identity: Option<&e2e::certs::Pem>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap())
+        .timeout(Duration::from_secs(10));
+    if let Some(pem) = identity {
+        let mut both = pem.cert_pem();
+        both.extend(pem.key_pem());
+        builder = builder.identity(reqwest::Identity::from_pem(&both).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_keeps_the_wire_private_and_mutual_tls_keeps_strangers_out() {
+    use collector::config::TlsSettings;
+    use e2e::certs::Authority;
+    use proto::tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+    let dir = std::env::temp_dir().join(e2e::unique("runnel-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = Authority::new("runnel test ca");
+    let ca_file = ca.write_ca(&dir, "ca.crt");
+    let server = ca.server(&dir, "collector");
+    let agent = ca.client(&dir, "fleet-agent");
+    let stranger = Authority::new("someone else's ca").client(&dir, "stranger");
+    let points_topic = topic("tls-points", 2);
+    let name = points_topic.name.clone();
+    let t = now_ns() / S * S;
+
+    // Startup refuses what cannot work and names the setting: a key that is not the certificate's,
+    // a CA file with no certificate in it.
+    let other = ca.server(&dir, "other");
+    let mut s = settings(points_topic.clone());
+    s.tls = Some(TlsSettings { cert: server.cert.clone(), key: other.key.clone(), client_ca: None });
+    let err = collector::App::build(s).await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!("tls.key {}: ", other.key.display())), "{err}");
+    let mut s = settings(points_topic.clone());
+    s.tls = Some(TlsSettings { cert: server.cert.clone(), key: server.key.clone(), client_ca: Some(server.key.clone()) });
+    let err = collector::App::build(s).await.unwrap_err().to_string();
+    assert_eq!(err, format!("tls.client_ca {}: no PEM certificate in the file", server.key.display()));
+
+    // Mutual TLS: only a client whose certificate this CA signed gets through, on either listener.
+    let mut s = settings(points_topic.clone());
+    s.tls = Some(TlsSettings { cert: server.cert.clone(), key: server.key.clone(), client_ca: Some(ca_file.clone()) });
+    let (http, grpc, mutual) = start_with(s).await;
+    let trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(&ca_file).unwrap())).domain_name("localhost");
+    let as_agent = trust.clone().identity(Identity::from_pem(agent.cert_pem(), agent.key_pem()));
+    let as_stranger = trust.clone().identity(Identity::from_pem(stranger.cert_pem(), stranger.key_pem()));
+    let https = format!("https://{grpc}");
+    assert_eq!(grpc_write(https.clone(), Some(as_agent), point("mtls_grpc", &[], t, 1.0)).await, Ok(1));
+    for (who, tls) in [("no certificate", Some(trust.clone())), ("a stranger's certificate", Some(as_stranger))] {
+        let refused = grpc_write(https.clone(), tls, point("mtls_grpc", &[], t, 2.0)).await;
+        assert!(refused.is_err(), "gRPC with {who} must be refused: {refused:?}");
+    }
+    let plain = grpc_write(format!("http://{grpc}"), None, point("mtls_grpc", &[], t, 3.0)).await;
+    assert!(plain.is_err(), "plaintext gRPC must be refused: {plain:?}");
+
+    let url = format!("https://{http}/api/v2/write");
+    let reply = https_client(&ca_file, Some(&agent)).post(&url).body(format!("mtls_http value=1 {t}")).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    for (who, client) in [("no certificate", https_client(&ca_file, None)), ("a stranger's certificate", https_client(&ca_file, Some(&stranger)))] {
+        let refused = client.post(&url).body(format!("mtls_http value=2 {t}")).send().await;
+        assert!(refused.is_err(), "HTTPS with {who} must be refused: {refused:?}");
+    }
+    let plain = reqwest::Client::new().post(format!("http://{http}/api/v2/write")).body(format!("mtls_http value=3 {t}")).send().await;
+    assert!(plain.as_ref().map_or(true, |r| !r.status().is_success()), "plaintext HTTP must be refused: {plain:?}");
+    // A client that does not trust the collector's CA refuses it in turn.
+    let untrusting = https_client(&stranger.cert, Some(&agent)).post(&url).body(format!("mtls_http value=4 {t}")).send().await;
+    assert!(untrusting.is_err(), "{untrusting:?}");
+    mutual.stop().await;
+
+    // TLS without client certificates: any client that trusts the CA writes.
+    let mut s = settings(points_topic);
+    s.tls = Some(TlsSettings { cert: server.cert.clone(), key: server.key.clone(), client_ca: None });
+    let (http, grpc, one_way) = start_with(s).await;
+    assert_eq!(grpc_write(format!("https://{grpc}"), Some(trust), point("tls_grpc", &[], t, 1.0)).await, Ok(1));
+    let reply = https_client(&ca_file, None).post(format!("https://{http}/api/v2/write")).body(format!("tls_http value=1 {t}")).send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+    one_way.stop().await;
+
+    assert_eq!(message_count(&kafka(), &name), 4, "one point per accepted write, nothing from the refused ones");
+    assert_eq!(
+        points_in(&name, 4),
+        sorted(vec![point("mtls_grpc", &[], t, 1.0), point("mtls_http", &[], t, 1.0), point("tls_grpc", &[], t, 1.0), point("tls_http", &[], t, 1.0)])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
