@@ -1,21 +1,27 @@
 //! The points sink: accepted points go to the points topic keyed by series, so one series always lands
 //! in one partition, and a batch counts as written only when Kafka acknowledged every point. A bounded
 //! number of points may await Kafka's acknowledgement at once: past it, a write is refused at once as
-//! overloaded (the client retries later) rather than queued without bound or dropped. While librdkafka
-//! reports every broker down, new writes are refused at once as unavailable instead of queued for the
-//! delivery timeout; a probe every second notices the brokers' return.
+//! overloaded (the client retries later) rather than queued without bound or dropped. A write's room
+//! is held until Kafka answered for each of its points, even if its client went away meanwhile, so the
+//! bound is on what librdkafka really holds. While librdkafka reports every broker down, new writes are
+//! refused at once as unavailable instead of queued for the delivery timeout; a probe every second
+//! notices the brokers' return.
+//!
+//! A write costs no allocation per point: keys and payloads are encoded into two reused buffers
+//! (librdkafka copies them), and each point's delivery report counts down one shared [`Pending`]
+//! instead of completing a future of its own.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::join_all;
 use proto::prost::Message as _;
 use proto::v1::{DeadLetter, Point};
-use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use tokio::sync::Semaphore;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message as _};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 
@@ -25,7 +31,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often, while every broker is down, the sink asks for metadata to notice their return.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// Notes librdkafka's report that every broker is down.
+/// Notes librdkafka's report that every broker is down, and counts delivery reports down.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Reachability {
     down: Arc<AtomicBool>,
@@ -43,7 +49,42 @@ impl ClientContext for Reachability {
     }
 }
 
-pub(crate) type Producer = FutureProducer<Reachability>;
+impl ProducerContext for Reachability {
+    type DeliveryOpaque = Arc<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        pending.settle(result.as_ref().map(|m| m.offset()).map_err(|(err, _)| err.clone()));
+    }
+}
+
+/// One write's records awaiting Kafka's answer. The last answer wakes the writer and, by dropping the
+/// last reference, returns the write's room.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    left: AtomicUsize,
+    failed: AtomicUsize,
+    first_error: Mutex<Option<KafkaError>>,
+    done: Notify,
+    _room: OwnedSemaphorePermit,
+}
+
+impl Pending {
+    fn settle(&self, result: Result<i64, KafkaError>) {
+        if let Err(err) = result {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            // A poisoned lock means a panic elsewhere already; the count still says the write failed.
+            if let Ok(mut first) = self.first_error.lock() {
+                first.get_or_insert(err);
+            }
+        }
+        if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Polled by a thread of its own, which runs the delivery reports.
+pub(crate) type Producer = ThreadedProducer<Reachability>;
 
 #[derive(Clone)]
 pub(crate) struct PointSink {
@@ -99,36 +140,66 @@ impl PointSink {
             return Err(Error::KafkaDown);
         }
         let records = points.len() + letters.len();
+        if records == 0 {
+            return Ok(());
+        }
         let wanted = u32::try_from(records).unwrap_or(u32::MAX);
-        // Held until every send below has its answer; dropping it returns the room.
-        let _room = self.in_flight.try_acquire_many(wanted).map_err(|_| Error::Overloaded {
+        let room = self.in_flight.clone().try_acquire_many_owned(wanted).map_err(|_| Error::Overloaded {
             points: records,
             in_flight: self.max_in_flight - self.in_flight.available_permits(),
             limit: self.max_in_flight,
         })?;
-        let mut encoded: Vec<(&str, String, Vec<u8>)> =
-            points.iter().map(|p| (self.topic.as_str(), p.series_key(), p.encode_to_vec())).collect();
-        // Keyed like the point each replaces, as every dead letter is.
-        encoded.extend(letters.iter().map(|l| {
-            let key = l.point.as_ref().map(Point::series_key).unwrap_or_default();
-            (self.deadletter_topic.as_str(), key, l.encode_to_vec())
-        }));
-        let sends = encoded.iter().map(|(topic, key, payload)| {
-            self.producer.send(FutureRecord::to(topic).key(key).payload(payload), QUEUE_TIMEOUT)
+        let pending = Arc::new(Pending {
+            left: AtomicUsize::new(records),
+            failed: AtomicUsize::new(0),
+            first_error: Mutex::new(None),
+            done: Notify::new(),
+            _room: room,
         });
-        let results = join_all(sends).await;
-        let total = results.len();
-        let mut failed = 0;
-        let mut first = None;
-        for result in results {
-            if let Err((err, _)) = result {
-                failed += 1;
-                first.get_or_insert(err);
-            }
+        let (mut key, mut payload) = (String::new(), Vec::new());
+        for point in points {
+            key.clear();
+            proto::write_series_key(&mut key, &point.metric, point.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            payload.clear();
+            point.encode(&mut payload).map_err(|e| Error::BadRequest { what: "point".into(), reason: e.to_string() })?;
+            self.send(&self.topic, &key, &payload, &pending).await;
         }
-        match first {
-            None => Ok(()),
-            Some(source) => Err(Error::Delivery { failed, total, source }),
+        // Keyed like the point each replaces, as every dead letter is.
+        for letter in letters {
+            key = letter.point.as_ref().map(Point::series_key).unwrap_or_default();
+            payload.clear();
+            letter.encode(&mut payload).map_err(|e| Error::BadRequest { what: "dead letter".into(), reason: e.to_string() })?;
+            self.send(&self.deadletter_topic, &key, &payload, &pending).await;
+        }
+        while pending.left.load(Ordering::SeqCst) > 0 {
+            pending.done.notified().await;
+        }
+        let failed = pending.failed.load(Ordering::SeqCst);
+        let first = pending.first_error.lock().ok().and_then(|mut first| first.take());
+        match (failed, first) {
+            (0, _) => Ok(()),
+            (failed, source) => Err(Error::Delivery { failed, total: records, source: source.unwrap_or(KafkaError::Canceled) }),
+        }
+    }
+
+    /// Queues one record, waiting up to [`QUEUE_TIMEOUT`] while librdkafka's queue is full; a record
+    /// that cannot be queued is settled as failed at once.
+    async fn send(&self, topic: &str, key: &str, payload: &[u8], pending: &Arc<Pending>) {
+        let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
+        let mut record = BaseRecord::with_opaque_to(topic, pending.clone()).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if tokio::time::Instant::now() < deadline => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((err, back)) => {
+                    // The record was not queued, so no report will come for it.
+                    back.delivery_opaque.settle(Err(err));
+                    return;
+                }
+            }
         }
     }
 
@@ -156,15 +227,15 @@ mod tests {
         (0..n).map(|i| Point { metric: "m".into(), tags: BTreeMap::new(), timestamp_ns: i as i64, value: 1.0 }).collect()
     }
 
-    /// No broker listens on port 1 of loopback, so sends wait for their delivery timeout: the points
-    /// stay in flight as long as the test needs.
+    /// No broker listens on port 1 of loopback, so sends wait for their delivery timeout (`timeout_ms`):
+    /// the points stay in flight as long as the test needs.
     /// With `noticed` false the sink is not told that every broker is down, so that its writes wait in
     /// flight rather than being refused.
-    fn unreachable_sink(max_in_flight: usize, noticed: bool) -> PointSink {
+    fn unreachable_sink(max_in_flight: usize, noticed: bool, timeout_ms: u32) -> PointSink {
         let reach = Reachability::default();
         let producer: Producer = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
-            .set("message.timeout.ms", "60000")
+            .set("message.timeout.ms", timeout_ms.to_string())
             .create_with_context(reach.clone())
             .expect("a producer is created without contacting the broker");
         PointSink::new(producer, if noticed { reach } else { Reachability::default() }, "t".into(), "d".into(), max_in_flight)
@@ -172,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_every_broker_down_a_write_is_refused_at_once() {
-        let sink = unreachable_sink(5, true);
+        let sink = unreachable_sink(5, true, 60_000);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !sink.reach.down.load(Ordering::SeqCst) {
             assert!(tokio::time::Instant::now() < deadline, "librdkafka never reported every broker down");
@@ -183,8 +254,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_past_the_room_left_is_refused_whole_and_the_room_returns() {
-        let sink = unreachable_sink(5, false);
+    async fn a_batch_past_the_room_left_is_refused_whole_and_the_room_returns_when_kafka_answers() {
+        let sink = unreachable_sink(5, false, 1_500);
         let stuck = {
             let sink = sink.clone();
             tokio::spawn(async move { sink.write(&points(3), &[]).await })
@@ -199,9 +270,21 @@ mod tests {
             other => panic!("expected an overload refusal, got {other:?}"),
         }
         assert_eq!(sink.in_flight(), 3, "the refused batch took no room");
-        // Abandoning a write (a client that went away) returns its room.
+        // A client that went away leaves its points in librdkafka's queue: their room stays taken
+        // until Kafka answers for them (here, the delivery timeout), then returns.
         stuck.abort();
         assert!(stuck.await.unwrap_err().is_cancelled());
+        assert_eq!(sink.in_flight(), 3, "the abandoned points are still queued");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while sink.in_flight() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the room never returned");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The room is whole again, and a write that times out says how much of it failed.
+        match sink.write(&points(5), &[]).await {
+            Err(Error::Delivery { failed: 5, total: 5, .. }) => {}
+            other => panic!("expected a delivery failure, got {other:?}"),
+        }
         assert_eq!(sink.in_flight(), 0);
     }
 }
