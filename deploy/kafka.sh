@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs a real, ephemeral, single-node Apache Kafka 4.4.0 broker (KRaft, combined broker and
-# controller) on 127.0.0.1 for development and integration tests, and, for fault tests, a separate
-# three-node cluster (replication factor 3, min.insync.replicas 2) whose nodes can be stopped,
-# killed, paused and restarted one at a time.
+# controller) on 127.0.0.1 for development and integration tests, with a second, SASL_SSL listener
+# for the tests of Kafka security (its CA and broker certificate made by openssl at every start),
+# and, for fault tests, a separate three-node cluster (replication factor 3, min.insync.replicas 2)
+# whose nodes can be stopped, killed, paused and restarted one at a time.
 #
 # The broker is the upstream Kafka code, fetched as jars from Maven Central with the tiny pom in
 # deploy/kafka/pom.xml, so there is no tarball to download and no mock to drift from the real thing.
@@ -11,7 +12,7 @@ set -euo pipefail
 
 usage() {
   cat <<EOF
-usage: deploy/kafka.sh fetch|start|stop|status|brokers
+usage: deploy/kafka.sh fetch|start|stop|status|brokers|sasl
        deploy/kafka.sh cluster-start|cluster-stop|cluster-status|cluster-brokers
        deploy/kafka.sh node-stop|node-kill|node-start|node-pause|node-resume N
 
@@ -20,6 +21,10 @@ usage: deploy/kafka.sh fetch|start|stop|status|brokers
   stop     stop the broker started by start (SIGTERM, then SIGKILL after 30 s)
   status   say whether the broker runs, and where (exit 3 when it does not)
   brokers  print the bootstrap address (host:port) if the broker runs
+  sasl     print what a client of the SASL_SSL listener needs, if the broker runs, as lines
+           KAFKA_SASL_SSL_BROKERS=host:port, KAFKA_SASL_SSL_CA=<CA certificate, PEM>,
+           KAFKA_SASL_SSL_MECHANISMS=PLAIN,SCRAM-SHA-512, KAFKA_SASL_SSL_USERNAME=runnel and
+           KAFKA_SASL_SSL_PASSWORD=runnel-secret; the CA is .cache/kafka/run/tls/ca.pem
 
   The three-node cluster, independent of the single broker (its own ports and folders under
   .cache/kafka/cluster): every node is a combined broker and controller of one static quorum;
@@ -40,6 +45,7 @@ usage: deploy/kafka.sh fetch|start|stop|status|brokers
 environment:
   KAFKA_PORT             PLAINTEXT port (default 9092)
   KAFKA_CONTROLLER_PORT  KRaft controller port (default KAFKA_PORT+1)
+  KAFKA_SASL_SSL_PORT    SASL_SSL port of the single broker (default KAFKA_PORT+2)
   KAFKA_START_TIMEOUT    seconds to wait for a broker or node to answer (default 90)
   KAFKA_CLUSTER_PORT     the cluster's base port (default 19092): node i listens on
                          base+2(i-1) (PLAINTEXT) and base+2(i-1)+1 (CONTROLLER)
@@ -62,6 +68,13 @@ NAME=kafka
 
 PORT=${KAFKA_PORT:-9092}
 CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}
+# The single broker's SASL_SSL listener: TLS with a certificate for 127.0.0.1 and localhost signed by
+# a CA made at start, and SASL PLAIN or SCRAM-SHA-512 as this one user. Test credentials, nothing else.
+SASL_PORT=${KAFKA_SASL_SSL_PORT:-$((PORT + 2))}
+SASL_USER=runnel
+SASL_PASSWORD=runnel-secret
+TLS=$RUN/tls
+SASL_FILE=$RUN/sasl_ssl
 START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 STOP_TIMEOUT=30
 
@@ -110,16 +123,26 @@ fetch() {
 }
 
 # Writes $CONFIG and $LOG_CONFIG for the broker on $PORT and $CONTROLLER_PORT: node id $1,
-# $2 replicas for topics and internal topics, min.insync.replicas $3, and the quorum lines $4.
+# $2 replicas for topics and internal topics, min.insync.replicas $3, and the quorum lines $4;
+# with "sasl_ssl" as $5, also the SASL_SSL listener on $SASL_PORT with the key and certificates
+# that make_tls wrote.
 write_config() {
-  local node_id=$1 replicas=$2 min_isr=$3 quorum=$4
+  local node_id=$1 replicas=$2 min_isr=$3 quorum=$4 sasl=${5:-}
+  local listeners="PLAINTEXT://127.0.0.1:$PORT" advertised="PLAINTEXT://127.0.0.1:$PORT"
+  local map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [[ $sasl == sasl_ssl ]]; then
+    # Before CONTROLLER, whose port use_node reads from the end of the line.
+    listeners+=",SASL_SSL://127.0.0.1:$SASL_PORT"
+    advertised+=",SASL_SSL://127.0.0.1:$SASL_PORT"
+    map+=",SASL_SSL:SASL_SSL"
+  fi
   cat >"$CONFIG" <<EOF
 # Written by deploy/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
 node.id=$node_id
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=$advertised
+listener.security.protocol.map=$map
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 $quorum
@@ -138,6 +161,21 @@ share.coordinator.state.topic.min.isr=$min_isr
 # Consumer groups in tests should not wait 3 s for more members that never come.
 group.initial.rebalance.delay.ms=0
 EOF
+  if [[ $sasl == sasl_ssl ]]; then
+    # Brokers and controllers keep talking PLAINTEXT among themselves; only clients use SASL_SSL.
+    # PLAIN's users are the JAAS config's user_NAME entries; SCRAM's credentials live in the KRaft
+    # metadata, written by 'StorageTool format --add-scram'. The keystore is one PEM file (an
+    # unencrypted PKCS#8 key, then the certificate chain), so no password is needed.
+    cat >>"$CONFIG" <<EOF
+# The SASL_SSL listener for the tests of Kafka security.
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$TLS/broker.pem
+listener.name.sasl_ssl.ssl.client.auth=none
+EOF
+  fi
   # Console output goes to stderr; start redirects the broker's into logs/server.log.
   cat >"$LOG_CONFIG" <<'EOF'
 appender.console.type = Console
@@ -184,13 +222,34 @@ wait_ready() {
   die "broker did not answer on 127.0.0.1:$PORT within ${START_TIMEOUT}s and was stopped; log above, full log in $LOGS/server.log"
 }
 
+# Writes a fresh CA ($TLS/ca.pem) and a broker certificate for 127.0.0.1 and localhost that it
+# signs, with the broker's key, into the keystore $TLS/broker.pem.
+make_tls() {
+  command -v openssl >/dev/null || die "openssl not found: install it (apt-get install -y openssl)"
+  mkdir -p "$TLS"
+  (
+    cd "$TLS"
+    # -nodes: keys unencrypted, in PKCS#8 ("BEGIN PRIVATE KEY"), the form Kafka's PEM keystore reads.
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 365 \
+      -subj "/CN=Runnel test CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -new -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost"
+    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 365 \
+      -extfile broker.ext -out broker.crt
+    cat broker.key broker.crt ca.pem >broker.pem
+    rm -f ca.key broker.csr broker.ext ca.srl
+  ) >"$LOGS/tls.log" 2>&1 || { cat "$LOGS/tls.log" >&2; die "making the SASL_SSL listener's certificates in $TLS failed"; }
+}
+
 start() {
   if running; then
     echo "kafka already running (pid $(<"$PID_FILE"))" >&2
     if [[ ! -f $BROKERS_FILE ]]; then
       # An earlier start was interrupted while waiting: wait for its broker, on its own port,
       # rather than report one that may not be up yet.
-      PORT=$(sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:||p' "$CONFIG")
+      PORT=$(sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\).*|\1|p' "$CONFIG")
       wait_ready "$(<"$PID_FILE")"
       echo "127.0.0.1:$PORT" >"$BROKERS_FILE"
     fi
@@ -198,18 +257,23 @@ start() {
     return 0
   fi
   local port
-  for port in "$PORT" "$CONTROLLER_PORT"; do
+  for port in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT"; do
     if port_open "$port"; then die "port 127.0.0.1:$port is taken by another process"; fi
   done
   fetch
-  # Ephemeral by design: every start gets empty storage and a new cluster id.
+  # Ephemeral by design: every start gets empty storage, a new cluster id and a new CA.
   rm -rf "$DATA" "$RUN"
   mkdir -p "$DATA" "$LOGS" "$RUN"
+  make_tls
   write_config 1 1 1 "# A dynamic (KIP-853) quorum of one, set up by 'StorageTool format --standalone'.
-controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT"
+controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT" sasl_ssl
+  printf '%s\n' "KAFKA_SASL_SSL_BROKERS=127.0.0.1:$SASL_PORT" "KAFKA_SASL_SSL_CA=$TLS/ca.pem" \
+    "KAFKA_SASL_SSL_MECHANISMS=PLAIN,SCRAM-SHA-512" "KAFKA_SASL_SSL_USERNAME=$SASL_USER" \
+    "KAFKA_SASL_SSL_PASSWORD=$SASL_PASSWORD" >"$SASL_FILE"
   local cluster_id
   cluster_id=$(kafka_tool kafka.tools.StorageTool random-uuid)
   kafka_tool kafka.tools.StorageTool format --standalone \
+    --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]" \
     --cluster-id "$cluster_id" --config "$CONFIG" >"$LOGS/format.log" 2>&1 ||
     { cat "$LOGS/format.log" >&2; die "formatting KRaft storage in $DATA failed"; }
 
@@ -293,6 +357,14 @@ brokers() {
   else
     die "kafka not running; start it with deploy/kafka.sh start"
   fi
+}
+
+sasl() {
+  brokers >/dev/null
+  # A broker started by an older kafka.sh has no SASL_SSL listener.
+  [[ -f $SASL_FILE ]] ||
+    die "kafka runs without a SASL_SSL listener; restart it: deploy/kafka.sh stop; deploy/kafka.sh start"
+  cat "$SASL_FILE"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -522,6 +594,7 @@ case ${1:-} in
   stop) lock; stop ;;
   status) status ;;
   brokers) brokers ;;
+  sasl) sasl ;;
   cluster-start) cluster_lock; cluster_start ;;
   cluster-stop) cluster_lock; cluster_stop ;;
   cluster-status) cluster_status ;;

@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
-# The test command: validates the deployment files, starts a Kafka broker unless KAFKA_BROKERS names
-# one, installs an S3-compatible server for the store's S3 test (moto, from PyPI, into .cache/s3-venv)
-# unless RUNNEL_MOTO_SERVER names one, and runs every test of the workspace. The broker it started is
-# stopped at the end.
+# The test command: checks that OpenSSL's headers are installed (as root, installs them), validates the deployment files,
+# starts a Kafka broker unless KAFKA_BROKERS names one (and exports its SASL_SSL listener as
+# KAFKA_SASL_SSL_BROKERS and KAFKA_SASL_SSL_CA for the Kafka security tests; with a broker of your own,
+# set those two as well), installs an S3-compatible server for the store's S3 test (moto, from PyPI,
+# into .cache/s3-venv) unless RUNNEL_MOTO_SERVER names one, and runs every test of the workspace. The
+# broker it started is stopped at the end.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+
+# rdkafka builds librdkafka with TLS against the system OpenSSL; without its headers the build fails
+# minutes in, in a C configure script.
+if ! pkg-config --exists openssl 2>/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "==> installing OpenSSL's headers (libssl-dev, pkg-config) from Debian's packages"
+    apt-get install -y -qq libssl-dev pkg-config >/dev/null
+  else
+    echo "test.sh: OpenSSL's headers were not found (pkg-config --exists openssl); install them:" >&2
+    echo "  sudo apt-get install -y libssl-dev pkg-config" >&2
+    exit 1
+  fi
+fi
 
 echo "==> checking docker-compose.yml"
 deploy/check-compose.sh
@@ -19,6 +34,10 @@ if [[ -z ${KAFKA_BROKERS:-} ]]; then
   deploy/kafka.sh start >/dev/null
   KAFKA_BROKERS=$(deploy/kafka.sh brokers)
   export KAFKA_BROKERS
+  sasl=$(deploy/kafka.sh sasl)
+  KAFKA_SASL_SSL_BROKERS=$(sed -n 's/^KAFKA_SASL_SSL_BROKERS=//p' <<<"$sasl")
+  KAFKA_SASL_SSL_CA=$(sed -n 's/^KAFKA_SASL_SSL_CA=//p' <<<"$sasl")
+  export KAFKA_SASL_SSL_BROKERS KAFKA_SASL_SSL_CA
 fi
 
 MOTO_VERSION=5.2.5

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,9 @@ impl KafkaSettings {
     /// [`KafkaSettings::ensure_topics`] with topic-level configs for the topics created (e.g.
     /// `cleanup.policy=compact`).
     pub async fn ensure_topics_with(&self, topics: &[(&TopicSettings, &[(&str, &str)])]) -> Result<(), KafkaError> {
+        let me = self.clone();
+        // Blocking for up to the request timeout: off the runtime's workers.
+        tokio::task::spawn_blocking(move || me.check_access()).await.map_err(|_| KafkaError::Canceled)??;
         let admin: AdminClient<DefaultClientContext> = self.base("runnel-admin").create()?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
@@ -168,6 +171,32 @@ impl KafkaSettings {
         Ok(())
     }
 
+    /// Fails with librdkafka's error when the brokers refuse this client: a wrong SASL password, a broker
+    /// certificate it does not trust. The admin client never reports those (nothing serves its error
+    /// events), so without this a refused service would wait for its topic creation to time out and
+    /// then say only that. Waits up to the request timeout for either verdict; with neither (brokers
+    /// still starting), the requests that follow wait as they always did. Blocking, as
+    /// [`KafkaSettings::partition_count`].
+    fn check_access(&self) -> Result<(), KafkaError> {
+        use rdkafka::producer::{BaseProducer, Producer as _};
+        let probe: BaseProducer<Refusal> = self.base("runnel-admin").create_with_context(Refusal::default())?;
+        let deadline = std::time::Instant::now() + self.request_timeout;
+        loop {
+            // The cluster id arrives with the first metadata, which needs an authenticated connection.
+            if probe.client().fetch_cluster_id(Duration::from_millis(200)).is_some() {
+                return Ok(());
+            }
+            // Serves the error events, which is where a refusal shows.
+            probe.poll(Duration::ZERO);
+            if let Some(code) = probe.context().code() {
+                return Err(KafkaError::Global(code));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+    }
+
     /// How many partitions `topic` has; an error when it does not exist. A topic created a moment ago may
     /// not be known to every broker yet: that is waited out for up to the request timeout.
     pub fn partition_count(&self, topic: &str) -> Result<i32, KafkaError> {
@@ -191,6 +220,39 @@ impl KafkaSettings {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A client context that remembers the first error saying the brokers refuse the client.
+#[derive(Debug, Default)]
+struct Refusal(std::sync::Mutex<Option<RDKafkaErrorCode>>);
+
+impl Refusal {
+    fn code(&self) -> Option<RDKafkaErrorCode> {
+        self.0.lock().map_or(None, |code| *code)
+    }
+}
+
+impl ClientContext for Refusal {
+    fn error(&self, error: KafkaError, reason: &str) {
+        use RDKafkaErrorCode::{Authentication, SSL, SaslAuthenticationFailed};
+        match error.rdkafka_error_code() {
+            Some(code @ (Authentication | SaslAuthenticationFailed | SSL)) => {
+                // The reason names the cause (the SASL error, the certificate check that failed); the
+                // code alone does not.
+                tracing::error!(error = %error, reason, "kafka refused the connection");
+                if let Ok(mut first) = self.0.lock() {
+                    first.get_or_insert(code);
+                }
+            }
+            _ => tracing::warn!(error = %error, reason, "kafka client error"),
+        }
+    }
+}
+
+/// The probe sends nothing, so there is no delivery to report.
+impl rdkafka::producer::ProducerContext for Refusal {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
 /// A topic and how it is created.
