@@ -1,7 +1,8 @@
 //! `runnel-bench collector`: points per second accepted (acknowledged by Kafka) through the collector's
 //! gRPC batches, gRPC streaming (`WriteAcked`) and HTTP line protocol, beside a bare rdkafka producer
 //! sending the same points with the collector's own producer settings (acks=all, idempotent, lz4,
-//! linger 5 ms), each run into a fresh topic, rounds alternated.
+//! linger 5 ms), each run into a fresh topic, rounds alternated. Then each protocol again, paced at half
+//! its own maximum rate, for the time from a request's due moment to its acknowledgement.
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,32 @@ enum Protocol {
     HttpLines,
 }
 
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Self::GrpcBatches => "gRPC `Write` batches",
+            Self::GrpcStream => "gRPC `WriteAcked` stream",
+            Self::HttpLines => "HTTP line protocol (`/api/v2/write`)",
+        }
+    }
+}
+
+/// When request `i` (of all clients' requests, in order) is due: at once, or at an even pace.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    start: tokio::time::Instant,
+    every: Option<Duration>,
+}
+
+impl Pace {
+    fn due(self, i: usize) -> tokio::time::Instant {
+        match self.every {
+            None => self.start,
+            Some(every) => self.start + every.mul_f64(i as f64),
+        }
+    }
+}
+
 pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyhow::Result<String> {
     if o.clients == 0 || o.batch == 0 {
         bail!("--clients and --batch must be positive");
@@ -75,16 +102,27 @@ pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyho
         eprintln!("round {round}: bare producer {:.0} points/s", run.rate());
         bare.push(run);
         for (protocol, runs) in [(Protocol::GrpcBatches, &mut grpc), (Protocol::GrpcStream, &mut stream), (Protocol::HttpLines, &mut http)] {
-            let run = through_collector(kafka, o, protocol, &batches, &bodies).await?;
+            let (run, _) = through_collector(kafka, o, protocol, &batches, &bodies, None).await?;
             eprintln!("round {round}: {protocol:?} {:.0} points/s", run.rate());
             runs.push(run);
         }
     }
     let b = median(bare.iter().map(Run::rate).collect());
+    let mut latency = String::from(
+        "| protocol | paced at points/s | requests | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n",
+    );
+    for (protocol, runs) in [(Protocol::GrpcBatches, &grpc), (Protocol::GrpcStream, &stream), (Protocol::HttpLines, &http)] {
+        let half = median(runs.iter().map(Run::rate).collect()) / 2.0;
+        let (_, mut took) = through_collector(kafka, o, protocol, &batches, &bodies, Some(half)).await?;
+        took.sort();
+        let ms = |q: f64| took.get(((took.len() as f64 * q).ceil() as usize).saturating_sub(1)).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        eprintln!("{protocol:?} at {half:.0} points/s: p99 {:.1} ms", ms(0.99));
+        latency.push_str(&format!("| {} | {half:.0} | {} | {:.1} | {:.1} | {:.1} |\n", protocol.name(), took.len(), ms(0.5), ms(0.99), ms(1.0)));
+    }
     let mut out = format!(
         "{}\n\n{} points over {} series, {} points a request, {} clients at once, {} partitions. Each round a bare \
-         rdkafka producer (the collector's settings: acks=all, idempotent, lz4, linger 5 ms; one thread, encoding \
-         each point as it goes) sends the points, then a collector in this process takes them from {} concurrent \
+         rdkafka producer (the collector's settings: acks=all, idempotent, lz4, linger 5 ms; one thread) sends the \
+         points, keyed and encoded as the collector writes them before its clock starts, then a collector in this process takes them from {} concurrent \
          clients over each protocol in turn; every run writes a fresh topic and ends when every point is \
          acknowledged (the collector answers only then), checked by the topic's offsets. CPU is the whole \
          process's (clients included), per million points. Median of {} rounds.\n\n",
@@ -99,9 +137,16 @@ pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyho
     );
     out.push_str(&HEADER.replace("records/s", "points/s"));
     out.push_str(&row("bare rdkafka producer (baseline)", &bare, b));
-    out.push_str(&row("collector, gRPC `Write` batches", &grpc, b));
-    out.push_str(&row("collector, gRPC `WriteAcked` stream", &stream, b));
-    out.push_str(&row("collector, HTTP line protocol (`/api/v2/write`)", &http, b));
+    out.push_str(&row(&format!("collector, {}", Protocol::GrpcBatches.name()), &grpc, b));
+    out.push_str(&row(&format!("collector, {}", Protocol::GrpcStream.name()), &stream, b));
+    out.push_str(&row(&format!("collector, {}", Protocol::HttpLines.name()), &http, b));
+    out.push_str(&format!(
+        "\nLatency at half the maximum rate: each protocol again, its requests due at an even pace that makes half \
+         its median rate above, spread over the same {} clients. A request's time runs from the moment it was due \
+         (not when a busy client got to send it, so a stall is counted in full) to its acknowledgement.\n\n",
+        o.clients
+    ));
+    out.push_str(&latency);
     Ok(out)
 }
 
@@ -118,10 +163,12 @@ async fn bare_producer(kafka: &KafkaSettings, o: &Options, points: &[Point]) -> 
     let points = points.to_vec();
     tokio::task::spawn_blocking(move || {
         let producer: BaseProducer = kafka.producer_holding("bench-bare", 200_000).create()?;
+        // The same keys and payloads the collector writes, encoded before the clock starts: the
+        // baseline is Kafka's cost alone.
+        let encoded: Vec<(String, Vec<u8>)> = points.iter().map(|p| (p.series_key(), p.encode_to_vec())).collect();
         let (started, cpu) = (Instant::now(), cpu_seconds());
-        for point in &points {
-            let (key, payload) = (point.series_key(), point.encode_to_vec());
-            send(&producer, &topic.name, key.as_bytes(), &payload)?;
+        for (key, payload) in &encoded {
+            send(&producer, &topic.name, key.as_bytes(), payload)?;
             producer.poll(Duration::ZERO);
         }
         producer.flush(Duration::from_secs(300))?;
@@ -132,7 +179,17 @@ async fn bare_producer(kafka: &KafkaSettings, o: &Options, points: &[Point]) -> 
     .await?
 }
 
-async fn through_collector(kafka: &KafkaSettings, o: &Options, protocol: Protocol, batches: &[WriteRequest], bodies: &[String]) -> anyhow::Result<Run> {
+/// Sends the batches (or line-protocol bodies) through a fresh collector from `o.clients` clients, each
+/// taking every `o.clients`-th request; at once, or paced at `paced` points a second. Returns the run and,
+/// when paced, each request's time from its due moment to its acknowledgement.
+async fn through_collector(
+    kafka: &KafkaSettings,
+    o: &Options,
+    protocol: Protocol,
+    batches: &[WriteRequest],
+    bodies: &[String],
+    paced: Option<f64>,
+) -> anyhow::Result<(Run, Vec<Duration>)> {
     let topic = fresh_topic(kafka, o).await?;
     let mut settings = collector::Settings { kafka: kafka.clone(), ..Default::default() };
     settings.grpc.listen = "127.0.0.1:0".parse()?;
@@ -144,52 +201,87 @@ async fn through_collector(kafka: &KafkaSettings, o: &Options, protocol: Protoco
     let shutdown = plumbing::Shutdown::new();
     let serving = tokio::spawn(app.run(shutdown.clone()));
 
-    let (started, cpu) = (Instant::now(), cpu_seconds());
-    let clients: Vec<_> = (0..o.clients)
+    // A paced run measures latency, not a fresh topic's first metadata lookup or a client's connecting:
+    // its first request goes alone, unmeasured, and the pace starts a moment after the clients are made.
+    let first = match paced {
+        Some(_) => {
+            IngestServiceClient::connect(grpc.clone()).await?.write(batches[0].clone()).await.context("the warm-up write")?;
+            1
+        }
+        None => 0,
+    };
+    // Each client's share, request i (counted from `first`) due at pace.due(i); copied before the clock
+    // starts, so that the copying is not counted as the collector's time.
+    let shares: Vec<(Vec<(usize, WriteRequest)>, Vec<(usize, String)>)> = (0..o.clients)
         .map(|c| {
-            let mine: Vec<WriteRequest> = batches.iter().skip(c).step_by(o.clients).cloned().collect();
-            let my_bodies: Vec<String> = bodies.iter().skip(c).step_by(o.clients).cloned().collect();
+            let mine = batches[first..].iter().cloned().enumerate().skip(c).step_by(o.clients).collect();
+            let my_bodies = match protocol {
+                Protocol::HttpLines => bodies[first..].iter().cloned().enumerate().skip(c).step_by(o.clients).collect(),
+                Protocol::GrpcBatches | Protocol::GrpcStream => Vec::new(),
+            };
+            (mine, my_bodies)
+        })
+        .collect();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let pace = Pace {
+        start: tokio::time::Instant::now() + Duration::from_millis(if paced.is_some() { 100 } else { 0 }),
+        every: paced.map(|rate| Duration::from_secs_f64(o.batch as f64 / rate)),
+    };
+    let clients: Vec<_> = shares
+        .into_iter()
+        .map(|(mine, my_bodies)| {
             let (grpc, http) = (grpc.clone(), http.clone());
             tokio::spawn(async move {
+                let mut took = Vec::new();
                 match protocol {
                     Protocol::GrpcBatches => {
                         let mut client = IngestServiceClient::connect(grpc).await?;
-                        for batch in mine {
+                        for (i, batch) in mine {
+                            tokio::time::sleep_until(pace.due(i)).await;
                             client.write(batch).await.context("a gRPC write")?;
+                            took.push(pace.due(i).elapsed());
                         }
                     }
                     Protocol::GrpcStream => {
                         let mut client = IngestServiceClient::connect(grpc).await?;
+                        let due: Vec<tokio::time::Instant> = mine.iter().map(|(i, _)| pace.due(*i)).collect();
                         let sent = mine.len();
-                        let mut acks = client.write_acked(futures::stream::iter(mine)).await?.into_inner();
-                        let mut acked = 0;
+                        let outgoing = futures::stream::iter(mine).then(move |(i, batch)| async move {
+                            tokio::time::sleep_until(pace.due(i)).await;
+                            batch
+                        });
+                        let mut acks = client.write_acked(outgoing).await?.into_inner();
                         while let Some(ack) = acks.next().await {
                             let ack = ack?;
                             if ack.code != 0 {
                                 bail!("a streamed batch was refused: {}", ack.message);
                             }
-                            acked += 1;
+                            // Acknowledgements come in the order the messages went.
+                            took.push(due.get(took.len()).context("more acknowledgements than messages")?.elapsed());
                         }
-                        if acked != sent {
-                            bail!("{acked} of {sent} streamed batches acknowledged");
+                        if took.len() != sent {
+                            bail!("{} of {sent} streamed batches acknowledged", took.len());
                         }
                     }
                     Protocol::HttpLines => {
                         let client = reqwest::Client::new();
-                        for body in my_bodies {
+                        for (i, body) in my_bodies {
+                            tokio::time::sleep_until(pace.due(i)).await;
                             let reply = client.post(format!("{http}/api/v2/write")).body(body).send().await?;
                             if reply.status() != reqwest::StatusCode::NO_CONTENT {
                                 bail!("an HTTP write answered {}: {}", reply.status(), reply.text().await.unwrap_or_default());
                             }
+                            took.push(pace.due(i).elapsed());
                         }
                     }
                 }
-                Ok::<_, anyhow::Error>(())
+                Ok::<_, anyhow::Error>(took)
             })
         })
         .collect();
+    let mut took = Vec::new();
     for client in clients {
-        client.await??;
+        took.extend(client.await??);
     }
     let records = batches.iter().map(|b| b.points.len() as u64).sum();
     let run = Run { seconds: started.elapsed().as_secs_f64(), records, cpu: cpu_seconds() - cpu };
@@ -197,7 +289,7 @@ async fn through_collector(kafka: &KafkaSettings, o: &Options, protocol: Protoco
     serving.await??;
     let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || check_count(&kafka, &topic.name, records)).await??;
-    Ok(run)
+    Ok((run, if paced.is_some() { took } else { Vec::new() }))
 }
 
 /// Fails unless `topic` holds exactly `want` records (high minus low watermarks; no transactions).

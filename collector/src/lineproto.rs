@@ -88,8 +88,9 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Parsed, Ve
 /// Parses every line that is line protocol and keeps the others, with their text, in `refused`.
 pub fn parse_lenient(body: &str, precision: Precision, now_ns: i64) -> Parsed {
     let mut parsed = Parsed::default();
+    let mut lines = LineNumbers::new(body);
     for raw in influxdb_line_protocol::split_lines(body) {
-        let line = line_number(body, raw);
+        let line = lines.of(raw);
         // Windows line endings: the `\r` would otherwise be trailing content of the line.
         let raw = raw.strip_suffix('\r').unwrap_or(raw);
         // One raw line parses to nothing (blank, a comment) or one line.
@@ -120,31 +121,51 @@ pub fn parse_lenient(body: &str, precision: Precision, now_ns: i64) -> Parsed {
             .flatten()
             .map(|(k, v)| (k.as_str().to_owned(), v.as_str().to_owned()))
             .collect();
-        for (key, value) in &line_protocol.field_set {
+        let numbers = line_protocol.field_set.iter().filter_map(|(key, value)| {
             #[allow(clippy::cast_precision_loss)] // documented: integers are exact up to 2^53
             let value = match value {
                 FieldValue::F64(v) => *v,
                 FieldValue::I64(v) => *v as f64,
                 FieldValue::U64(v) => *v as f64,
                 FieldValue::Boolean(v) => f64::from(u8::from(*v)),
-                FieldValue::String(_) => {
-                    parsed.ignored_fields += 1;
-                    continue;
-                }
+                FieldValue::String(_) => return None,
             };
-            let key = key.as_str();
+            Some((key.as_str(), value))
+        });
+        let numbers: Vec<(&str, f64)> = numbers.collect();
+        parsed.ignored_fields += line_protocol.field_set.len() - numbers.len();
+        // The line's tags go to its last point as they are and are copied for the others.
+        let mut tags = Some(tags);
+        for (i, &(key, value)) in numbers.iter().enumerate() {
             let metric = if key == "value" { measurement.to_owned() } else { format!("{measurement}_{key}") };
-            parsed.points.push(Point { metric, tags: tags.clone(), timestamp_ns, value });
+            let tags = if i + 1 == numbers.len() { tags.take().unwrap_or_default() } else { tags.clone().unwrap_or_default() };
+            parsed.points.push(Point { metric, tags, timestamp_ns, value });
             parsed.lines.push(line);
         }
     }
     parsed
 }
 
-/// The 1-based line of `body` where `part`, a slice of it, starts.
-fn line_number(body: &str, part: &str) -> usize {
-    let start = (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize).min(body.len());
-    body.as_bytes()[..start].iter().filter(|b| **b == b'\n').count() + 1
+/// Line numbers of slices of one body, asked in body order: each newline is counted once, so a body
+/// costs one pass, not one pass per line.
+struct LineNumbers<'a> {
+    body: &'a str,
+    counted_to: usize,
+    line: usize,
+}
+
+impl<'a> LineNumbers<'a> {
+    fn new(body: &'a str) -> Self {
+        Self { body, counted_to: 0, line: 1 }
+    }
+
+    /// The 1-based line where `part`, a slice of the body at or after the last one asked, starts.
+    fn of(&mut self, part: &str) -> usize {
+        let start = (part.as_ptr() as usize).saturating_sub(self.body.as_ptr() as usize).clamp(self.counted_to, self.body.len());
+        self.line += self.body.as_bytes()[self.counted_to..start].iter().filter(|b| **b == b'\n').count();
+        self.counted_to = start;
+        self.line
+    }
 }
 
 #[cfg(test)]
