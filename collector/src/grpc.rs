@@ -109,7 +109,7 @@ impl IngestService for IngestGrpc {
 }
 
 /// How many messages of one `WriteAcked` stream may be in the works at once.
-const ACKED_IN_FLIGHT: usize = 16;
+pub const ACKED_IN_FLIGHT: usize = 16;
 
 /// The ack of a refused message: the code and message a `Write` of it would have failed with.
 fn refused(sequence: u64, err: Error) -> WriteAck {

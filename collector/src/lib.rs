@@ -25,6 +25,7 @@ use proto::v1::ingest_service_server::IngestServiceServer;
 
 pub use crate::config::Settings;
 pub use crate::auth::TENANT_TAG;
+pub use crate::grpc::ACKED_IN_FLIGHT;
 pub use crate::error::{Error, Result};
 use crate::ingest::Ingest;
 use crate::kafka::PointSink;

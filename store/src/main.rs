@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Fault tests set FAILPOINTS (e.g. `store::before_publish=return(300)`); unset, no point is active.
     let failpoints = fail::FailScenario::setup();
