@@ -2,6 +2,7 @@
 //! store, asks the analyzer for forecasts, watches alerts, backtests and tests alert rules, and
 //! replays dead letters, and sends CSV or NDJSON files.
 
+mod connect;
 mod send;
 
 use std::collections::BTreeMap;
@@ -11,9 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt as _;
-use proto::v1::analyzer_service_client::AnalyzerServiceClient;
-use proto::v1::ingest_service_client::IngestServiceClient;
-use proto::v1::query_service_client::QueryServiceClient;
 use proto::v1::dead_letter::Reason;
 use proto::v1::tag_matcher::Op;
 use proto::v1::{
@@ -33,6 +31,8 @@ struct Cli {
     /// The analyzer's gRPC address.
     #[arg(long, env = "RUNNEL_ANALYZER_URL", default_value = "http://127.0.0.1:50053", global = true)]
     analyzer: String,
+    #[command(flatten)]
+    access: connect::Access,
     #[command(subcommand)]
     command: Command,
 }
@@ -255,23 +255,25 @@ fn time(ns: i64) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let service = |name, url| connect::Service { name, url, access: &cli.access };
+    let (collector, store, analyzer) = (service("collector", &cli.collector), service("store", &cli.store), service("analyzer", &cli.analyzer));
     match cli.command {
-        Command::Demo { hosts, span } => demo(&cli.collector, hosts, span).await,
+        Command::Demo { hosts, span } => demo(collector, hosts, span).await,
         Command::Send { file, format, metric, metric_column, time_column, time_unit, tag_columns, tags, value_columns, batch, follow } => {
             let mapping = send::Mapping { metric, metric_column, time_column, time_unit, tag_columns, tags: tags.into_iter().collect(), value_columns };
-            let sent = send::send(&cli.collector, &file, format, &mapping, batch.max(1), follow).await?;
+            let sent = send::send(collector, &file, format, &mapping, batch.max(1), follow).await?;
             println!("sent {} points from {} lines of {}, each acknowledged", sent.points, sent.lines, file.display());
             Ok(())
         }
-        Command::Range { metric, tags, since, last } => range(&cli.store, metric, tags, since, last).await,
-        Command::Series { metric } => series(&cli.store, metric).await,
-        Command::Forecast { metric, tags, horizon, holt } => forecast(&cli.analyzer, metric, tags, horizon, holt).await,
-        Command::Watch { resume } => watch(&cli.analyzer, resume.unwrap_or_default()).await,
-        Command::Alerts { state, rule, metric } => list_alerts(&cli.analyzer, state, rule, metric).await,
+        Command::Range { metric, tags, since, last } => range(store, metric, tags, since, last).await,
+        Command::Series { metric } => series(store, metric).await,
+        Command::Forecast { metric, tags, horizon, holt } => forecast(analyzer, metric, tags, horizon, holt).await,
+        Command::Watch { resume } => watch(analyzer, resume.unwrap_or_default()).await,
+        Command::Alerts { state, rule, metric } => list_alerts(analyzer, state, rule, metric).await,
         Command::Backtest { csv: Some(csv), config, metric, tags, window, scores, .. } => {
             backtest(&csv, config.as_deref(), Series { metric, tags: tags.into_iter().collect() }, window, scores.as_deref())
         }
-        Command::Backtest { csv: None, config, since, .. } => backtest_store(&cli.store, config.as_deref(), since).await,
+        Command::Backtest { csv: None, config, since, .. } => backtest_store(store, config.as_deref(), since).await,
         Command::Rules(RulesCommand::Test { file }) => rules_test(&file),
         Command::Replay { brokers, reasons, deadletter_topic, points_topic, group } => {
             let kafka = plumbing::kafka::KafkaSettings { brokers, ..Default::default() };
@@ -318,10 +320,10 @@ fn backtest(csv: &Path, config: Option<&Path>, series: Series, window: Option<Du
 /// How many stored windows one `Sql` answer carries during a backtest from the store.
 const BACKTEST_PAGE: usize = 100_000;
 
-async fn backtest_store(url: &str, config: Option<&Path>, since: i64) -> anyhow::Result<()> {
+async fn backtest_store(url: connect::Service<'_>, config: Option<&Path>, since: i64) -> anyhow::Result<()> {
     let settings = analyzer_settings(config)?;
     let rules = settings.running_rules().map_err(anyhow::Error::msg)?;
-    let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
+    let mut client = url.store().await?;
     let located = store::client::aggregates(&mut client, since, i64::MAX, BACKTEST_PAGE).await?;
     let windows = located.len();
     let outcome = analyzer::backtest::run(settings.model, rules, located.into_iter().map(|l| (l.partition, l.aggregate)));
@@ -365,8 +367,8 @@ fn rules_test(file: &Path) -> anyhow::Result<()> {
     std::process::exit(1);
 }
 
-async fn demo(url: &str, hosts: usize, span: Duration) -> anyhow::Result<()> {
-    let mut client = IngestServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the collector at {url}"))?;
+async fn demo(url: connect::Service<'_>, hosts: usize, span: Duration) -> anyhow::Result<()> {
+    let mut client = url.collector().await?;
     let end = now_ns() / 1_000_000_000 * 1_000_000_000;
     let seconds = i64::try_from(span.as_secs()).unwrap_or(i64::MAX);
     let mut batch = Vec::new();
@@ -398,13 +400,13 @@ fn selector(metric: String, tags: Vec<(String, String)>) -> SeriesSelector {
 }
 
 async fn range(
-    url: &str,
+    url: connect::Service<'_>,
     metric: String,
     tags: Vec<(String, String)>,
     since: Duration,
     last: Option<usize>,
 ) -> anyhow::Result<()> {
-    let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
+    let mut client = url.store().await?;
     let end = now_ns() + 60_000_000_000;
     let request =
         RangeRequest { selector: Some(selector(metric, tags)), start_ns: end - nanos(since), end_ns: end, ..RangeRequest::default() };
@@ -428,8 +430,8 @@ async fn range(
     Ok(())
 }
 
-async fn series(url: &str, metric: Option<String>) -> anyhow::Result<()> {
-    let mut client = QueryServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the store at {url}"))?;
+async fn series(url: connect::Service<'_>, metric: Option<String>) -> anyhow::Result<()> {
+    let mut client = url.store().await?;
     let selector = SeriesSelector { metric: metric.unwrap_or_default(), matchers: vec![] };
     let mut page_token = String::new();
     // Page by page; bounded by the store, which returns an empty token on the last page.
@@ -446,8 +448,8 @@ async fn series(url: &str, metric: Option<String>) -> anyhow::Result<()> {
     }
 }
 
-async fn forecast(url: &str, metric: String, tags: Vec<(String, String)>, horizon: Duration, holt: bool) -> anyhow::Result<()> {
-    let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
+async fn forecast(url: connect::Service<'_>, metric: String, tags: Vec<(String, String)>, horizon: Duration, holt: bool) -> anyhow::Result<()> {
+    let mut client = url.analyzer().await?;
     let series = Series { metric, tags: tags.into_iter().collect() };
     let model = if holt { ForecastModel::Holt } else { ForecastModel::Regression };
     let request = ForecastRequest { series: Some(series.clone()), horizon_ns: nanos(horizon), model: model as i32, confidence: 0.0 };
@@ -476,8 +478,8 @@ fn print_alert(alert: &proto::v1::Alert) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn watch(url: &str, resume_token: String) -> anyhow::Result<()> {
-    let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
+async fn watch(url: connect::Service<'_>, resume_token: String) -> anyhow::Result<()> {
+    let mut client = url.analyzer().await?;
     let mut stream = client.watch_alerts(WatchAlertsRequest { resume_token }).await?.into_inner();
     while let Some(event) = stream.next().await {
         let event = event?;
@@ -490,8 +492,8 @@ async fn watch(url: &str, resume_token: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list_alerts(url: &str, state: Option<AlertState>, rule: Option<String>, metric: Option<String>) -> anyhow::Result<()> {
-    let mut client = AnalyzerServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the analyzer at {url}"))?;
+async fn list_alerts(url: connect::Service<'_>, state: Option<AlertState>, rule: Option<String>, metric: Option<String>) -> anyhow::Result<()> {
+    let mut client = url.analyzer().await?;
     let request = ListAlertsRequest {
         state: state.map_or(0, |s| s as i32),
         rule: rule.unwrap_or_default(),

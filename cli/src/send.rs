@@ -12,7 +12,6 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use proto::v1::ingest_service_client::IngestServiceClient;
 use proto::v1::{Point, WriteAck, WriteRequest};
 
 /// How a file's rows become points.
@@ -152,7 +151,7 @@ type Pending = VecDeque<Vec<u64>>;
 /// Sends `file`; returns when every batch was acknowledged (or, following, after an interrupt). A line
 /// that cannot be read or a batch the collector refused stops the send with the line's number; what
 /// was acknowledged before stays written.
-pub(crate) async fn send(url: &str, file: &Path, format: Option<Format>, mapping: &Mapping, batch: usize, follow: bool) -> anyhow::Result<Sent> {
+pub(crate) async fn send(url: crate::connect::Service<'_>, file: &Path, format: Option<Format>, mapping: &Mapping, batch: usize, follow: bool) -> anyhow::Result<Sent> {
     let format = match format {
         Some(format) => format,
         None => match file.extension().and_then(|e| e.to_str()) {
@@ -164,7 +163,7 @@ pub(crate) async fn send(url: &str, file: &Path, format: Option<Format>, mapping
     let opened = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let total = opened.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = BufReader::new(opened);
-    let mut client = IngestServiceClient::connect(url.to_owned()).await.with_context(|| format!("connecting to the collector at {url}"))?;
+    let mut client = url.collector().await?;
 
     let progress = ProgressBar::new(total);
     progress.set_style(

@@ -340,6 +340,19 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
     let status = ingest.write(WriteRequest { points: vec![point("stranger", &[], t, 1.0)] }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
+    // `runnel send` carries a token too: without one it is refused and says why.
+    let csv = std::env::temp_dir().join(e2e::unique("runnel-token")).with_extension("csv");
+    std::fs::write(&csv, format!("timestamp,value\n{},7\n", t / S)).unwrap();
+    let runnel = |token: &[&str]| {
+        std::process::Command::new(e2e::process::bin("runnel")).args(["--collector", &grpc]).args(token).args(["send", csv.to_str().unwrap(), "--metric", "cli"]).output().unwrap()
+    };
+    let out = runnel(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("an API token is required"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = runnel(&["--token", A]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(&csv).unwrap();
+
     // A's token writes as tenant a, B's as b; over gRPC the token is metadata.
     let write = |token: &'static str, body: String| {
         client.post(format!("{http}/api/v2/write")).header("Authorization", format!("Token {token}")).body(body).send()
@@ -364,7 +377,7 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
     assert!(json["message"].as_str().unwrap().contains("s2{tenant=\"b\"} would be a new series of tenant \"b\""), "{json}");
     assert_eq!(write(B, format!("s1 value=1 {t}")).await.unwrap().status(), StatusCode::NO_CONTENT);
 
-    // A's rate: a burst of 50 points at 1 point a second. 1 is spent; 45 more fit, 10 more must wait,
+    // A's rate: a burst of 50 points at 1 point a second. 2 are spent; 45 more fit, 10 more must wait,
     // and 60 at once never fit.
     let lines = |n: usize, from: usize| (from..from + n).map(|i| format!("burst value={i} {t}\n")).collect::<String>();
     assert_eq!(write(A, lines(45, 0)).await.unwrap().status(), StatusCode::NO_CONTENT);
@@ -379,10 +392,11 @@ async fn tokens_keep_strangers_out_and_tenants_apart() {
         point("m", &[("host", "x"), a[0]], t, 1.0),
         point("m", &[("host", "x"), ("tenant", "b")], t, 2.0),
         point("s1", &[("tenant", "b")], t, 1.0),
+        point("cli", &a, t, 7.0),
     ];
     want.extend((0..45).map(|i| point("burst", &a, t, f64::from(i))));
-    assert_eq!(message_count(&kafka(), &name), 48, "the two first writes, s1 and the 45 of the burst, nothing of the strangers");
-    assert_eq!(points_in(&name, 48), sorted(want));
+    assert_eq!(message_count(&kafka(), &name), 49, "runnel send's point, the two first writes, s1 and the 45 of the burst, nothing of the strangers");
+    assert_eq!(points_in(&name, 49), sorted(want));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,6 +718,22 @@ async fn tls_keeps_the_wire_private_and_mutual_tls_keeps_strangers_out() {
     // A client that does not trust the collector's CA refuses it in turn.
     let untrusting = https_client(&stranger.cert, Some(&agent)).post(&url).body(format!("mtls_http value=4 {t}")).send().await;
     assert!(untrusting.is_err(), "{untrusting:?}");
+    // `runnel send` over mutual TLS: with the agent's certificate it gets through; without, it fails.
+    let csv = dir.join("cli.csv");
+    std::fs::write(&csv, format!("timestamp,value\n{},5\n", t / S)).unwrap();
+    let runnel = |tls: &[&str]| {
+        std::process::Command::new(e2e::process::bin("runnel"))
+            .args(["--collector", &format!("https://localhost:{}", grpc.port())])
+            .args(tls)
+            .args(["send", csv.to_str().unwrap(), "--metric", "mtls_cli"])
+            .output()
+            .unwrap()
+    };
+    let ca_arg = ca_file.to_str().unwrap();
+    let out = runnel(&["--ca-cert", ca_arg, "--client-cert", agent.cert.to_str().unwrap(), "--client-key", agent.key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = runnel(&["--ca-cert", ca_arg]);
+    assert!(!out.status.success(), "without a client certificate: {}", String::from_utf8_lossy(&out.stdout));
     mutual.stop().await;
 
     // TLS without client certificates: any client that trusts the CA writes.
@@ -715,10 +745,16 @@ async fn tls_keeps_the_wire_private_and_mutual_tls_keeps_strangers_out() {
     assert_eq!(reply.status(), StatusCode::NO_CONTENT);
     one_way.stop().await;
 
-    assert_eq!(message_count(&kafka(), &name), 4, "one point per accepted write, nothing from the refused ones");
+    assert_eq!(message_count(&kafka(), &name), 5, "one point per accepted write, nothing from the refused ones");
     assert_eq!(
-        points_in(&name, 4),
-        sorted(vec![point("mtls_grpc", &[], t, 1.0), point("mtls_http", &[], t, 1.0), point("tls_grpc", &[], t, 1.0), point("tls_http", &[], t, 1.0)])
+        points_in(&name, 5),
+        sorted(vec![
+            point("mtls_grpc", &[], t, 1.0),
+            point("mtls_http", &[], t, 1.0),
+            point("mtls_cli", &[], t, 5.0),
+            point("tls_grpc", &[], t, 1.0),
+            point("tls_http", &[], t, 1.0),
+        ])
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
