@@ -4,14 +4,19 @@
 //! linger 5 ms), each run into a fresh topic, rounds alternated. Then each protocol again, paced at half
 //! its own maximum rate, for the time from a request's due moment to its acknowledgement.
 
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use bytes::{BufMut as _, Bytes};
 use futures::StreamExt as _;
 use plumbing::kafka::{KafkaSettings, TopicSettings};
 use proto::prost::Message as _;
 use proto::v1::ingest_service_client::IngestServiceClient;
-use proto::v1::{Point, WriteRequest};
+use proto::tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use proto::tonic::codegen::http::uri::PathAndQuery;
+use proto::tonic::{Request, Status};
+use proto::v1::{Point, WriteAck, WriteRequest, WriteResponse};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{BaseProducer, Producer as _};
 
@@ -56,6 +61,10 @@ fn line_protocol(points: &[Point], batch: usize) -> Vec<String> {
         .collect()
 }
 
+/// The gRPC paths of the collector's `Write` and `WriteAcked`.
+const WRITE: &str = "/runnel.v1.IngestService/Write";
+const WRITE_ACKED: &str = "/runnel.v1.IngestService/WriteAcked";
+
 #[derive(Debug, Clone, Copy)]
 enum Protocol {
     GrpcBatches,
@@ -71,6 +80,59 @@ impl Protocol {
             Self::HttpLines => "HTTP line protocol (`/api/v2/write`)",
         }
     }
+}
+
+/// A gRPC codec that sends messages encoded in advance, as the bare producer sends payloads encoded in
+/// advance, and decodes the answers (`R`) with prost: the clients cost what the transport costs, not
+/// protobuf encoding, which a real client does on its own machine.
+struct Preencoded<R>(PhantomData<R>);
+
+impl<R> Default for Preencoded<R> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<R: proto::prost::Message + Default + Send + 'static> Codec for Preencoded<R> {
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self::default()
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self::default()
+    }
+}
+
+impl<R> Encoder for Preencoded<R> {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl<R: proto::prost::Message + Default> Decoder for Preencoded<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, Status> {
+        R::decode(src).map(Some).map_err(|e| Status::internal(format!("an answer that is not protobuf: {e}")))
+    }
+}
+
+/// A gRPC client of the collector's channel that sends pre-encoded requests.
+async fn raw_client(url: String) -> anyhow::Result<proto::tonic::client::Grpc<proto::tonic::transport::Channel>> {
+    let channel = proto::tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+    let mut grpc = proto::tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    Ok(grpc)
 }
 
 /// When request `i` (of all clients' requests, in order) is due: at once, or at an even pace.
@@ -123,7 +185,8 @@ pub(crate) async fn collector_bench(kafka: &KafkaSettings, o: &Options) -> anyho
         "{}\n\n{} points over {} series, {} points a request, {} clients at once, {} partitions. Each round a bare \
          rdkafka producer (the collector's settings: acks=all, idempotent, lz4, linger 5 ms; one thread) sends the \
          points, keyed and encoded as the collector writes them before its clock starts, then a collector in this process takes them from {} concurrent \
-         clients over each protocol in turn; every run writes a fresh topic and ends when every point is \
+         clients over each protocol in turn, each request encoded in advance (protobuf for gRPC, text for \
+         line protocol), as the baseline's payloads are; every run writes a fresh topic and ends when every point is \
          acknowledged (the collector answers only then), checked by the topic's offsets. The collector's \
          in-flight limit is raised to hold every stream's {} messages at once ({} points). The collector runs in this process \
          with its binary's allocator (mimalloc). CPU is the whole process's (clients included), per million points. Median of {} rounds.\n\n",
@@ -218,9 +281,14 @@ async fn through_collector(
     };
     // Each client's share, request i (counted from `first`) due at pace.due(i); copied before the clock
     // starts, so that the copying is not counted as the collector's time.
-    let shares: Vec<(Vec<(usize, WriteRequest)>, Vec<(usize, String)>)> = (0..o.clients)
+    let shares: Vec<(Vec<(usize, Bytes)>, Vec<(usize, String)>)> = (0..o.clients)
         .map(|c| {
-            let mine = batches[first..].iter().cloned().enumerate().skip(c).step_by(o.clients).collect();
+            let mine = match protocol {
+                Protocol::GrpcBatches | Protocol::GrpcStream => {
+                    batches[first..].iter().enumerate().skip(c).step_by(o.clients).map(|(i, b)| (i, Bytes::from(b.encode_to_vec()))).collect()
+                }
+                Protocol::HttpLines => Vec::new(),
+            };
             let my_bodies = match protocol {
                 Protocol::HttpLines => bodies[first..].iter().cloned().enumerate().skip(c).step_by(o.clients).collect(),
                 Protocol::GrpcBatches | Protocol::GrpcStream => Vec::new(),
@@ -241,22 +309,25 @@ async fn through_collector(
                 let mut took = Vec::new();
                 match protocol {
                     Protocol::GrpcBatches => {
-                        let mut client = IngestServiceClient::connect(grpc).await?;
+                        let mut client = raw_client(grpc).await?;
                         for (i, batch) in mine {
                             tokio::time::sleep_until(pace.due(i)).await;
-                            client.write(batch).await.context("a gRPC write")?;
+                            client.ready().await?;
+                            let reply = client.unary(Request::new(batch), PathAndQuery::from_static(WRITE), Preencoded::<WriteResponse>::default());
+                            reply.await.context("a gRPC write")?;
                             took.push(pace.due(i).elapsed());
                         }
                     }
                     Protocol::GrpcStream => {
-                        let mut client = IngestServiceClient::connect(grpc).await?;
+                        let mut client = raw_client(grpc).await?;
                         let due: Vec<tokio::time::Instant> = mine.iter().map(|(i, _)| pace.due(*i)).collect();
                         let sent = mine.len();
                         let outgoing = futures::stream::iter(mine).then(move |(i, batch)| async move {
                             tokio::time::sleep_until(pace.due(i)).await;
                             batch
                         });
-                        let mut acks = client.write_acked(outgoing).await?.into_inner();
+                        let acked = client.streaming(Request::new(outgoing), PathAndQuery::from_static(WRITE_ACKED), Preencoded::<WriteAck>::default());
+                        let mut acks = acked.await?.into_inner();
                         while let Some(ack) = acks.next().await {
                             let ack = ack?;
                             if ack.code != 0 {

@@ -57,15 +57,15 @@ impl ProducerContext for Reachability {
     }
 }
 
-/// One write's records awaiting Kafka's answer. The last answer wakes the writer and, by dropping the
-/// last reference, returns the write's room.
+/// One write's records awaiting Kafka's answer. The last answer returns the write's room, then wakes
+/// the writer (in that order, so that a writer that goes on at once finds the room it left).
 #[derive(Debug)]
 pub(crate) struct Pending {
     left: AtomicUsize,
     failed: AtomicUsize,
     first_error: Mutex<Option<KafkaError>>,
     done: Notify,
-    _room: OwnedSemaphorePermit,
+    room: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Pending {
@@ -78,6 +78,9 @@ impl Pending {
             }
         }
         if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Ok(mut room) = self.room.lock() {
+                room.take();
+            }
             self.done.notify_one();
         }
     }
@@ -154,7 +157,7 @@ impl PointSink {
             failed: AtomicUsize::new(0),
             first_error: Mutex::new(None),
             done: Notify::new(),
-            _room: room,
+            room: Mutex::new(Some(room)),
         });
         let (mut key, mut payload) = (String::new(), Vec::new());
         for point in points {
