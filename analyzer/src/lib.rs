@@ -185,7 +185,7 @@ impl App {
         };
         let (served, consumed, points, followed, reloaded) = tokio::join!(
             async {
-                let result = self.listener.serve(router, shutdown.clone()).await;
+                let result = self.listener.serve(router, &[<AnalyzerServiceServer<grpc::Service> as proto::tonic::server::NamedService>::NAME], shutdown.clone()).await;
                 shutdown.cancel();
                 result
             },

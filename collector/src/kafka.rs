@@ -23,6 +23,8 @@ use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProd
 use rdkafka::{ClientContext, Message as _};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use plumbing::grpc::{Health, ServingStatus};
+
 use crate::error::{Error, Result};
 
 /// How long a send may wait for room in the producer's queue before the batch fails.
@@ -114,15 +116,25 @@ impl PointSink {
     }
 
     /// While every broker is down, asks for metadata every second; the first answer lets writes in
-    /// again. Runs until `shutdown`.
-    pub(crate) async fn probe(&self, shutdown: plumbing::Shutdown) {
+    /// again. `health` follows: the `services` answer NOT_SERVING while every broker is down. Runs
+    /// until `shutdown`.
+    pub(crate) async fn probe(&self, shutdown: plumbing::Shutdown, health: Health, services: &[&str]) {
         let down = &self.reach.down;
+        let mut reported = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(PROBE_EVERY) => {}
             }
-            if !down.load(Ordering::SeqCst) {
+            let now = down.load(Ordering::SeqCst);
+            if now != reported {
+                let status = if now { ServingStatus::NotServing } else { ServingStatus::Serving };
+                for service in services {
+                    health.set(service, status).await;
+                }
+                reported = now;
+            }
+            if !now {
                 continue;
             }
             let producer = self.producer.clone();
@@ -254,6 +266,40 @@ mod tests {
         }
         assert!(matches!(sink.write(&points(1), &[]).await, Err(Error::KafkaDown)));
         assert_eq!(sink.in_flight(), 0, "nothing was queued");
+    }
+
+    #[tokio::test]
+    async fn health_says_not_serving_while_every_broker_is_down() {
+        use plumbing::grpc::{Listener, ServingStatus};
+        // The sink's own flag, not the producer's: the test says when every broker is down and when
+        // one answers again (librdkafka's report of the first is the test above).
+        let sink = unreachable_sink(5, false, 60_000);
+        let health = Listener::standalone_health();
+        // As the listener does for each service when it starts serving.
+        health.set("svc", ServingStatus::Serving).await;
+        let shutdown = plumbing::Shutdown::new();
+        let probe = {
+            let (sink, health, shutdown) = (sink.clone(), health.clone(), shutdown.clone());
+            tokio::spawn(async move { sink.probe(shutdown, health, &["", "svc"]).await })
+        };
+        let until = |want: ServingStatus| {
+            let health = health.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while health.status("svc").await != Some(want) || health.status("").await != Some(want) {
+                    assert!(tokio::time::Instant::now() < deadline, "health never became {want:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        until(ServingStatus::Serving).await;
+        sink.reach.down.store(true, Ordering::SeqCst);
+        until(ServingStatus::NotServing).await;
+        // As when the probe's metadata request is answered again.
+        sink.reach.down.store(false, Ordering::SeqCst);
+        until(ServingStatus::Serving).await;
+        shutdown.cancel();
+        probe.await.unwrap();
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+use proto::tonic::server::NamedService;
 use proto::v1::ingest_service_server::IngestServiceServer;
 
 pub use crate::config::Settings;
@@ -29,6 +30,9 @@ pub use crate::grpc::ACKED_IN_FLIGHT;
 pub use crate::error::{Error, Result};
 use crate::ingest::Ingest;
 use crate::kafka::PointSink;
+
+/// The gRPC name of the ingest service, as the health service knows it.
+const INGEST_SERVICE: &str = <IngestServiceServer<grpc::IngestGrpc> as NamedService>::NAME;
 
 /// How long shutdown waits for queued points to be acknowledged.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,11 +84,16 @@ impl App {
         let router = server
             .add_service(IngestServiceServer::new(grpc::IngestGrpc(self.ingest.clone())))
             .add_service(MetricsServiceServer::new(grpc::OtlpGrpc(self.ingest.clone())));
+        // The health service answers for the server ("") and both services; the sink's probe turns
+        // them NOT_SERVING while every broker is down, when every write would be refused.
+        let health = self.listener.health();
+        let services = [INGEST_SERVICE, <MetricsServiceServer<grpc::OtlpGrpc> as NamedService>::NAME];
+        let reported = ["", services[0], services[1]];
         // Either server failing stops the other, then the collector.
         let stop = shutdown.child_token();
         let (grpc, http, ()) = tokio::join!(
             async {
-                let served = self.listener.serve(router, stop.clone()).await;
+                let served = self.listener.serve(router, &services, stop.clone()).await;
                 stop.cancel();
                 served
             },
@@ -93,7 +102,7 @@ impl App {
                 stop.cancel();
                 served
             },
-            self.sink.probe(stop.clone()),
+            self.sink.probe(stop.clone(), health, &reported),
         );
         grpc?;
         http.map_err(Error::HttpServe)?;

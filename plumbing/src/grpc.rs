@@ -1,18 +1,58 @@
 //! gRPC serving: bind first (port 0 allowed, the bound address is known before serving), then serve a
-//! tonic router until shutdown, letting in-flight calls finish.
+//! tonic router until shutdown, letting in-flight calls finish. Every server also answers the gRPC
+//! health checking protocol (`grpc.health.v1.Health`, for load balancers and orchestrators) and server
+//! reflection (v1 and v1alpha, so that `grpcurl` needs no `.proto` files).
 
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+pub use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::Shutdown;
 
 /// A bound, not yet serving, gRPC listener.
-#[derive(Debug)]
 pub struct Listener {
     listener: TcpListener,
     addr: SocketAddr,
+    health: HealthReporter,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Sets what the server's health service answers: overall (the empty service name, what most load
+/// balancers ask) and per gRPC service.
+#[derive(Clone)]
+pub struct Health(HealthReporter);
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Health")
+    }
+}
+
+impl Health {
+    /// Sets the status of `service` (a full gRPC service name, or "" for the server as a whole).
+    pub async fn set(&self, service: &str, status: ServingStatus) {
+        self.0.set_service_status(service, status).await;
+    }
+
+    /// What the health service answers for `service`; none for a service it does not know.
+    pub async fn status(&self, service: &str) -> Option<ServingStatus> {
+        use tonic_health::pb::health_server::Health as _;
+        let request = proto::tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: service.to_owned() });
+        let reply = HealthService::from_health_reporter(self.0.clone()).check(request).await.ok()?;
+        Some(match reply.into_inner().status() {
+            tonic_health::pb::health_check_response::ServingStatus::Serving => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        })
+    }
 }
 
 impl Listener {
@@ -20,7 +60,19 @@ impl Listener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
+        // The reporter answers SERVING for the server as a whole until told otherwise.
+        let health = HealthReporter::new();
+        Ok(Self { listener, addr, health })
+    }
+
+    /// A health handle of its own, for code that reports health without a listener (tests).
+    pub fn standalone_health() -> Health {
+        Health(HealthReporter::new())
+    }
+
+    /// The handle that sets what the health service answers.
+    pub fn health(&self) -> Health {
+        Health(self.health.clone())
     }
 
     /// The address actually bound.
@@ -28,15 +80,46 @@ impl Listener {
         self.addr
     }
 
-    /// Serves `router` until `shutdown` is cancelled, then stops accepting and waits for in-flight calls.
+    /// Serves `router`, which holds the gRPC services named `services`, until `shutdown` is cancelled,
+    /// then stops accepting and waits for in-flight calls. The health service reports each of them,
+    /// and the server as a whole, SERVING until told otherwise through [`Listener::health`];
+    /// reflection lists them (and describes those of Runnel's contract).
     pub async fn serve(
         self,
         router: proto::tonic::transport::server::Router,
+        services: &[&str],
         shutdown: Shutdown,
     ) -> Result<(), proto::tonic::transport::Error> {
         tracing::info!(addr = %self.addr, "grpc serving");
+        for service in services {
+            self.health.set_service_status(service, ServingStatus::Serving).await;
+        }
+        let reflection = || {
+            let standard = [HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA];
+            services.iter().chain(&standard).fold(reflection(), |builder, name| builder.with_service_name(*name))
+        };
+        let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
+            // The descriptor sets are compiled in; one that does not decode is a build defect.
+            (Err(err), _) | (_, Err(err)) => panic!("the compiled-in descriptor sets do not decode: {err}"),
+        };
         router
+            .add_service(HealthServer::new(HealthService::from_health_reporter(self.health)))
+            .add_service(v1)
+            .add_service(v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled_owned())
             .await
     }
+}
+
+/// The standard services' names, as reflection lists them.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// Reflection over the contract and the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

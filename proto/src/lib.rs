@@ -7,6 +7,9 @@ pub use prost;
 pub use tonic;
 pub use tonic_types;
 
+/// The encoded `FileDescriptorSet` of every file of the contract, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runnel_descriptor.bin"));
+
 /// The `runnel.v1` package.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
 pub mod v1 {
