@@ -67,7 +67,9 @@ impl HttpListener {
             .route("/api/v1/points", post(write_json))
             // OTLP/HTTP's metrics path, protobuf-encoded.
             .route("/v1/metrics", post(write_otlp))
-            .route("/health", get(health))
+            .route("/health", get(ready))
+            .route("/readyz", get(ready))
+            .route("/livez", get(live))
             .with_state(ingest);
         let Some(tls) = tls else {
             return axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
@@ -269,6 +271,36 @@ async fn read_body(body: Body, headers: &HeaderMap, limits: &Limits) -> Result<B
     }
 }
 
-async fn health() -> impl IntoResponse {
+/// Readiness, in InfluxDB's `/health` form: `pass`, or `fail` with 503 while every Kafka broker is
+/// down (a load balancer then sends writes to another collector).
+async fn ready(State(ingest): State<Ingest>) -> impl IntoResponse {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    if ingest.is_ready() {
+        (StatusCode::OK, json, r#"{"status":"pass"}"#)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, json, r#"{"status":"fail","message":"every kafka broker is down"}"#)
+    }
+}
+
+/// Liveness: the process serves HTTP.
+async fn live() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"pass"}"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_fails_while_every_broker_is_down() {
+        let sink = crate::kafka::tests::unreachable_sink(5, false, 60_000);
+        let ingest = Ingest::new(Limits::default(), crate::config::AcceptPartial::default(), crate::auth::Auth::new(&[]), sink.clone());
+        let status = |ingest: Ingest| async move { ready(State(ingest)).await.into_response().status() };
+        assert_eq!(status(ingest.clone()).await, StatusCode::OK);
+        sink.set_down(true);
+        assert_eq!(status(ingest.clone()).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(live().await.into_response().status(), StatusCode::OK, "alive all the same");
+        sink.set_down(false);
+        assert_eq!(status(ingest).await, StatusCode::OK);
+    }
 }

@@ -50,6 +50,11 @@ impl Ingest {
         self.auth.check(authorization)
     }
 
+    /// Whether writes can be taken now: not while every Kafka broker is down.
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.sink.is_down()
+    }
+
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }

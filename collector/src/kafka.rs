@@ -218,6 +218,17 @@ impl PointSink {
         }
     }
 
+    /// Says every broker is down (or not), as librdkafka's report and the probe do.
+    #[cfg(test)]
+    pub(crate) fn set_down(&self, down: bool) {
+        self.reach.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Whether librdkafka reports every broker down (and writes are refused).
+    pub(crate) fn is_down(&self) -> bool {
+        self.reach.down.load(Ordering::SeqCst)
+    }
+
     /// How many points await Kafka's acknowledgement.
     #[cfg(test)]
     fn in_flight(&self) -> usize {
@@ -231,7 +242,7 @@ impl PointSink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use rdkafka::ClientConfig;
@@ -246,7 +257,7 @@ mod tests {
     /// the points stay in flight as long as the test needs.
     /// With `noticed` false the sink is not told that every broker is down, so that its writes wait in
     /// flight rather than being refused.
-    fn unreachable_sink(max_in_flight: usize, noticed: bool, timeout_ms: u32) -> PointSink {
+    pub(crate) fn unreachable_sink(max_in_flight: usize, noticed: bool, timeout_ms: u32) -> PointSink {
         let reach = Reachability::default();
         let producer: Producer = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")

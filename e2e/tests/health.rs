@@ -1,7 +1,8 @@
 //! Every gRPC server answers the gRPC health checking protocol and server reflection, so that load
 //! balancers, orchestrators and `grpcurl` work with no `.proto` files: the collector, the store and the
 //! analyzer each report SERVING for the server and for their own services, NOT_FOUND for a service
-//! they do not have, and list and describe their services over reflection v1 and v1alpha.
+//! they do not have, and list and describe their services over reflection v1 and v1alpha. The
+//! collector's HTTP liveness and readiness answer too.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
@@ -70,7 +71,14 @@ async fn reflected_alpha(addr: SocketAddr) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grpc_server_answers_health_checks_and_reflection() {
     let topics = Topics::unique(1);
-    let (collector, collector_running) = e2e::services::start_collector(&topics).await;
+    let mut settings = collector::Settings::default();
+    settings.kafka = e2e::kafka();
+    settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http.listen = "127.0.0.1:0".parse().unwrap();
+    settings.topics.points = topics.points.clone();
+    let app = collector::App::build(settings).await.unwrap();
+    let (collector, collector_http) = (app.grpc_addr(), app.http_addr());
+    let collector_running = Running::spawn(|shutdown| app.run(shutdown));
     let dir = std::env::temp_dir().join(e2e::unique("runnel-health"));
     let (store, _, store_running) = e2e::services::start_store(&topics, &e2e::unique("health-store"), &dir).await;
     let (mut settings, rules) = e2e::analyzer_settings("");
@@ -104,6 +112,15 @@ async fn every_grpc_server_answers_health_checks_and_reflection() {
         // OTLP's descriptors are not compiled in; Runnel's own services are described.
         assert!(described, "{} is described", own[0]);
         assert_eq!(reflected_alpha(addr).await, listed, "reflection v1alpha at {addr}");
+    }
+
+    // The collector's HTTP liveness and readiness (InfluxDB's `/health` answers as readiness does).
+    let http = |path: &'static str| async move {
+        let reply = reqwest::get(format!("http://{}{path}", collector_http)).await.unwrap();
+        (reply.status().as_u16(), reply.text().await.unwrap())
+    };
+    for path in ["/livez", "/readyz", "/health"] {
+        assert_eq!(http(path).await, (200, r#"{"status":"pass"}"#.to_owned()), "{path}");
     }
 
     collector_running.stop().await;
