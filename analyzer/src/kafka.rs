@@ -43,6 +43,8 @@ pub struct Stats {
     pub rewinds: AtomicU64,
     /// Input partitions owned now.
     pub partitions: AtomicU64,
+    /// Assignments taken over and restored (an empty one counts): the first makes the analyzer ready.
+    pub assignments: AtomicU64,
 }
 
 /// The changelog key holding a partition's event time (no series key starts with a NUL).
@@ -295,9 +297,14 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else { return };
         // The assignment positions each partition at its committed offset; the series need restoring.
-        if let Err(err) = self.shared.restore(consumer, tpl) {
-            tracing::error!(error = %err, "partitions could not be restored; stopping");
-            *lock(&self.shared.broken) = Some(err);
+        match self.shared.restore(consumer, tpl) {
+            Ok(_) => {
+                self.shared.stats.assignments.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "partitions could not be restored; stopping");
+                *lock(&self.shared.broken) = Some(err);
+            }
         }
     }
 }

@@ -30,6 +30,9 @@ pub use crate::kafka::Stats;
 use crate::alerts::AlertBook;
 use crate::state::{Analysis, Input};
 
+/// How often readiness looks at whether every loop has restored its first assignment.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// An analyzer that is connected and bound but not yet serving.
 #[derive(Debug)]
 pub struct App {
@@ -163,6 +166,14 @@ impl App {
         let shutdown = shutdown.child_token();
         let book = Arc::new(Mutex::new(AlertBook::default()));
         let analyses: Vec<_> = std::iter::once(&self.consume).chain(&self.points).map(|c| Arc::clone(&c.shared.analysis)).collect();
+        // Ready (health SERVING) once every loop has taken over its first assignment and restored it:
+        // before that, its answers would miss the state a restore brings back.
+        let stats: Vec<_> = std::iter::once(&self.consume).chain(&self.points).map(|c| Arc::clone(&c.shared.stats)).collect();
+        let ready = async move {
+            while stats.iter().any(|s| s.assignments.load(std::sync::atomic::Ordering::SeqCst) == 0) {
+                tokio::time::sleep(READY_POLL).await;
+            }
+        };
         let service = grpc::Service {
             analyses: analyses.clone(),
             book: Arc::clone(&book),
@@ -185,7 +196,7 @@ impl App {
         };
         let (served, consumed, points, followed, reloaded) = tokio::join!(
             async {
-                let result = self.listener.serve(router, &[<AnalyzerServiceServer<grpc::Service> as proto::tonic::server::NamedService>::NAME], shutdown.clone()).await;
+                let result = self.listener.serve(router, &[<AnalyzerServiceServer<grpc::Service> as proto::tonic::server::NamedService>::NAME], ready, shutdown.clone()).await;
                 shutdown.cancel();
                 result
             },

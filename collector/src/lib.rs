@@ -93,7 +93,7 @@ impl App {
         let stop = shutdown.child_token();
         let (grpc, http, ()) = tokio::join!(
             async {
-                let served = self.listener.serve(router, &services, stop.clone()).await;
+                let served = self.listener.serve(router, &services, std::future::ready(()), stop.clone()).await;
                 stop.cancel();
                 served
             },

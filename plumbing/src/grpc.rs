@@ -3,6 +3,7 @@
 //! health checking protocol (`grpc.health.v1.Health`, for load balancers and orchestrators) and server
 //! reflection (v1 and v1alpha, so that `grpcurl` needs no `.proto` files).
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -81,18 +82,21 @@ impl Listener {
     }
 
     /// Serves `router`, which holds the gRPC services named `services`, until `shutdown` is cancelled,
-    /// then stops accepting and waits for in-flight calls. The health service reports each of them,
-    /// and the server as a whole, SERVING until told otherwise through [`Listener::health`];
-    /// reflection lists them (and describes those of Runnel's contract).
+    /// then stops accepting and waits for in-flight calls. The health service reports the server as
+    /// a whole and each of `services` NOT_SERVING until `ready` completes, then SERVING until told
+    /// otherwise through [`Listener::health`] (a service that is ready at once passes
+    /// `std::future::ready(())`); reflection lists them (and describes those of Runnel's contract).
     pub async fn serve(
         self,
         router: proto::tonic::transport::server::Router,
         services: &[&str],
+        ready: impl Future<Output = ()>,
         shutdown: Shutdown,
     ) -> Result<(), proto::tonic::transport::Error> {
         tracing::info!(addr = %self.addr, "grpc serving");
-        for service in services {
-            self.health.set_service_status(service, ServingStatus::Serving).await;
+        let names: Vec<String> = std::iter::once("").chain(services.iter().copied()).map(str::to_owned).collect();
+        for name in &names {
+            self.health.set_service_status(name, ServingStatus::NotServing).await;
         }
         let reflection = || {
             let standard = [HEALTH_SERVICE, REFLECTION_V1, REFLECTION_V1ALPHA];
@@ -103,15 +107,26 @@ impl Listener {
             // The descriptor sets are compiled in; one that does not decode is a build defect.
             (Err(err), _) | (_, Err(err)) => panic!("the compiled-in descriptor sets do not decode: {err}"),
         };
-        router
+        let health = self.health.clone();
+        let serving = router
             .add_service(HealthServer::new(HealthService::from_health_reporter(self.health)))
             .add_service(v1)
             .add_service(v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled_owned())
-            .await
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled_owned());
+        let becoming_ready = async {
+            ready.await;
+            for name in &names {
+                health.set_service_status(name, ServingStatus::Serving).await;
+            }
+            tracing::info!("ready");
+        };
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => served,
+            () = becoming_ready => serving.await,
+        }
     }
 }
-
 /// The standard services' names, as reflection lists them.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
@@ -122,4 +137,48 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Answer;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn health_is_not_serving_until_ready() {
+        let listener = Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let url = format!("http://{}", listener.local_addr());
+        let (ready, readied) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = Shutdown::new();
+        let router = proto::tonic::transport::Server::builder().add_routes(proto::tonic::service::Routes::default());
+        let serving = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { listener.serve(router, &["test.Service"], async { readied.await.unwrap_or(()) }, shutdown).await }
+        });
+        let status = |service: &'static str| {
+            let url = url.clone();
+            async move {
+                let channel = proto::tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.ok()?;
+                let reply = HealthClient::new(channel).check(HealthCheckRequest { service: service.to_owned() }).await.ok()?;
+                Some(reply.into_inner().status())
+            }
+        };
+        let until = |want: Answer| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while status("").await != Some(want) || status("test.Service").await != Some(want) {
+                assert!(tokio::time::Instant::now() < deadline, "never {want:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        until(Answer::NotServing).await;
+        ready.send(()).unwrap();
+        until(Answer::Serving).await;
+        shutdown.cancel();
+        serving.await.unwrap().unwrap();
+    }
 }

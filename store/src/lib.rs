@@ -120,7 +120,7 @@ impl App {
         let tables = sql::Tables { points: table(Kind::Points), aggregates: table(Kind::Aggregates), alerts: table(Kind::Alerts) };
         let query = grpc::Query::new(tables, self.query, executor);
         let router = proto::tonic::transport::Server::builder().add_service(QueryServiceServer::new(query));
-        let serving = self.listener.serve(router, &[<QueryServiceServer<grpc::Query> as proto::tonic::server::NamedService>::NAME], shutdown.clone());
+        let serving = self.listener.serve(router, &[<QueryServiceServer<grpc::Query> as proto::tonic::server::NamedService>::NAME], std::future::ready(()), shutdown.clone());
         // Any part failing stops the others, so a store never serves stale data while ingest is dead.
         let ingests = self.ingests.into_iter().map(|ingest| {
             let shutdown = shutdown.clone();
