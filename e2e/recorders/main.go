@@ -128,6 +128,19 @@ func moduleVersion(path string) string {
 	return "unknown"
 }
 
+// writeRecording saves a recorded request as dir/name.body (the body as
+// received) and dir/name.request.json (method, path, headers, and the version
+// of the client module under versionKey).
+func writeRecording(dir, name string, r recorded, versionKey, module string) {
+	must(os.WriteFile(filepath.Join(dir, name+".body"), r.Body, 0o644))
+	writeJSON(filepath.Join(dir, name+".request.json"), map[string]any{
+		"method":   r.Method,
+		"path":     r.Path,
+		"headers":  headerMap(r),
+		versionKey: moduleVersion(module),
+	})
+}
+
 func writeJSON(path string, v any) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
@@ -225,15 +238,8 @@ func recordTelegraf() {
 	plain, err := io.ReadAll(zr)
 	must(err)
 
-	must(os.WriteFile(filepath.Join(telegrafDir, "influxdb_v2.body"), r.Body, 0o644))
+	writeRecording(telegrafDir, "influxdb_v2", r, "telegraf_version", "github.com/influxdata/telegraf")
 	must(os.WriteFile(filepath.Join(telegrafDir, "influxdb_v2.body.txt"), plain, 0o644))
-	hdr := headerMap(r)
-	writeJSON(filepath.Join(telegrafDir, "influxdb_v2.request.json"), map[string]any{
-		"method":           r.Method,
-		"path":             r.Path,
-		"headers":          hdr,
-		"telegraf_version": moduleVersion("github.com/influxdata/telegraf"),
-	})
 	fmt.Printf("telegraf: %s %s (%d bytes gzip, %d bytes plain)\n", r.Method, r.Path, len(r.Body), len(plain))
 }
 
@@ -333,14 +339,7 @@ func recordPrometheus() {
 		log.Fatal("prometheus: round trip mismatch")
 	}
 
-	must(os.WriteFile(filepath.Join(prometheusDir, "remote_write_v1.body"), r.Body, 0o644))
-	hdr := headerMap(r)
-	writeJSON(filepath.Join(prometheusDir, "remote_write_v1.request.json"), map[string]any{
-		"method":             r.Method,
-		"path":               r.Path,
-		"headers":            hdr,
-		"prometheus_version": moduleVersion("github.com/prometheus/prometheus"),
-	})
+	writeRecording(prometheusDir, "remote_write_v1", r, "prometheus_version", "github.com/prometheus/prometheus")
 
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "Prometheus remote write 1.0 request body (remote_write_v1.body)\n")
