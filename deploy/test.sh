@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: checks that OpenSSL's headers are installed (as root, installs them), validates the deployment files,
+# The test command: checks that OpenSSL's headers and Prometheus are installed (as root, installs them),
+# validates the deployment files,
 # starts a Kafka broker unless KAFKA_BROKERS names one (and exports its SASL_SSL listener as
 # KAFKA_SASL_SSL_BROKERS and KAFKA_SASL_SSL_CA for the Kafka security tests; with a broker of your own,
 # set those two as well), installs an S3-compatible server for the store's S3 test (moto, from PyPI,
@@ -23,8 +24,23 @@ if ! pkg-config --exists openssl 2>/dev/null; then
   fi
 fi
 
-echo "==> checking docker-compose.yml"
+# A real Prometheus server scrapes the services in the ops test, and promtool checks the deployment's
+# Prometheus configuration: both from Debian's prometheus package.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "==> installing Prometheus (Debian's prometheus package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "test.sh: prometheus and promtool were not found; install them:" >&2
+    echo "  sudo apt-get install -y --no-install-recommends prometheus" >&2
+    exit 1
+  fi
+fi
+
+echo "==> checking docker-compose.yml and deploy/prometheus/prometheus.yml"
 deploy/check-compose.sh
+promtool check config deploy/prometheus/prometheus.yml
 
 if [[ -z ${KAFKA_BROKERS:-} ]]; then
   if ! deploy/kafka.sh status >/dev/null 2>&1; then

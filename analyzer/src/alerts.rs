@@ -126,6 +126,17 @@ pub struct AlertBook {
 }
 
 impl AlertBook {
+    /// How many alerts are in each state now, indexed by `AlertState`'s number.
+    pub fn count_by_state(&self) -> [u64; crate::kafka::ALERT_STATES] {
+        let mut counts = [0; crate::kafka::ALERT_STATES];
+        for alert in self.latest.values() {
+            if let Some(count) = counts.get_mut(alert.state as usize) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
     /// Records a change; the topic's order per alert id (one partition per id) makes it the latest.
     pub fn record(&mut self, alert: Alert) {
         self.latest.insert(alert.id.clone(), alert);

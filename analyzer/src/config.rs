@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
 use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
+use plumbing::ops::OpsSettings;
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,8 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub transaction_timeout: Duration,
     pub telemetry: TelemetrySettings,
+    /// The operations listener (`/livez`, `/readyz`, `/metrics`) and the drain deadline of a stop.
+    pub ops: OpsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +159,7 @@ impl Default for Settings {
             transactional_id: format!("runnel-analyzer-{}", plumbing::config::hostname()),
             transaction_timeout: Duration::from_secs(10),
             telemetry: TelemetrySettings::default(),
+            ops: OpsSettings::on_port(9467),
         }
     }
 }
@@ -171,6 +175,7 @@ impl ServiceSettings for Settings {
         check(&mut errors, !self.transactional_id.trim().is_empty(), "transactional_id", "must not be empty");
         check(&mut errors, !self.transaction_timeout.is_zero(), "transaction_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
+        errors.extend(self.ops.validate("ops"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
         let m = &self.model;
         check(&mut errors, m.windows >= 3, "model.windows", format!("{} must be at least 3: a line and its interval need three points", m.windows));
@@ -202,6 +207,10 @@ impl ServiceSettings for Settings {
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    fn ops(&self) -> &OpsSettings {
+        &self.ops
     }
 }
 

@@ -12,6 +12,9 @@ pub enum Error {
     Delivery(KafkaError),
     #[error("grpc listener: {0}")]
     Bind(std::io::Error),
+    /// The ops listener (`/livez`, `/readyz`, `/metrics`) could not bind or serve.
+    #[error("ops listener: {0}")]
+    Ops(std::io::Error),
     #[error("grpc server: {0}")]
     Serve(#[from] proto::tonic::transport::Error),
     /// A watcher cannot resume where it asked to.
@@ -34,7 +37,7 @@ impl From<Error> for proto::tonic::Status {
             Error::Resume(_) => Self::out_of_range(err.to_string()),
             // The broker may come back: a client retries.
             Error::Kafka(_) | Error::Delivery(_) => Self::unavailable(err.to_string()),
-            Error::Bind(_) | Error::Serve(_) | Error::Internal(_) | Error::Rules(_) | Error::Restore(_) | Error::Config(_) => {
+            Error::Bind(_) | Error::Ops(_) | Error::Serve(_) | Error::Internal(_) | Error::Rules(_) | Error::Restore(_) | Error::Config(_) => {
                 Self::internal(err.to_string())
             }
         }

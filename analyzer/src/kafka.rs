@@ -24,6 +24,8 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use plumbing::ops::KafkaStats;
+
 use crate::error::{Error, Result};
 use crate::state::{Analysis, Input, Observed};
 
@@ -35,6 +37,8 @@ pub struct Stats {
     pub read: AtomicU64,
     /// Alert changes sent (each commits with its transaction, or is aborted with it).
     pub alerts: AtomicU64,
+    /// The same, by the state changed to (indexed by `AlertState`'s number).
+    pub alerts_by_state: [AtomicU64; ALERT_STATES],
     /// Transactions committed.
     pub transactions: AtomicU64,
     /// Series restored from the changelog.
@@ -46,6 +50,9 @@ pub struct Stats {
     /// Assignments taken over and restored (an empty one counts): the first makes the analyzer ready.
     pub assignments: AtomicU64,
 }
+
+/// How many `AlertState`s there are, unspecified included.
+pub(crate) const ALERT_STATES: usize = proto::v1::AlertState::NoData as usize + 1;
 
 /// The changelog key holding a partition's event time (no series key starts with a NUL).
 const WATERMARK_KEY: &str = "\0watermark";
@@ -83,6 +90,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     /// A restore that failed inside a rebalance callback, for the loop to stop on.
     broken: Mutex<Option<Error>>,
+    kafka_stats: KafkaStats,
 }
 
 impl std::fmt::Debug for Shared {
@@ -102,6 +110,8 @@ pub(crate) struct Wiring {
     pub(crate) changelog_topic: String,
     pub(crate) changelog_reader: ClientConfig,
     pub(crate) timeout: Duration,
+    /// Shared by every loop's consumer, so that one family holds them all.
+    pub(crate) kafka_stats: KafkaStats,
 }
 
 impl Shared {
@@ -118,6 +128,7 @@ impl Shared {
             timeout: wiring.timeout,
             stats: Arc::default(),
             broken: Mutex::default(),
+            kafka_stats: wiring.kafka_stats,
         }
     }
 
@@ -152,6 +163,9 @@ impl Shared {
         let deadline = Instant::now() + self.timeout;
         lock(&self.txns).send_waiting(|| FutureRecord::to(&self.alerts_topic).key(alert.id.as_str()).payload(payload.as_slice()), deadline)?;
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
+        if let Some(count) = self.stats.alerts_by_state.get(alert.state as usize) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -269,7 +283,11 @@ pub(crate) struct RebalanceContext {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.shared.kafka_stats.record(statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 mod grpc;
 mod kafka;
+mod metrics;
 pub mod model;
 pub mod nab;
 pub mod reload;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
+use plumbing::ops::{KafkaStats, OpsListener, Readiness};
 use proto::v1::analyzer_service_server::AnalyzerServiceServer;
 use plumbing::kafka::{KafkaSettings, TopicSettings};
 use plumbing::txn::Transactions;
@@ -37,6 +39,8 @@ const READY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
+    ops: OpsListener,
+    kafka_stats: KafkaStats,
     /// The loop over the aggregates.
     consume: kafka::Consume,
     /// The loop over the raw points of the metrics modelled per point, when there are some.
@@ -65,6 +69,7 @@ struct InputWiring<'a> {
     kafka: &'a KafkaSettings,
     transaction_timeout: std::time::Duration,
     commit_interval: std::time::Duration,
+    kafka_stats: &'a KafkaStats,
 }
 
 impl InputWiring<'_> {
@@ -102,9 +107,10 @@ impl InputWiring<'_> {
             changelog_topic: changelog.name,
             changelog_reader,
             timeout: timeout.max(kafka.request_timeout),
+            kafka_stats: self.kafka_stats.clone(),
         };
         let shared = Arc::new(kafka::Shared::new(analysis, txns, wiring));
-        let consumer = kafka.consumer("runnel-analyzer", &self.group_id).create_with_context(kafka::RebalanceContext { shared: Arc::clone(&shared) })?;
+        let consumer = plumbing::kafka::with_statistics(&mut kafka.consumer("runnel-analyzer", &self.group_id)).create_with_context(kafka::RebalanceContext { shared: Arc::clone(&shared) })?;
         Ok(kafka::Consume { consumer, shared, commit_interval: self.commit_interval })
     }
 }
@@ -115,8 +121,9 @@ impl App {
         // The settings' check has read the rules file already; it may have changed since.
         let running = settings.running_rules().map_err(Error::Rules)?;
         let Settings {
-            grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, transactional_id, transaction_timeout, ..
+            grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, transactional_id, transaction_timeout, ops, ..
         } = settings;
+        let kafka_stats = KafkaStats::default();
         kafka.ensure_topics(&[&topics.alerts]).await?;
         let wiring = |input: &TopicSettings, changelog: &TopicSettings, suffix: &str| InputWiring {
             input: input.clone(),
@@ -127,6 +134,7 @@ impl App {
             kafka: &kafka,
             transaction_timeout,
             commit_interval,
+            kafka_stats: &kafka_stats,
         };
         let points = if model.points.is_empty() {
             None
@@ -136,13 +144,19 @@ impl App {
         };
         let consume = wiring(&topics.aggregates, &topics.changelog, "").connect(Analysis::new(model, running)).await?;
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
+        let ops = OpsListener::bind(ops.listen).await.map_err(Error::Ops)?;
         let reloading = Reloading { file: rules_file, settings_rules: rules, interval: reload_interval };
-        Ok(Self { listener, consume, points, alerts_topic: topics.alerts.name, kafka, reloading, reloads: Arc::default() })
+        Ok(Self { listener, ops, kafka_stats, consume, points, alerts_topic: topics.alerts.name, kafka, reloading, reloads: Arc::default() })
     }
 
     /// The gRPC address actually bound.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// The address of `/livez`, `/readyz` and `/metrics`.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr()
     }
 
     /// Counters a test, a benchmark or an operator can read while the analyzer runs: those of the
@@ -169,9 +183,16 @@ impl App {
         // Ready (health SERVING) once every loop has taken over its first assignment and restored it:
         // before that, its answers would miss the state a restore brings back.
         let stats: Vec<_> = std::iter::once(&self.consume).chain(&self.points).map(|c| Arc::clone(&c.shared.stats)).collect();
-        let ready = async move {
-            while stats.iter().any(|s| s.assignments.load(std::sync::atomic::Ordering::SeqCst) == 0) {
-                tokio::time::sleep(READY_POLL).await;
+        let readiness = Readiness::default();
+        let mut registry = plumbing::ops::Registry::default();
+        metrics::register(&mut registry, stats.clone(), Arc::clone(&book), Arc::clone(&self.reloads), self.kafka_stats);
+        let becoming_ready = {
+            let readiness = readiness.clone();
+            async move {
+                while stats.iter().any(|s| s.assignments.load(std::sync::atomic::Ordering::SeqCst) == 0) {
+                    tokio::time::sleep(READY_POLL).await;
+                }
+                readiness.set(true);
             }
         };
         let service = grpc::Service {
@@ -194,11 +215,22 @@ impl App {
             shutdown.cancel();
             result
         };
-        let (served, consumed, points, followed, reloaded) = tokio::join!(
+        let (served, ops_served, (), consumed, points, followed, reloaded) = tokio::join!(
             async {
-                let result = self.listener.serve(router, &[<AnalyzerServiceServer<grpc::Service> as proto::tonic::server::NamedService>::NAME], ready, shutdown.clone()).await;
+                let result = self.listener.serve(router, &[<AnalyzerServiceServer<grpc::Service> as proto::tonic::server::NamedService>::NAME], readiness.clone(), shutdown.clone()).await;
                 shutdown.cancel();
                 result
+            },
+            async {
+                let result = self.ops.serve(registry, readiness.clone(), shutdown.clone()).await;
+                shutdown.cancel();
+                result
+            },
+            async {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = becoming_ready => {}
+                }
             },
             async {
                 let result = self.consume.run(shutdown.clone()).await;
@@ -220,6 +252,7 @@ impl App {
             }
         );
         served?;
+        ops_served.map_err(Error::Ops)?;
         consumed?;
         points?;
         followed?;

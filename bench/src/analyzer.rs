@@ -152,6 +152,7 @@ async fn run_analyzer(kafka: &KafkaSettings, topic: &TopicSettings, records: u64
     let mut s = settings();
     s.kafka = kafka.clone();
     s.grpc.listen = "127.0.0.1:0".parse()?;
+    s.ops.listen = "127.0.0.1:0".parse()?;
     s.group_id = unique("bench-analyzer");
     s.topics.aggregates = topic.clone();
     s.topics.alerts = TopicSettings::new(&unique("bench-alerts"));

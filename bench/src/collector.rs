@@ -259,6 +259,7 @@ async fn through_collector(
     let topic = fresh_topic(kafka, o).await?;
     let mut settings = collector::Settings { kafka: kafka.clone(), ..Default::default() };
     settings.grpc.listen = "127.0.0.1:0".parse()?;
+    settings.ops.listen = "127.0.0.1:0".parse()?;
     settings.http.listen = "127.0.0.1:0".parse()?;
     settings.topics.points = topic.clone();
     settings.limits.max_batch_points = settings.limits.max_batch_points.max(o.batch);

@@ -378,6 +378,7 @@ async fn run_processor(
     delivery: processor::Delivery,
 ) -> anyhow::Result<(Run, Vec<f64>, Commits)> {
     let mut settings = processor::Settings::default();
+    settings.ops.listen = "127.0.0.1:0".parse()?;
     settings.kafka = kafka.clone();
     settings.group_id = unique("bench-processor");
     settings.transactional_id = unique("bench-processor");

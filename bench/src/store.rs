@@ -266,6 +266,7 @@ async fn run_store(kafka: &KafkaSettings, kind: Kind, topic: &TopicSettings, rec
     let mut s = store::Settings::default();
     s.kafka = kafka.clone();
     s.grpc.listen = "127.0.0.1:0".parse()?;
+    s.ops.listen = "127.0.0.1:0".parse()?;
     s.group_id = unique("bench-store");
     quiet_topics(&mut s);
     match kind {
@@ -414,6 +415,7 @@ async fn query_scale(kafka: &KafkaSettings, scale: u64) -> anyhow::Result<String
     let mut s = store::Settings::default();
     s.kafka = kafka.clone();
     s.grpc.listen = "127.0.0.1:0".parse()?;
+    s.ops.listen = "127.0.0.1:0".parse()?;
     s.group_id = unique("bench-queries");
     quiet_topics(&mut s);
     s.topics.aggregates = topic.clone();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
 use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
+use plumbing::ops::OpsSettings;
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,8 @@ pub struct Settings {
     /// and why.
     pub accept_partial: AcceptPartial,
     pub telemetry: TelemetrySettings,
+    /// The operations listener (`/livez`, `/readyz`, `/metrics`) and the drain deadline of a stop.
+    pub ops: OpsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +177,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             accept_partial: AcceptPartial::default(),
             telemetry: TelemetrySettings::default(),
+            ops: OpsSettings::on_port(9464),
         }
     }
 }
@@ -201,6 +205,7 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.points.validate("topics.points"));
         errors.extend(self.topics.deadletter.validate("topics.deadletter"));
         errors.extend(self.telemetry.validate("telemetry"));
+        errors.extend(self.ops.validate("ops"));
         let l = &self.limits;
         for (key, value) in [
             ("limits.max_batch_points", l.max_batch_points),
@@ -236,6 +241,10 @@ impl ServiceSettings for Settings {
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    fn ops(&self) -> &OpsSettings {
+        &self.ops
     }
 }
 

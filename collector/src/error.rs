@@ -61,9 +61,33 @@ pub enum Error {
     HttpBind(std::io::Error),
     #[error("http server: {0}")]
     HttpServe(std::io::Error),
+    #[error("ops listener: {0}")]
+    OpsBind(std::io::Error),
+    #[error("ops server: {0}")]
+    OpsServe(std::io::Error),
 }
 
 impl Error {
+    /// The reason label of a refusal in the collector's metrics.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid",
+            Self::BadRequest { .. } => "bad_request",
+            Self::TooLarge { .. } => "too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::UnsupportedEncoding(_) => "unsupported_encoding",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::OverBurst { .. } => "over_burst",
+            Self::Overloaded { .. } => "overloaded",
+            Self::KafkaDown => "kafka_down",
+            Self::Delivery { .. } => "delivery",
+            Self::Kafka(_) => "kafka",
+            // Startup errors: no request ends with one.
+            Self::Tls { .. } | Self::Bind(_) | Self::Serve(_) | Self::HttpBind(_) | Self::HttpServe(_) | Self::OpsBind(_) | Self::OpsServe(_) => "internal",
+        }
+    }
+
     /// Whether the same request may succeed later; what a client's retry policy needs.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Overloaded { .. } | Self::RateLimited { .. } | Self::KafkaDown | Self::Delivery { .. } | Self::Kafka(_))
@@ -96,7 +120,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Overloaded { .. } | Error::RateLimited { .. } | Error::TooLarge { .. } => Status::resource_exhausted(message),
             Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => Status::unavailable(message),
-            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) | Error::Tls { .. } => Status::internal(message),
+            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) | Error::OpsBind(_) | Error::OpsServe(_) | Error::Tls { .. } => Status::internal(message),
         }
     }
 }
@@ -131,7 +155,7 @@ impl IntoResponse for Error {
             Error::KafkaDown | Error::Delivery { .. } | Error::Kafka(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(UNAVAILABLE_RETRY_AFTER_SECS))
             }
-            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) | Error::Tls { .. } => {
+            Error::Bind(_) | Error::Serve(_) | Error::HttpBind(_) | Error::HttpServe(_) | Error::OpsBind(_) | Error::OpsServe(_) | Error::Tls { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error", None)
             }
         };

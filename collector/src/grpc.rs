@@ -32,7 +32,7 @@ impl MetricsService for OtlpGrpc {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let caller = self.0.authorize(authorization(&request))?;
+        let caller = self.0.authorize(Source::Otlp, authorization(&request))?;
         self.0.write_otlp(&caller, request.into_inner()).await?;
         Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
@@ -41,7 +41,7 @@ impl MetricsService for OtlpGrpc {
 #[proto::tonic::async_trait]
 impl IngestService for IngestGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
-        let caller = self.0.authorize(authorization(&request))?;
+        let caller = self.0.authorize(Source::Grpc, authorization(&request))?;
         let points = request.into_inner().points;
         let written = self.0.write(&caller, Batch::of(Source::Grpc, points), String::new, |_| {}).await?;
         Ok(Response::new(WriteResponse { accepted: written.accepted as u64, dead_lettered: written.dead_lettered as u64 }))
@@ -51,7 +51,7 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let caller = self.0.authorize(authorization(&request))?;
+        let caller = self.0.authorize(Source::Grpc, authorization(&request))?;
         let mut stream = request.into_inner();
         let (mut accepted, mut dead_lettered) = (0u64, 0u64);
         let mut index = 0usize;
@@ -84,7 +84,7 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<Self::WriteAckedStream>, Status> {
-        let caller = self.0.authorize(authorization(&request))?;
+        let caller = self.0.authorize(Source::Grpc, authorization(&request))?;
         let ingest = self.0.clone();
         // Up to ACKED_IN_FLIGHT messages of one stream are written at once; `buffered` answers them in
         // order, and stops reading the stream (backpressure) while that many are pending.

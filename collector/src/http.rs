@@ -103,7 +103,7 @@ async fn write_line_protocol(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let caller = ingest.authorize(authorization(&headers))?;
+    let caller = ingest.authorize(Source::LineProtocol, authorization(&headers))?;
     let precision = match params.precision.as_deref() {
         None => Precision::default(),
         Some(name) => name.parse().map_err(|reason| Error::BadRequest { what: "precision".into(), reason })?,
@@ -130,7 +130,7 @@ async fn write_line_protocol(
 }
 
 async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let caller = ingest.authorize(authorization(&headers))?;
+    let caller = ingest.authorize(Source::RemoteWrite, authorization(&headers))?;
     match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
         None | Some(Ok("snappy")) => {}
         Some(other) => return Err(Error::UnsupportedEncoding(format!("{other:?}"))),
@@ -158,7 +158,7 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
 }
 
 async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let caller = ingest.authorize(authorization(&headers))?;
+    let caller = ingest.authorize(Source::Otlp, authorization(&headers))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !content_type.starts_with("application/x-protobuf") {
         return Err(Error::UnsupportedMediaType(format!("{content_type:?}; OTLP is taken as application/x-protobuf")));
@@ -206,7 +206,7 @@ struct JsonPoint {
 }
 
 async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
-    let caller = ingest.authorize(authorization(&headers))?;
+    let caller = ingest.authorize(Source::Json, authorization(&headers))?;
     let body = read_body(body, &headers, ingest.limits()).await?;
     let batch: JsonBatch =
         serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;

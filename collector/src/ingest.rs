@@ -18,6 +18,7 @@ use crate::auth::{Auth, Caller, Reserved, TENANT_TAG};
 use crate::config::{AcceptPartial, Limits};
 use crate::error::{Error, Result};
 use crate::kafka::PointSink;
+use crate::metrics::IngestMetrics;
 use crate::validate::{Violation, validate_batch};
 
 #[derive(Debug, Clone)]
@@ -26,11 +27,16 @@ pub(crate) struct Ingest {
     partial: AcceptPartial,
     auth: Auth,
     sink: PointSink,
+    metrics: IngestMetrics,
 }
 
 impl Ingest {
     pub(crate) fn new(limits: Limits, partial: AcceptPartial, auth: Auth, sink: PointSink) -> Self {
-        Self { limits: Arc::new(limits), partial, auth, sink }
+        Self { limits: Arc::new(limits), partial, auth, sink, metrics: IngestMetrics::default() }
+    }
+
+    pub(crate) fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
     }
 
     /// Whether `source` accepts the valid points of a batch with invalid ones.
@@ -46,8 +52,8 @@ impl Ingest {
 
     /// The caller presenting `authorization` (an HTTP header's or gRPC metadata's value); checked before
     /// a request's body is read, so a stranger costs nothing more.
-    pub(crate) fn authorize(&self, authorization: Option<&str>) -> Result<Caller> {
-        self.auth.check(authorization)
+    pub(crate) fn authorize(&self, source: Source, authorization: Option<&str>) -> Result<Caller> {
+        self.auth.check(authorization).inspect_err(|err| self.metrics.refused(source, 0, err))
     }
 
     /// Whether writes can be taken now: not while every Kafka broker is down.
@@ -64,6 +70,22 @@ impl Ingest {
     /// source accepts partial batches, dead-lettering the invalid points; takes the points from the
     /// caller's rate; then writes them and returns once Kafka acknowledged all.
     pub(crate) async fn write(
+        &self,
+        caller: &Caller,
+        batch: Batch<'_>,
+        context: impl FnOnce() -> String,
+        annotate: impl Fn(&mut Violation),
+    ) -> Result<Written> {
+        let (source, points) = (batch.source, batch.points.len());
+        let written = self.write_uncounted(caller, batch, context, annotate).await;
+        match &written {
+            Ok(w) => self.metrics.written(source, w.accepted, w.dead_lettered),
+            Err(err) => self.metrics.refused(source, points, err),
+        }
+        written
+    }
+
+    async fn write_uncounted(
         &self,
         caller: &Caller,
         mut batch: Batch<'_>,
@@ -131,6 +153,7 @@ impl Ingest {
 
 /// Where a batch came from, for the partial-acceptance setting of each source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Source {
     Grpc,
     LineProtocol,
@@ -172,8 +195,9 @@ impl Ingest {
     /// Maps an OTLP export to points and writes them; a refusal names each point's metric by its path
     /// in the request. Returns the points accepted and the data points that made none.
     pub(crate) async fn write_otlp(&self, caller: &Caller, request: ExportMetricsServiceRequest) -> Result<(Written, usize)> {
-        let crate::otlp::Mapped { points, origins, ignored } =
-            crate::otlp::map(request).map_err(|violations| Error::Invalid { context: String::new(), violations })?;
+        let crate::otlp::Mapped { points, origins, ignored } = crate::otlp::map(request)
+            .map_err(|violations| Error::Invalid { context: String::new(), violations })
+            .inspect_err(|err| self.metrics.refused(Source::Otlp, 0, err))?;
         let written = self.write(caller, Batch::of(Source::Otlp, points), String::new, |v| {
             if let Some(origin) = v.index.and_then(|i| origins.get(i)) {
                 v.field = format!("{origin}.{}", v.field);

@@ -23,7 +23,7 @@ use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProd
 use rdkafka::{ClientContext, Message as _};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use plumbing::grpc::{Health, ServingStatus};
+use plumbing::ops::Readiness;
 
 use crate::error::{Error, Result};
 
@@ -37,9 +37,14 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Reachability {
     down: Arc<AtomicBool>,
+    pub(crate) stats: plumbing::ops::KafkaStats,
 }
 
 impl ClientContext for Reachability {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.stats.record(statistics);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             if !self.down.swap(true, Ordering::SeqCst) {
@@ -116,24 +121,16 @@ impl PointSink {
     }
 
     /// While every broker is down, asks for metadata every second; the first answer lets writes in
-    /// again. `health` follows: the `services` answer NOT_SERVING while every broker is down. Runs
-    /// until `shutdown`.
-    pub(crate) async fn probe(&self, shutdown: plumbing::Shutdown, health: Health, services: &[&str]) {
+    /// again. `readiness` follows: not ready while every broker is down. Runs until `shutdown`.
+    pub(crate) async fn probe(&self, shutdown: plumbing::Shutdown, readiness: Readiness) {
         let down = &self.reach.down;
-        let mut reported = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(PROBE_EVERY) => {}
             }
             let now = down.load(Ordering::SeqCst);
-            if now != reported {
-                let status = if now { ServingStatus::NotServing } else { ServingStatus::Serving };
-                for service in services {
-                    health.set(service, status).await;
-                }
-                reported = now;
-            }
+            readiness.set(!now);
             if !now {
                 continue;
             }
@@ -225,13 +222,17 @@ impl PointSink {
     }
 
     /// Whether librdkafka reports every broker down (and writes are refused).
+    /// The producer's own statistics, for the metrics.
+    pub(crate) fn kafka_stats(&self) -> plumbing::ops::KafkaStats {
+        self.reach.stats.clone()
+    }
+
     pub(crate) fn is_down(&self) -> bool {
         self.reach.down.load(Ordering::SeqCst)
     }
 
     /// How many points await Kafka's acknowledgement.
-    #[cfg(test)]
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.max_in_flight - self.in_flight.available_permits()
     }
 
@@ -280,35 +281,31 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn health_says_not_serving_while_every_broker_is_down() {
-        use plumbing::grpc::{Listener, ServingStatus};
+    async fn not_ready_while_every_broker_is_down() {
         // The sink's own flag, not the producer's: the test says when every broker is down and when
         // one answers again (librdkafka's report of the first is the test above).
         let sink = unreachable_sink(5, false, 60_000);
-        let health = Listener::standalone_health();
-        // As the listener does for each service when it starts serving.
-        health.set("svc", ServingStatus::Serving).await;
+        let readiness = Readiness::ready();
         let shutdown = plumbing::Shutdown::new();
         let probe = {
-            let (sink, health, shutdown) = (sink.clone(), health.clone(), shutdown.clone());
-            tokio::spawn(async move { sink.probe(shutdown, health, &["", "svc"]).await })
+            let (sink, readiness, shutdown) = (sink.clone(), readiness.clone(), shutdown.clone());
+            tokio::spawn(async move { sink.probe(shutdown, readiness).await })
         };
-        let until = |want: ServingStatus| {
-            let health = health.clone();
+        let until = |want: bool| {
+            let readiness = readiness.clone();
             async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while health.status("svc").await != Some(want) || health.status("").await != Some(want) {
-                    assert!(tokio::time::Instant::now() < deadline, "health never became {want:?}");
+                while readiness.is_ready() != want {
+                    assert!(tokio::time::Instant::now() < deadline, "readiness never became {want}");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         };
-        until(ServingStatus::Serving).await;
         sink.reach.down.store(true, Ordering::SeqCst);
-        until(ServingStatus::NotServing).await;
+        until(false).await;
         // As when the probe's metadata request is answered again.
         sink.reach.down.store(false, Ordering::SeqCst);
-        until(ServingStatus::Serving).await;
+        until(true).await;
         shutdown.cancel();
         probe.await.unwrap();
     }

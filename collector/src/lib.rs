@@ -10,6 +10,7 @@ mod http;
 mod ingest;
 mod kafka;
 pub mod lineproto;
+mod metrics;
 pub mod otlp;
 pub mod promwrite;
 mod tls;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
+use plumbing::ops::{OpsListener, Readiness, Registry};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
 use proto::tonic::server::NamedService;
 use proto::v1::ingest_service_server::IngestServiceServer;
@@ -42,6 +44,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct App {
     listener: Listener,
     http: http::HttpListener,
+    ops: OpsListener,
     tls: Option<tls::Tls>,
     ingest: Ingest,
     sink: PointSink,
@@ -56,13 +59,15 @@ impl App {
         let max_in_flight = settings.limits.max_in_flight_points;
         // The in-flight bound is what refuses a write, never librdkafka's queue.
         let reach = kafka::Reachability::default();
-        let producer = settings.kafka.producer_holding("runnel-collector", max_in_flight).create_with_context(reach.clone())?;
+        let producer = plumbing::kafka::with_statistics(&mut settings.kafka.producer_holding("runnel-collector", max_in_flight))
+            .create_with_context(reach.clone())?;
         let sink = PointSink::new(producer, reach, settings.topics.points.name.clone(), settings.topics.deadletter.name.clone(), max_in_flight);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
+        let ops = OpsListener::bind(settings.ops.listen).await.map_err(Error::OpsBind)?;
         let auth = auth::Auth::new(&settings.auth.tokens);
         warn_if_exposed(&settings, tls.as_ref());
-        Ok(Self { listener, http, tls, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone()), sink })
+        Ok(Self { listener, http, ops, tls, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone()), sink })
     }
 
     /// The gRPC address actually bound.
@@ -75,6 +80,11 @@ impl App {
         self.http.local_addr()
     }
 
+    /// The address of `/livez`, `/readyz` and `/metrics`.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr()
+    }
+
     /// Serves until `shutdown`; then finishes in-flight calls and flushes the producer.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         let mut server = proto::tonic::transport::Server::builder();
@@ -84,16 +94,19 @@ impl App {
         let router = server
             .add_service(IngestServiceServer::new(grpc::IngestGrpc(self.ingest.clone())))
             .add_service(MetricsServiceServer::new(grpc::OtlpGrpc(self.ingest.clone())));
-        // The health service answers for the server ("") and both services; the sink's probe turns
-        // them NOT_SERVING while every broker is down, when every write would be refused.
-        let health = self.listener.health();
+        // Ready once built (the topics exist and the producer is connected); the sink's probe makes it
+        // not ready while every broker is down, when every write would be refused.
+        let readiness = Readiness::ready();
         let services = [INGEST_SERVICE, <MetricsServiceServer<grpc::OtlpGrpc> as NamedService>::NAME];
-        let reported = ["", services[0], services[1]];
-        // Either server failing stops the other, then the collector.
+        let mut registry = Registry::default();
+        let sink = self.sink.clone();
+        self.ingest.metrics().register(&mut registry, move || sink.in_flight());
+        registry.register_collector(Box::new(self.sink.kafka_stats()));
+        // Any server failing stops the others, then the collector.
         let stop = shutdown.child_token();
-        let (grpc, http, ()) = tokio::join!(
+        let (grpc, http, ops, ()) = tokio::join!(
             async {
-                let served = self.listener.serve(router, &services, std::future::ready(()), stop.clone()).await;
+                let served = self.listener.serve(router, &services, readiness.clone(), stop.clone()).await;
                 stop.cancel();
                 served
             },
@@ -102,10 +115,16 @@ impl App {
                 stop.cancel();
                 served
             },
-            self.sink.probe(stop.clone(), health, &reported),
+            async {
+                let served = self.ops.serve(registry, readiness.clone(), stop.clone()).await;
+                stop.cancel();
+                served
+            },
+            self.sink.probe(stop.clone(), readiness.clone()),
         );
         grpc?;
         http.map_err(Error::HttpServe)?;
+        ops.map_err(Error::OpsServe)?;
         self.sink.flush(FLUSH_TIMEOUT)?;
         tracing::info!("collector stopped");
         Ok(())

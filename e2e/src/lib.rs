@@ -47,6 +47,7 @@ pub fn analyzer_settings(rules: &str) -> (analyzer::Settings, std::path::PathBuf
         ..Default::default()
     };
     s.grpc.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    s.ops.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     s.topics.aggregates = topic("e2e-aggregates", 1);
     s.topics.alerts = topic("e2e-alerts", 1);
     s.topics.changelog = topic("e2e-analyzer-changelog", 1);

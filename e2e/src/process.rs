@@ -54,6 +54,8 @@ impl Service {
                 command.env_remove(key.as_ref());
             }
         }
+        // Every service's ops listener on a free port, so that instances side by side never collide.
+        command.env(format!("RUNNEL_{}__OPS__LISTEN", name.to_uppercase()), "127.0.0.1:0");
         command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
         Self { name, child, log }

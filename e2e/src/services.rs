@@ -19,6 +19,7 @@ pub fn store_settings(topics: &Topics, group: &str, path: &Path) -> store::Setti
     let mut s = store::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.group_id = group.to_owned();
     s.topics.points = topics.points.clone();
     s.topics.aggregates = topics.aggregates.clone();
@@ -42,6 +43,7 @@ pub async fn start_store(
 /// The settings of a processor in consumer group `group`, with the oracle's window and lateness.
 pub fn processor_settings(topics: &Topics, group: &str) -> processor::Settings {
     let mut s = processor::Settings::default();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.kafka = kafka();
     s.group_id = group.to_owned();
     s.transactional_id = crate::unique("e2e-processor");
@@ -117,6 +119,7 @@ pub async fn start_collector(topics: &Topics) -> (SocketAddr, Running<collector:
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = topics.points.clone();
     let app = collector::App::build(s).await.expect("collector starts");

@@ -280,6 +280,7 @@ async fn a_broker_outage_under_the_collector_loses_and_duplicates_nothing() {
     let mut settings = collector::Settings::default();
     settings.kafka = cluster.kafka();
     settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    settings.ops.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.topics.points = plumbing::kafka::TopicSettings { name: unique("e2e-outage-points"), partitions: 3, replication_factor: 3 };
     // Room for 5 batches awaiting Kafka, fewer than the 8 clients: while Kafka stalls, some are refused.

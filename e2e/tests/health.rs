@@ -74,6 +74,7 @@ async fn every_grpc_server_answers_health_checks_and_reflection() {
     let mut settings = collector::Settings::default();
     settings.kafka = e2e::kafka();
     settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    settings.ops.listen = "127.0.0.1:0".parse().unwrap();
     settings.http.listen = "127.0.0.1:0".parse().unwrap();
     settings.topics.points = topics.points.clone();
     let app = collector::App::build(settings).await.unwrap();

@@ -33,6 +33,7 @@ fn settings(points: plumbing::kafka::TopicSettings) -> collector::Settings {
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = points;
     s.limits.max_batch_points = 4;

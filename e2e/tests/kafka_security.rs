@@ -47,6 +47,7 @@ fn settings(options: &[(&str, &str)]) -> collector::Settings {
     s.kafka.brokers = brokers;
     s.kafka.options = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = topic("sasl-points", 2);
     s.topics.deadletter = topic("sasl-deadletter", 1);

@@ -34,6 +34,7 @@ async fn points_become_exact_aggregates_forecasts_and_alerts() {
     let mut als = analyzer::Settings::default();
     als.kafka = kafka();
     als.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    als.ops.listen = "127.0.0.1:0".parse().unwrap();
     als.group_id = unique("e2e-analyzer");
     als.topics.aggregates = topics.aggregates.clone();
     als.topics.alerts = topics.alerts.clone();

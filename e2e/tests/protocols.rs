@@ -38,6 +38,7 @@ fn settings(points: plumbing::kafka::TopicSettings) -> collector::Settings {
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = points;
     s
@@ -476,6 +477,7 @@ async fn a_source_that_accepts_partial_batches_dead_letters_each_bad_point_with_
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = points_topic;
     s.topics.deadletter = deadletter;

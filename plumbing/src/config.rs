@@ -50,11 +50,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// What every service's settings offer: a check of every value after loading, and the telemetry part.
+/// What every service's settings offer: a check of every value after loading, and the telemetry and
+/// operations parts.
 pub trait ServiceSettings: DeserializeOwned + Serialize + Default {
     /// Every invalid value, each naming its key.
     fn validate(&self) -> Vec<FieldError>;
     fn telemetry(&self) -> &crate::telemetry::TelemetrySettings;
+    fn ops(&self) -> &crate::ops::OpsSettings;
 }
 
 /// Loads the settings of `service` (e.g. `"collector"`): the struct's `Default`, then `file` if given,

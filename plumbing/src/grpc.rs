@@ -3,7 +3,6 @@
 //! health checking protocol (`grpc.health.v1.Health`, for load balancers and orchestrators) and server
 //! reflection (v1 and v1alpha, so that `grpcurl` needs no `.proto` files).
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -13,6 +12,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::Shutdown;
+use crate::ops::Readiness;
 
 /// A bound, not yet serving, gRPC listener.
 pub struct Listener {
@@ -83,14 +83,14 @@ impl Listener {
 
     /// Serves `router`, which holds the gRPC services named `services`, until `shutdown` is cancelled,
     /// then stops accepting and waits for in-flight calls. The health service reports the server as
-    /// a whole and each of `services` NOT_SERVING until `ready` completes, then SERVING until told
-    /// otherwise through [`Listener::health`] (a service that is ready at once passes
-    /// `std::future::ready(())`); reflection lists them (and describes those of Runnel's contract).
+    /// a whole and each of `services` SERVING while `readiness` says ready and NOT_SERVING otherwise
+    /// (so not before the service is first ready); reflection lists them (and describes those of
+    /// Runnel's contract).
     pub async fn serve(
         self,
         router: proto::tonic::transport::server::Router,
         services: &[&str],
-        ready: impl Future<Output = ()>,
+        readiness: Readiness,
         shutdown: Shutdown,
     ) -> Result<(), proto::tonic::transport::Error> {
         tracing::info!(addr = %self.addr, "grpc serving");
@@ -113,17 +113,23 @@ impl Listener {
             .add_service(v1)
             .add_service(v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown.cancelled_owned());
-        let becoming_ready = async {
-            ready.await;
-            for name in &names {
-                health.set_service_status(name, ServingStatus::Serving).await;
+        let following = async {
+            let mut changes = readiness.watch();
+            while changes.changed().await.is_ok() {
+                let ready = *changes.borrow_and_update();
+                let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+                for name in &names {
+                    health.set_service_status(name, status).await;
+                }
+                tracing::info!(ready, "readiness");
             }
-            tracing::info!("ready");
+            // The readiness was dropped: what it said last stays.
+            std::future::pending::<()>().await;
         };
         tokio::pin!(serving);
         tokio::select! {
             served = &mut serving => served,
-            () = becoming_ready => serving.await,
+            () = following => serving.await,
         }
     }
 }
@@ -150,15 +156,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn health_is_not_serving_until_ready() {
+    async fn health_follows_readiness() {
         let listener = Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let url = format!("http://{}", listener.local_addr());
-        let (ready, readied) = tokio::sync::oneshot::channel::<()>();
+        let readiness = Readiness::default();
         let shutdown = Shutdown::new();
         let router = proto::tonic::transport::Server::builder().add_routes(proto::tonic::service::Routes::default());
         let serving = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { listener.serve(router, &["test.Service"], async { readied.await.unwrap_or(()) }, shutdown).await }
+            let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+            async move { listener.serve(router, &["test.Service"], readiness, shutdown).await }
         });
         let status = |service: &'static str| {
             let url = url.clone();
@@ -176,8 +182,10 @@ mod tests {
             }
         };
         until(Answer::NotServing).await;
-        ready.send(()).unwrap();
+        readiness.set(true);
         until(Answer::Serving).await;
+        readiness.set(false);
+        until(Answer::NotServing).await;
         shutdown.cancel();
         serving.await.unwrap().unwrap();
     }

@@ -319,3 +319,9 @@ pub async fn await_deliveries(
     }
     Ok(())
 }
+
+/// Turns on librdkafka's statistics for the client `config` creates, every
+/// [`crate::ops::KAFKA_STATISTICS_INTERVAL`].
+pub fn with_statistics(config: &mut rdkafka::ClientConfig) -> &mut rdkafka::ClientConfig {
+    config.set("statistics.interval.ms", crate::ops::KAFKA_STATISTICS_INTERVAL.as_millis().to_string())
+}

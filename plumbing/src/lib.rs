@@ -7,6 +7,8 @@
 //! - [`kafka`]: the one place where Kafka client settings become an `rdkafka::ClientConfig`, with the
 //!   safety rules for producers and consumers, and topic creation through the admin API;
 //! - [`grpc`]: binding a listener and serving a tonic router until shutdown;
+//! - [`ops`]: the HTTP listener for liveness, readiness and Prometheus metrics, the readiness that
+//!   gRPC health follows, the metrics every service has, and the drain deadline of a stop;
 //! - [`shutdown`]: the cancellation signal that SIGTERM and SIGINT raise;
 //! - [`service`]: the common body of every service binary (arguments, settings, exit codes);
 //! - [`txn`]: the exactly-once output, a transactional producer with a deadline on every call, which
@@ -18,6 +20,7 @@ pub mod changelog;
 pub mod config;
 pub mod grpc;
 pub mod kafka;
+pub mod ops;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

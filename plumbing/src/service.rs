@@ -1,5 +1,5 @@
 //! The common body of every service binary: parse arguments, load settings (exit code 64 naming the bad
-//! key), start telemetry, run the service until SIGTERM, exit 0 on a clean stop and 1 on a failure.
+//! key), start telemetry, run the service until SIGTERM and give it the drain timeout to stop, exit 0 on a clean stop and 1 on a failure.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -60,7 +60,8 @@ where
     let result = runtime.block_on(async move {
         let _telemetry = crate::telemetry::init(name, settings.telemetry())?;
         let shutdown = crate::shutdown::on_signal()?;
-        serve(settings, shutdown).await
+        let drain_timeout = settings.ops().drain_timeout;
+        crate::ops::drain_within(serve(settings, shutdown.clone()), &shutdown, drain_timeout).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
 use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
+use plumbing::ops::OpsSettings;
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,8 @@ pub struct Settings {
     pub transaction_timeout: Duration,
     pub changelog: Changelog,
     pub telemetry: TelemetrySettings,
+    /// The operations listener (`/livez`, `/readyz`, `/metrics`) and the drain deadline of a stop.
+    pub ops: OpsSettings,
 }
 
 /// The changelog topic `<group_id>.changelog`, where every open window is checkpointed in the same
@@ -170,6 +173,7 @@ impl Default for Settings {
             transaction_timeout: Duration::from_secs(10),
             changelog: Changelog { replication_factor: 1, segment_bytes: 16 * 1024 * 1024, restore_timeout: Duration::from_secs(120) },
             telemetry: TelemetrySettings::default(),
+            ops: OpsSettings::on_port(9465),
         }
     }
 }
@@ -236,6 +240,7 @@ impl ServiceSettings for Settings {
         errors.extend(self.topics.deadletter.validate("topics.deadletter"));
         check(&mut errors, !self.windows.idle_timeout.is_zero(), "windows.idle_timeout", "must be positive");
         errors.extend(self.telemetry.validate("telemetry"));
+        errors.extend(self.ops.validate("ops"));
         let legal = !self.group_id.is_empty()
             && self.group_id.len() <= 200
             && self.group_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -312,5 +317,9 @@ impl ServiceSettings for Settings {
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    fn ops(&self) -> &OpsSettings {
+        &self.ops
     }
 }

@@ -22,6 +22,10 @@ pub enum Error {
     Config(String),
     #[error("processor task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("ops listener: {0}")]
+    OpsBind(std::io::Error),
+    #[error("ops server: {0}")]
+    OpsServe(std::io::Error),
 }
 
 impl Error {

@@ -35,6 +35,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::aggregate::SketchSpec;
 use crate::error::{Error, Result};
+use plumbing::ops::{KafkaStats, Seconds};
 use plumbing::txn::{Failed, ProducerHealth, Transactions, settled};
 use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, WindowRules};
 
@@ -71,6 +72,8 @@ pub struct Stats {
     pub restored_windows: AtomicU64,
     /// Wall-clock time spent committing (changelog writes, flush, offsets, commit), in microseconds.
     pub commit_micros: AtomicU64,
+    /// Assignments taken over and restored (an empty one counts): the first makes the processor ready.
+    pub assignments: AtomicU64,
 }
 
 impl Stats {
@@ -179,6 +182,11 @@ pub(crate) struct Shared {
     /// Set by a rebalance callback that could not restore its partitions; the loop then stops the
     /// service (a restart retries) instead of processing them without their checkpoint.
     broken: Mutex<Option<Error>>,
+    /// When each aggregate not yet committed was sent: its window's close-to-commit latency is
+    /// observed when the commit succeeds (dropped with a transaction that did not).
+    emitted_at: Mutex<Vec<Instant>>,
+    pub(crate) close_to_commit: Seconds,
+    pub(crate) kafka_stats: KafkaStats,
 }
 
 impl std::fmt::Debug for Shared {
@@ -246,7 +254,18 @@ impl Shared {
             arrivals: Mutex::default(),
             poisoned: AtomicBool::new(false),
             broken: Mutex::default(),
+            emitted_at: Mutex::default(),
+            close_to_commit: Seconds::default(),
+            kafka_stats: KafkaStats::default(),
         }
+    }
+
+    /// Each owned partition's watermark (event time, in nanoseconds), once it has one.
+    pub(crate) fn watermarks(&self) -> Vec<(i32, i64)> {
+        let partitions = lock(&self.partitions);
+        let mut watermarks: Vec<(i32, i64)> = partitions.iter().filter_map(|(p, w)| Some((*p, w.watermark()?))).collect();
+        watermarks.sort_unstable();
+        watermarks
     }
 
     /// Sends every owned partition's changelog changes since the last call; returns their deliveries.
@@ -406,6 +425,13 @@ impl Shared {
         if let Err(CommitError::Fatal(_)) = &committed {
             self.poisoned.store(true, Ordering::SeqCst);
         }
+        let emitted = std::mem::take(&mut *lock(&self.emitted_at));
+        if committed.is_ok() {
+            let now = Instant::now();
+            for at in emitted {
+                self.close_to_commit.observe(now.duration_since(at));
+            }
+        }
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.stats.commit_micros.fetch_add(micros, Ordering::Relaxed);
         committed
@@ -465,7 +491,11 @@ pub(crate) struct RebalanceContext {
     pub(crate) shared: Arc<Shared>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.shared.kafka_stats.record(statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -503,9 +533,14 @@ impl ConsumerContext for RebalanceContext {
         let Rebalance::Assign(tpl) = rebalance else { return };
         // The assignment itself positions each partition at its committed offset; only the windows need
         // rebuilding.
-        if let Err(err) = self.shared.restore(consumer, tpl) {
-            tracing::error!(error = %err, "partitions could not be restored; stopping");
-            *lock(&self.shared.broken) = Some(err);
+        match self.shared.restore(consumer, tpl) {
+            Ok(_) => {
+                self.shared.stats.assignments.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "partitions could not be restored; stopping");
+                *lock(&self.shared.broken) = Some(err);
+            }
         }
     }
 }
@@ -536,7 +571,7 @@ enum Out {
 const MAX_TIMESTAMP_NS: i64 = i64::MAX / 2;
 
 /// Wall-clock time in nanoseconds since the epoch.
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
 }
@@ -786,7 +821,10 @@ impl Pipeline {
             match sent {
                 Ok(()) => {
                     let counter = match out {
-                        Out::Aggregate(_) => &self.shared.stats.windows_emitted,
+                        Out::Aggregate(_) => {
+                            lock(&self.shared.emitted_at).push(Instant::now());
+                            &self.shared.stats.windows_emitted
+                        }
                         Out::Dead(_) => &self.shared.stats.dead_letters,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
@@ -833,6 +871,8 @@ impl Pipeline {
     fn rewind(&self) -> Result<()> {
         let owned = self.consumer.assignment()?;
         lock(&self.shared.partitions).clear();
+        // Those aggregates are produced again by the replay; their first sending never became visible.
+        lock(&self.shared.emitted_at).clear();
         let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned))?;
         if positions.count() > 0 {
             // seek_partitions reports each partition's failure inside the list it returns.

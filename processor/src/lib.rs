@@ -7,12 +7,14 @@ pub mod aggregate;
 pub mod config;
 pub mod error;
 mod kafka;
+mod metrics;
 pub mod deadletter;
 pub mod window;
 
 use std::sync::Arc;
 
 use plumbing::Shutdown;
+use plumbing::ops::{OpsListener, Readiness, Registry};
 
 pub use crate::config::{Delivery, Settings, WindowDef, WindowRule};
 pub use crate::error::{Error, Result};
@@ -24,14 +26,16 @@ use plumbing::txn::{ProducerHealth, Transactions};
 #[derive(Debug)]
 pub struct App {
     pipeline: Pipeline,
+    ops: OpsListener,
 }
 
 impl App {
     /// Creates the topics if needed and connects the consumer and the producer.
     pub async fn build(settings: Settings) -> Result<Self> {
         let changelog_topic = settings.changelog_topic();
-        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, changelog, .. } =
+        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, changelog, ops, .. } =
             settings;
+        let ops = OpsListener::bind(ops.listen).await.map_err(Error::OpsBind)?;
         kafka.ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await?;
         // One changelog partition per points partition, compacted: it holds the open windows, not history.
         let changelog_settings = plumbing::kafka::TopicSettings {
@@ -80,10 +84,14 @@ impl App {
         changelog_reader.set("enable.partition.eof", "true");
         let timeout = transaction_timeout.max(kafka.request_timeout);
         let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout, changelog.restore_timeout));
-        let consumer = kafka
-            .consumer("runnel-processor", &group_id)
+        let consumer = plumbing::kafka::with_statistics(&mut kafka.consumer("runnel-processor", &group_id))
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;
-        Ok(Self { pipeline: Pipeline::new(consumer, shared, commit_interval) })
+        Ok(Self { pipeline: Pipeline::new(consumer, shared, commit_interval), ops })
+    }
+
+    /// The address of `/livez`, `/readyz` and `/metrics`.
+    pub fn ops_addr(&self) -> std::net::SocketAddr {
+        self.ops.local_addr()
     }
 
     /// Counters of what the processor has done.
@@ -91,8 +99,40 @@ impl App {
         Arc::clone(&self.pipeline.shared.stats)
     }
 
-    /// Consumes until `shutdown`, then commits what is durable and leaves the group.
+    /// Consumes until `shutdown`, then commits what is durable and leaves the group. Ready once its
+    /// first assignment (an empty one counts) is restored.
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
-        self.pipeline.run(shutdown).await
+        let readiness = Readiness::default();
+        let mut registry = Registry::default();
+        metrics::register(&mut registry, &self.pipeline.shared);
+        let stats = self.stats();
+        let becoming_ready = {
+            let readiness = readiness.clone();
+            async move {
+                while stats.assignments.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                readiness.set(true);
+                tracing::info!("ready");
+            }
+        };
+        // The ops server stops with the pipeline, whatever stopped that.
+        let stop = shutdown.child_token();
+        let (processed, served, ()) = tokio::join!(
+            async {
+                let processed = self.pipeline.run(shutdown.clone()).await;
+                stop.cancel();
+                processed
+            },
+            self.ops.serve(registry, readiness, stop.clone()),
+            async {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = becoming_ready => {}
+                }
+            },
+        );
+        processed?;
+        served.map_err(Error::OpsServe)
     }
 }

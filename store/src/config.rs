@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
 use plumbing::kafka::{KafkaSettings, TopicSettings, topics};
+use plumbing::ops::OpsSettings;
 use plumbing::telemetry::TelemetrySettings;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,8 @@ pub struct Settings {
     pub storage: Storage,
     pub query: QueryLimits,
     pub telemetry: TelemetrySettings,
+    /// The operations listener (`/livez`, `/readyz`, `/metrics`) and the drain deadline of a stop.
+    pub ops: OpsSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +206,7 @@ impl Default for Settings {
                 timeout: Duration::from_secs(30),
             },
             telemetry: TelemetrySettings::default(),
+            ops: OpsSettings::on_port(9466),
         }
     }
 }
@@ -214,6 +218,7 @@ impl ServiceSettings for Settings {
             errors.extend(self.topics.of(kind).validate(&format!("topics.{}", kind.name())));
         }
         errors.extend(self.telemetry.validate("telemetry"));
+        errors.extend(self.ops.validate("ops"));
         check(&mut errors, !self.group_id.is_empty(), "group_id", "must not be empty");
         let names: std::collections::HashSet<&str> = Kind::ALL.iter().map(|k| self.topics.of(*k).name.as_str()).collect();
         check(&mut errors, names.len() == Kind::ALL.len(), "topics", "points, aggregates and alerts must each have a topic of their own");
@@ -253,6 +258,10 @@ impl ServiceSettings for Settings {
 
     fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    fn ops(&self) -> &OpsSettings {
+        &self.ops
     }
 }
 

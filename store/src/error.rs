@@ -32,6 +32,9 @@ pub enum Error {
     Executor(std::io::Error),
     #[error("grpc listener: {0}")]
     Bind(std::io::Error),
+    /// The ops listener (`/livez`, `/readyz`, `/metrics`) could not bind or serve.
+    #[error("ops listener: {0}")]
+    Ops(std::io::Error),
     #[error("grpc server: {0}")]
     Serve(#[from] proto::tonic::transport::Error),
     #[error("storage task failed: {0}")]

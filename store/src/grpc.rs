@@ -2,6 +2,9 @@
 //! on a blocking thread, within the configured limits.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use plumbing::ops::Seconds;
 
 use proto::tonic::{Request, Response, Status};
 use proto::v1::query_service_server::QueryService;
@@ -28,11 +31,43 @@ pub(crate) struct Query {
     tables: sql::Tables,
     limits: QueryLimits,
     executor: Arc<sql::Executor>,
+    metrics: Arc<QueryMetrics>,
+}
+
+/// How long each query method took, answered or refused; an SQL query's time runs until its last
+/// batch was handed to the caller.
+#[derive(Debug, Default)]
+pub(crate) struct QueryMetrics {
+    pub(crate) range: Seconds,
+    pub(crate) latest: Seconds,
+    pub(crate) list_series: Seconds,
+    pub(crate) sql: Seconds,
+}
+
+impl QueryMetrics {
+    pub(crate) fn by_method(&self) -> [(&'static str, &Seconds); 4] {
+        [("Range", &self.range), ("Latest", &self.latest), ("ListSeries", &self.list_series), ("Sql", &self.sql)]
+    }
+}
+
+/// Observes the time from its creation until it drops into `histogram`, however the call ends.
+struct Timed<'a>(&'a Seconds, Instant);
+
+impl<'a> Timed<'a> {
+    fn start(histogram: &'a Seconds) -> Self {
+        Self(histogram, Instant::now())
+    }
+}
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.0.observe(self.1.elapsed());
+    }
 }
 
 impl Query {
-    pub(crate) fn new(tables: sql::Tables, limits: QueryLimits, executor: Arc<sql::Executor>) -> Self {
-        Self { table: Arc::clone(&tables.aggregates), tables, limits, executor }
+    pub(crate) fn new(tables: sql::Tables, limits: QueryLimits, executor: Arc<sql::Executor>, metrics: Arc<QueryMetrics>) -> Self {
+        Self { table: Arc::clone(&tables.aggregates), tables, limits, executor, metrics }
     }
 
     /// Reads the records of `[from_ns, to_ns)` and computes `answer` from them, within the query time.
@@ -171,6 +206,7 @@ impl RangeQuery {
 #[proto::tonic::async_trait]
 impl QueryService for Query {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let _timed = Timed::start(&self.metrics.range);
         let query = RangeQuery::parse(request.into_inner(), &self.limits)?;
         let limits = self.limits.clone();
         let (start, end) = (query.start_ns, query.end_ns);
@@ -180,6 +216,7 @@ impl QueryService for Query {
     }
 
     async fn latest(&self, request: Request<LatestRequest>) -> Result<Response<LatestResponse>, Status> {
+        let _timed = Timed::start(&self.metrics.latest);
         let selector = selector(request.into_inner().selector, true)?;
         let max_series = self.limits.max_series;
         let series = self
@@ -208,6 +245,7 @@ impl QueryService for Query {
     }
 
     async fn list_series(&self, request: Request<ListSeriesRequest>) -> Result<Response<ListSeriesResponse>, Status> {
+        let _timed = Timed::start(&self.metrics.list_series);
         let request = request.into_inner();
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -243,7 +281,7 @@ impl QueryService for Query {
         if query.trim().is_empty() {
             return Err(Error::invalid("query", "must not be empty").into());
         }
-        let (limits, tables) = (self.limits.clone(), self.tables.clone());
+        let (limits, tables, metrics) = (self.limits.clone(), self.tables.clone(), Arc::clone(&self.metrics));
         let timeout = limits.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let (planned_tx, planned) = tokio::sync::oneshot::channel::<Result<()>>();
@@ -251,6 +289,7 @@ impl QueryService for Query {
         // The query runs on the SQL executor; this side keeps the deadline, which a query busy with
         // its CPU could not keep itself.
         let task = self.executor.spawn(async move {
+            let _timed = Timed::start(&metrics.sql);
             let planned = async { sql::plan(&sql::session(&tables, limits.sql_memory_bytes)?, &query).await }.await;
             let batches = match planned {
                 Ok(batches) => batches,

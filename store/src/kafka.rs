@@ -46,6 +46,10 @@ pub struct Stats {
     pub takeovers: AtomicU64,
     /// Messages that are not a record of their topic's kind (skipped).
     pub malformed: AtomicU64,
+    /// Assignments taken (an empty one counts): the first of every kind makes the store ready.
+    pub assignments: AtomicU64,
+    /// How long each segment took to encode, write and list.
+    pub flush_seconds: plumbing::ops::Seconds,
 }
 
 /// Takes partitions over as they are assigned, and drops the memory of those revoked.
@@ -56,9 +60,14 @@ pub(crate) struct IngestContext {
     pub(crate) delete_grace: Duration,
     /// Runs the take-over's object store reads from the thread that polls (where rebalances run).
     pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) kafka_stats: plumbing::ops::KafkaStats,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.kafka_stats.record(statistics);
+    }
+}
 
 impl ConsumerContext for IngestContext {
     /// librdkafka's rebalance, with each assigned partition taken over first and assigned at its
@@ -82,7 +91,9 @@ impl ConsumerContext for IngestContext {
                         }
                     }
                 }
-                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                self.stats.assignments.fetch_add(1, Ordering::SeqCst);
+                assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.hand_over(consumer, tpl.elements_for_topic(&self.table.topic).iter().map(|e| e.partition()));
@@ -432,6 +443,7 @@ impl Flusher {
     async fn write_segment(&self, work: Work) -> Result<()> {
         let table = &self.table;
         let Work { partition, generation, rows, first, cut } = work;
+        let started = Instant::now();
         let (record, name) = (table.record, segment_name(&table.kind, &table.topic, partition, first, cut));
         let (bytes, meta) =
             tokio::task::spawn_blocking(move || encode_segment(&concat(record, &rows)?, record.time_column(), name, first, cut)).await??;
@@ -463,6 +475,7 @@ impl Flusher {
         }
         self.stats.rows.fetch_add(row_count, Ordering::Relaxed);
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        self.stats.flush_seconds.observe(started.elapsed());
         Ok(())
     }
 }

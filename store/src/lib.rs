@@ -9,6 +9,7 @@ pub mod error;
 mod grpc;
 mod kafka;
 mod maintain;
+mod metrics;
 pub mod manifest;
 pub mod objects;
 pub mod range;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use plumbing::Shutdown;
 use plumbing::grpc::Listener;
+use plumbing::ops::{KafkaStats, OpsListener, Readiness};
 use proto::v1::query_service_server::QueryServiceServer;
 
 pub use crate::config::Settings;
@@ -44,6 +46,8 @@ pub fn tier_name(base: &str, step: std::time::Duration) -> String {
 #[derive(Debug)]
 pub struct App {
     listener: Listener,
+    ops: OpsListener,
+    kafka_stats: KafkaStats,
     /// One per kind, in the order of `Kind::ALL`.
     ingests: Vec<kafka::Ingest>,
     query: config::QueryLimits,
@@ -52,7 +56,8 @@ pub struct App {
 impl App {
     /// Opens the object store, creates the topics if needed, connects a consumer per table and binds.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { grpc, kafka, group_id, topics, storage, query, .. } = settings;
+        let Settings { grpc, kafka, group_id, topics, storage, query, ops, .. } = settings;
+        let kafka_stats = KafkaStats::default();
         let objects = Objects::open(&storage)?;
         kafka.ensure_topics(&Kind::ALL.map(|kind| topics.of(kind))).await?;
         let mut ingests = Vec::with_capacity(Kind::ALL.len());
@@ -74,9 +79,10 @@ impl App {
                 stats: Arc::clone(&stats),
                 delete_grace: maintenance.delete_grace,
                 runtime: tokio::runtime::Handle::current(),
+                kafka_stats: kafka_stats.clone(),
             };
             let group = format!("{group_id}.{}", kind.name());
-            let consumer = kafka.consumer("runnel-store", &group).create_with_context(context)?;
+            let consumer = plumbing::kafka::with_statistics(&mut kafka.consumer("runnel-store", &group)).create_with_context(context)?;
             ingests.push(kafka::Ingest {
                 consumer: Arc::new(consumer),
                 table,
@@ -88,7 +94,13 @@ impl App {
             });
         }
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
-        Ok(Self { listener, ingests, query })
+        let ops = OpsListener::bind(ops.listen).await.map_err(Error::Ops)?;
+        Ok(Self { listener, ops, kafka_stats, ingests, query })
+    }
+
+    /// The address of `/livez`, `/readyz` and `/metrics`.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops.local_addr()
     }
 
     /// The gRPC address actually bound.
@@ -118,9 +130,27 @@ impl App {
         let executor = Arc::new(sql::Executor::new(self.query.sql_threads).map_err(Error::Executor)?);
         let table = |kind| Arc::clone(&self.ingest(kind).table);
         let tables = sql::Tables { points: table(Kind::Points), aggregates: table(Kind::Aggregates), alerts: table(Kind::Alerts) };
-        let query = grpc::Query::new(tables, self.query, executor);
+        let query_metrics = Arc::<grpc::QueryMetrics>::default();
+        let query = grpc::Query::new(tables, self.query, executor, Arc::clone(&query_metrics));
         let router = proto::tonic::transport::Server::builder().add_service(QueryServiceServer::new(query));
-        let serving = self.listener.serve(router, &[<QueryServiceServer<grpc::Query> as proto::tonic::server::NamedService>::NAME], std::future::ready(()), shutdown.clone());
+        // Ready once every kind's consumer has taken its first assignment (an empty one counts) and
+        // positioned each partition at its manifest's end.
+        let readiness = Readiness::default();
+        let stats: Vec<Arc<Stats>> = self.ingests.iter().map(|ingest| Arc::clone(&ingest.stats)).collect();
+        let becoming_ready = {
+            let (readiness, stats) = (readiness.clone(), stats.clone());
+            async move {
+                while stats.iter().any(|s| s.assignments.load(std::sync::atomic::Ordering::SeqCst) == 0) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                readiness.set(true);
+            }
+        };
+        let mut registry = plumbing::ops::Registry::default();
+        let upkeeps: Vec<Arc<Upkeep>> = self.ingests.iter().map(|ingest| Arc::clone(&ingest.upkeep)).collect();
+        metrics::register(&mut registry, stats, upkeeps, query_metrics, self.kafka_stats);
+        let ops = self.ops.serve(registry, readiness.clone(), shutdown.clone());
+        let serving = self.listener.serve(router, &[<QueryServiceServer<grpc::Query> as proto::tonic::server::NamedService>::NAME], readiness, shutdown.clone());
         // Any part failing stops the others, so a store never serves stale data while ingest is dead.
         let ingests = self.ingests.into_iter().map(|ingest| {
             let shutdown = shutdown.clone();
@@ -130,15 +160,27 @@ impl App {
                 result
             }
         });
-        let (served, ingested) = tokio::join!(
+        let (served, ops_served, ingested, ()) = tokio::join!(
             async {
                 let result = serving.await;
                 shutdown.cancel();
                 result
             },
-            futures::future::join_all(ingests)
+            async {
+                let result = ops.await;
+                shutdown.cancel();
+                result
+            },
+            futures::future::join_all(ingests),
+            async {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = becoming_ready => {}
+                }
+            },
         );
         served?;
+        ops_served.map_err(Error::Ops)?;
         ingested.into_iter().collect::<Result<Vec<()>>>().map(drop)
     }
 }

@@ -61,10 +61,13 @@ pub struct Upkeep {
     pub deleted: AtomicU64,
     /// Upkeep runs that failed (retried at the next).
     pub errors: AtomicU64,
+    /// How long each round of upkeep (roll-ups, compaction, expiry, deletes) took.
+    pub round_seconds: plumbing::ops::Seconds,
 }
 
 /// One round of upkeep over every owned partition.
 pub(crate) async fn run(table: &Table, policy: &Policy, counters: &Upkeep) {
+    let started = std::time::Instant::now();
     delete_doomed(table, counters).await;
     let owned: Vec<(i32, u64)> = lock(&table.owned).iter().map(|(p, s)| (*p, s.generation)).collect();
     for (partition, generation) in owned {
@@ -76,6 +79,7 @@ pub(crate) async fn run(table: &Table, policy: &Policy, counters: &Upkeep) {
             }
         }
     }
+    counters.round_seconds.observe(started.elapsed());
 }
 
 async fn upkeep(table: &Table, policy: &Policy, counters: &Upkeep, partition: i32, generation: u64) -> Result<()> {
