@@ -38,3 +38,7 @@ if pinned=$(grep -nE '^ *container_name:|^ *- ([0-9.]+:)?[0-9]+(-[0-9]+)?:[0-9]+
 fi
 
 echo "$FILE: valid"
+
+# The files the compose file mounts into its OpenTelemetry collector and Grafana; Debian's python3-yaml
+# came with docker-compose.
+/usr/bin/python3 "$ROOT/deploy/check-observability.py"

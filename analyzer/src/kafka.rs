@@ -20,11 +20,13 @@ use proto::v1::{Aggregate, Alert, Point};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{BorrowedMessage, Header, Message as _, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use opentelemetry::trace::SpanKind;
 use plumbing::ops::KafkaStats;
+use plumbing::trace::Attribute;
 
 use crate::error::{Error, Result};
 use crate::state::{Analysis, Input, Observed};
@@ -158,10 +160,18 @@ impl Shared {
     }
 
     /// Sends one alert change inside the open transaction.
-    fn send_alert(&self, alert: &Alert) -> std::result::Result<(), KafkaError> {
+    /// `traceparent` continues the trace of the record that changed it.
+    fn send_alert(&self, alert: &Alert, traceparent: Option<&str>) -> std::result::Result<(), KafkaError> {
         let payload = alert.encode_to_vec();
         let deadline = Instant::now() + self.timeout;
-        lock(&self.txns).send_waiting(|| FutureRecord::to(&self.alerts_topic).key(alert.id.as_str()).payload(payload.as_slice()), deadline)?;
+        let record = || {
+            let record = FutureRecord::to(&self.alerts_topic).key(alert.id.as_str()).payload(payload.as_slice());
+            match traceparent {
+                Some(traceparent) => record.headers(OwnedHeaders::new().insert(Header { key: plumbing::trace::TRACEPARENT, value: Some(traceparent) })),
+                None => record,
+            }
+        };
+        lock(&self.txns).send_waiting(record, deadline)?;
         self.stats.alerts.fetch_add(1, Ordering::Relaxed);
         if let Some(count) = self.stats.alerts_by_state.get(alert.state as usize) {
             count.fetch_add(1, Ordering::Relaxed);
@@ -358,17 +368,33 @@ impl Consume {
                 _ = tick.tick() => self.commit()?,
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
+                    // A record a sampled trace reached: its evaluation, and each alert it changes, join it.
+                    let traced = plumbing::trace::from_kafka(message.headers()).map(|parent| {
+                        let attributes = vec![Attribute::new("partition", i64::from(message.partition())), Attribute::new("offset", message.offset())];
+                        plumbing::trace::child("analyzer.evaluate", Some(&parent), SpanKind::Consumer, attributes)
+                    });
                     let alerts = self.shared.handle(&message);
                     drop(message);
                     for alert in &alerts {
                         tracing::info!(id = %alert.id, state = ?alert.state(), value = alert.value, "alert changed");
-                        let sent = tokio::task::block_in_place(|| self.shared.send_alert(alert));
+                        let span = traced.as_ref().map(|parent| {
+                            let attributes = vec![Attribute::new("alert", alert.id.clone()), Attribute::new("state", alert.state().as_str_name())];
+                            plumbing::trace::child("analyzer.alert", Some(parent), SpanKind::Producer, attributes)
+                        });
+                        let traceparent = span.as_ref().and_then(plumbing::trace::traceparent);
+                        let sent = tokio::task::block_in_place(|| self.shared.send_alert(alert, traceparent.as_deref()));
+                        if let Some(span) = &span {
+                            plumbing::trace::end(span);
+                        }
                         if let Err(err) = sent {
                             let failed = lock(&self.shared.txns).fail(err);
                             tracing::warn!(%failed, "send failed; rewinding to the last commit");
                             self.rewind()?;
                             break;
                         }
+                    }
+                    if let Some(span) = &traced {
+                        plumbing::trace::end(span);
                     }
                 }
             }

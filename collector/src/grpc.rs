@@ -42,8 +42,9 @@ impl MetricsService for OtlpGrpc {
 impl IngestService for IngestGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
         let caller = self.0.authorize(Source::Grpc, authorization(&request))?;
+        let parent = plumbing::trace::from_grpc(request.metadata());
         let points = request.into_inner().points;
-        let written = self.0.write(&caller, Batch::of(Source::Grpc, points), String::new, |_| {}).await?;
+        let written = self.0.write(&caller, Batch::of(Source::Grpc, points).traced(parent), String::new, |_| {}).await?;
         Ok(Response::new(WriteResponse { accepted: written.accepted as u64, dead_lettered: written.dead_lettered as u64 }))
     }
 
@@ -52,6 +53,7 @@ impl IngestService for IngestGrpc {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let caller = self.0.authorize(Source::Grpc, authorization(&request))?;
+        let parent = plumbing::trace::from_grpc(request.metadata());
         let mut stream = request.into_inner();
         let (mut accepted, mut dead_lettered) = (0u64, 0u64);
         let mut index = 0usize;
@@ -60,7 +62,7 @@ impl IngestService for IngestGrpc {
             let prior = accepted;
             let written = self
                 .0
-                .write(&caller, Batch::of(Source::Grpc, points), || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
+                .write(&caller, Batch::of(Source::Grpc, points).traced(parent.clone()), || format!("stream message {index} refused, {prior} points of earlier messages accepted: "), |_| {})
             .await
             .map_err(|err| match err {
                 Error::Invalid { .. } => Status::from(err),
@@ -85,6 +87,7 @@ impl IngestService for IngestGrpc {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<Self::WriteAckedStream>, Status> {
         let caller = self.0.authorize(Source::Grpc, authorization(&request))?;
+        let parent = plumbing::trace::from_grpc(request.metadata());
         let ingest = self.0.clone();
         // Up to ACKED_IN_FLIGHT messages of one stream are written at once; `buffered` answers them in
         // order, and stops reading the stream (backpressure) while that many are pending.
@@ -92,12 +95,12 @@ impl IngestService for IngestGrpc {
             .into_inner()
             .enumerate()
             .map(move |(sequence, message)| {
-                let (ingest, caller) = (ingest.clone(), caller.clone());
+                let (ingest, caller, parent) = (ingest.clone(), caller.clone(), parent.clone());
                 async move {
                     // A broken stream ends the answers too; every message before it was answered.
                     let points = message?.points;
                     let sequence = sequence as u64;
-                    Ok(match ingest.write(&caller, Batch::of(Source::Grpc, points), String::new, |_| {}).await {
+                    Ok(match ingest.write(&caller, Batch::of(Source::Grpc, points).traced(parent), String::new, |_| {}).await {
                         Ok(w) => WriteAck { sequence, accepted: w.accepted as u64, dead_lettered: w.dead_lettered as u64, ..WriteAck::default() },
                         Err(err) => refused(sequence, err),
                     })

@@ -124,7 +124,8 @@ async fn write_line_protocol(
     };
     let malformed =
         parsed.refused.into_iter().map(|(raw, v)| dead_letter(Reason::Malformed, v.to_string(), raw.into_bytes(), None)).collect();
-    let batch = Batch { source: Source::LineProtocol, points: parsed.points, raw: Some(&line_text), malformed };
+    let parent = plumbing::trace::from_http(&headers);
+    let batch = Batch { source: Source::LineProtocol, points: parsed.points, raw: Some(&line_text), malformed, parent };
     let written = ingest.write(&caller, batch, String::new, |v| v.line = v.index.and_then(|i| lines.get(i).copied())).await?;
     Ok(no_content(written, parsed.ignored_fields))
 }
@@ -148,7 +149,7 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
     };
     let series = &decoded.series;
     let written = ingest
-        .write(&caller, Batch::of(Source::RemoteWrite, decoded.points), String::new, |v| {
+        .write(&caller, Batch::of(Source::RemoteWrite, decoded.points).traced(plumbing::trace::from_http(&headers)), String::new, |v| {
             if let Some(s) = v.index.and_then(|i| series.get(i)) {
                 v.field = format!("timeseries[{s}].{}", v.field);
             }
@@ -211,7 +212,7 @@ async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body
     let batch: JsonBatch =
         serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
     let points = json_points(batch)?;
-    let written = ingest.write(&caller, Batch::of(Source::Json, points), String::new, |_| {}).await?;
+    let written = ingest.write(&caller, Batch::of(Source::Json, points).traced(plumbing::trace::from_http(&headers)), String::new, |_| {}).await?;
     let body = serde_json::json!({ "accepted": written.accepted, "dead_lettered": written.dead_lettered }).to_string();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -294,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn readiness_fails_while_every_broker_is_down() {
         let sink = crate::kafka::tests::unreachable_sink(5, false, 60_000);
-        let ingest = Ingest::new(Limits::default(), crate::config::AcceptPartial::default(), crate::auth::Auth::new(&[]), sink.clone());
+        let ingest = Ingest::new(Limits::default(), crate::config::AcceptPartial::default(), crate::auth::Auth::new(&[]), sink.clone(), false);
         let status = |ingest: Ingest| async move { ready(State(ingest)).await.into_response().status() };
         assert_eq!(status(ingest.clone()).await, StatusCode::OK);
         sink.set_down(true);

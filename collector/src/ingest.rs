@@ -19,6 +19,8 @@ use crate::config::{AcceptPartial, Limits};
 use crate::error::{Error, Result};
 use crate::kafka::PointSink;
 use crate::metrics::IngestMetrics;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
+use plumbing::trace::{Attribute, TraceContext};
 use crate::validate::{Violation, validate_batch};
 
 #[derive(Debug, Clone)]
@@ -28,11 +30,13 @@ pub(crate) struct Ingest {
     auth: Auth,
     sink: PointSink,
     metrics: IngestMetrics,
+    /// Whether this collector exports traces (then requests without a trace context are sampled too).
+    tracing: bool,
 }
 
 impl Ingest {
-    pub(crate) fn new(limits: Limits, partial: AcceptPartial, auth: Auth, sink: PointSink) -> Self {
-        Self { limits: Arc::new(limits), partial, auth, sink, metrics: IngestMetrics::default() }
+    pub(crate) fn new(limits: Limits, partial: AcceptPartial, auth: Auth, sink: PointSink, tracing: bool) -> Self {
+        Self { limits: Arc::new(limits), partial, auth, sink, metrics: IngestMetrics::default(), tracing }
     }
 
     pub(crate) fn metrics(&self) -> &IngestMetrics {
@@ -77,10 +81,23 @@ impl Ingest {
         annotate: impl Fn(&mut Violation),
     ) -> Result<Written> {
         let (source, points) = (batch.source, batch.points.len());
-        let written = self.write_uncounted(caller, batch, context, annotate).await;
+        // A span per request (never per point), only for a request that carried a trace context or
+        // when this collector exports traces; its points carry it on only when it is sampled.
+        let span = (batch.parent.is_some() || self.tracing).then(|| {
+            let attributes = vec![Attribute::new("protocol", source.name()), Attribute::new("points", points as i64)];
+            plumbing::trace::child("collector.write", batch.parent.as_ref(), SpanKind::Server, attributes)
+        });
+        let traceparent = span.as_ref().and_then(plumbing::trace::traceparent);
+        let written = self.write_uncounted(caller, batch, context, annotate, traceparent.as_deref()).await;
         match &written {
             Ok(w) => self.metrics.written(source, w.accepted, w.dead_lettered),
             Err(err) => self.metrics.refused(source, points, err),
+        }
+        if let Some(span) = &span {
+            if let Err(err) = &written {
+                span.span().set_status(Status::error(err.to_string()));
+            }
+            plumbing::trace::end(span);
         }
         written
     }
@@ -91,6 +108,7 @@ impl Ingest {
         mut batch: Batch<'_>,
         context: impl FnOnce() -> String,
         annotate: impl Fn(&mut Violation),
+        traceparent: Option<&str>,
     ) -> Result<Written> {
         let mut violations = stamp_tenant(caller, &mut batch.points);
         if let Err(invalid) = validate_batch(&batch.points, &self.limits, now_ns()) {
@@ -140,7 +158,7 @@ impl Ingest {
             return Ok(Written::default());
         }
         let written = match caller.take(good.len()) {
-            Ok(()) => self.sink.write(&good, &letters).await,
+            Ok(()) => self.sink.write(&good, &letters, traceparent).await,
             Err(err) => Err(err),
         };
         if let Err(err) = written {
@@ -171,11 +189,18 @@ pub(crate) struct Batch<'a> {
     pub(crate) raw: Option<&'a (dyn Fn(usize) -> Vec<u8> + Sync)>,
     /// Parts of the request that made no point (lines that are not line protocol), as dead letters.
     pub(crate) malformed: Vec<DeadLetter>,
+    /// The trace context the request carried (`traceparent`), if any.
+    pub(crate) parent: Option<TraceContext>,
 }
 
 impl Batch<'_> {
     pub(crate) fn of(source: Source, points: Vec<Point>) -> Self {
-        Self { source, points, raw: None, malformed: Vec::new() }
+        Self { source, points, raw: None, malformed: Vec::new(), parent: None }
+    }
+
+    /// The batch, continuing the request's trace `parent`.
+    pub(crate) fn traced(self, parent: Option<TraceContext>) -> Self {
+        Self { parent, ..self }
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use proto::prost::Message as _;
 use proto::v1::{DeadLetter, Point};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message as _};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -147,7 +147,8 @@ impl PointSink {
     /// Writes every point and returns once Kafka acknowledged all of them; refuses the whole batch,
     /// writing nothing, when it does not fit beside the points already awaiting acknowledgement.
     /// Dead letters for the dead-letter topic go in the same write: all acknowledged, or an error.
-    pub(crate) async fn write(&self, points: &[Point], letters: &[DeadLetter]) -> Result<()> {
+    /// A sampled request's `traceparent` goes on every point's record, for the processor to continue.
+    pub(crate) async fn write(&self, points: &[Point], letters: &[DeadLetter], traceparent: Option<&str>) -> Result<()> {
         if self.reach.down.load(Ordering::SeqCst) {
             return Err(Error::KafkaDown);
         }
@@ -174,14 +175,14 @@ impl PointSink {
             proto::write_series_key(&mut key, &point.metric, point.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             payload.clear();
             point.encode(&mut payload).map_err(|e| Error::BadRequest { what: "point".into(), reason: e.to_string() })?;
-            self.send(&self.topic, &key, &payload, &pending).await;
+            self.send(&self.topic, &key, &payload, traceparent, &pending).await;
         }
         // Keyed like the point each replaces, as every dead letter is.
         for letter in letters {
             key = letter.point.as_ref().map(Point::series_key).unwrap_or_default();
             payload.clear();
             letter.encode(&mut payload).map_err(|e| Error::BadRequest { what: "dead letter".into(), reason: e.to_string() })?;
-            self.send(&self.deadletter_topic, &key, &payload, &pending).await;
+            self.send(&self.deadletter_topic, &key, &payload, None, &pending).await;
         }
         while pending.left.load(Ordering::SeqCst) > 0 {
             pending.done.notified().await;
@@ -196,9 +197,12 @@ impl PointSink {
 
     /// Queues one record, waiting up to [`QUEUE_TIMEOUT`] while librdkafka's queue is full; a record
     /// that cannot be queued is settled as failed at once.
-    async fn send(&self, topic: &str, key: &str, payload: &[u8], pending: &Arc<Pending>) {
+    async fn send(&self, topic: &str, key: &str, payload: &[u8], traceparent: Option<&str>, pending: &Arc<Pending>) {
         let deadline = tokio::time::Instant::now() + QUEUE_TIMEOUT;
         let mut record = BaseRecord::with_opaque_to(topic, pending.clone()).key(key).payload(payload);
+        if let Some(traceparent) = traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: plumbing::trace::TRACEPARENT, value: Some(traceparent) }));
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return,
@@ -276,7 +280,7 @@ pub(crate) mod tests {
             assert!(tokio::time::Instant::now() < deadline, "librdkafka never reported every broker down");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(matches!(sink.write(&points(1), &[]).await, Err(Error::KafkaDown)));
+        assert!(matches!(sink.write(&points(1), &[], None).await, Err(Error::KafkaDown)));
         assert_eq!(sink.in_flight(), 0, "nothing was queued");
     }
 
@@ -315,14 +319,14 @@ pub(crate) mod tests {
         let sink = unreachable_sink(5, false, 1_500);
         let stuck = {
             let sink = sink.clone();
-            tokio::spawn(async move { sink.write(&points(3), &[]).await })
+            tokio::spawn(async move { sink.write(&points(3), &[], None).await })
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while sink.in_flight() < 3 {
             assert!(tokio::time::Instant::now() < deadline, "the first batch never went in flight");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        match sink.write(&points(3), &[]).await {
+        match sink.write(&points(3), &[], None).await {
             Err(Error::Overloaded { points: 3, in_flight: 3, limit: 5 }) => {}
             other => panic!("expected an overload refusal, got {other:?}"),
         }
@@ -338,7 +342,7 @@ pub(crate) mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The room is whole again, and a write that times out says how much of it failed.
-        match sink.write(&points(5), &[]).await {
+        match sink.write(&points(5), &[], None).await {
             Err(Error::Delivery { failed: 5, total: 5, .. }) => {}
             other => panic!("expected a delivery failure, got {other:?}"),
         }

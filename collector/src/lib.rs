@@ -67,7 +67,7 @@ impl App {
         let ops = OpsListener::bind(settings.ops.listen).await.map_err(Error::OpsBind)?;
         let auth = auth::Auth::new(&settings.auth.tokens);
         warn_if_exposed(&settings, tls.as_ref());
-        Ok(Self { listener, http, ops, tls, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone()), sink })
+        Ok(Self { listener, http, ops, tls, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone(), !settings.telemetry.otlp_endpoint.is_empty()), sink })
     }
 
     /// The gRPC address actually bound.

@@ -74,11 +74,12 @@ pub fn now_ns() -> i64 {
     i64::try_from(nanos).unwrap_or(i64::MAX)
 }
 
-/// A service running in-process.
+/// A service running in-process. Dropped without [`Running::stop`] (a test that failed), it is told
+/// to stop, so that its blocking threads end and the failed test ends instead of hanging.
 #[derive(Debug)]
 pub struct Running<E> {
     shutdown: Shutdown,
-    task: JoinHandle<Result<(), E>>,
+    task: Option<JoinHandle<Result<(), E>>>,
 }
 
 impl<E: std::fmt::Debug + Send + 'static> Running<E> {
@@ -88,17 +89,24 @@ impl<E: std::fmt::Debug + Send + 'static> Running<E> {
     {
         let shutdown = Shutdown::new();
         let task = tokio::spawn(run(shutdown.clone()));
-        Self { shutdown, task }
+        Self { shutdown, task: Some(task) }
     }
 
     /// Stops the service as SIGTERM would and waits for a clean exit.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(60), self.task)
+        let task = self.task.take().expect("a running service has its task");
+        let result = tokio::time::timeout(Duration::from_secs(60), task)
             .await
             .expect("the service did not stop within 60 s")
             .expect("the service task panicked");
         result.expect("the service stopped with an error");
+    }
+}
+
+impl<E> Drop for Running<E> {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

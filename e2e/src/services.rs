@@ -114,15 +114,21 @@ pub async fn range(addr: SocketAddr, metric: &str, base: i64) -> BTreeMap<String
 }
 
 
-/// A collector writing to the test's points topic, with the default limits.
-pub async fn start_collector(topics: &Topics) -> (SocketAddr, Running<collector::Error>) {
+/// The settings of a collector writing to the test's points topic, every listener on loopback port 0,
+/// with the default limits.
+pub fn collector_settings(topics: &Topics) -> collector::Settings {
     let mut s = collector::Settings::default();
     s.kafka = kafka();
     s.grpc.listen = "127.0.0.1:0".parse().unwrap();
     s.ops.listen = "127.0.0.1:0".parse().unwrap();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.topics.points = topics.points.clone();
-    let app = collector::App::build(s).await.expect("collector starts");
+    s
+}
+
+/// A collector writing to the test's points topic, with the default limits.
+pub async fn start_collector(topics: &Topics) -> (SocketAddr, Running<collector::Error>) {
+    let app = collector::App::build(collector_settings(topics)).await.expect("collector starts");
     let addr = app.grpc_addr();
     (addr, Running::spawn(|shutdown| app.run(shutdown)))
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use e2e::oracle::{S, Topics, data, expected, point, series};
-use e2e::services::{processor_settings, store_settings, write};
+use e2e::services::{collector_settings, processor_settings, store_settings, write};
 use e2e::{Running, eventually, kafka, now_ns, unique};
 use proto::v1::WriteRequest;
 use proto::v1::ingest_service_client::IngestServiceClient;
@@ -74,12 +74,7 @@ async fn start(topics: &Topics) -> Pipeline {
     let app = analyzer::App::build(settings).await.unwrap();
     let analyzer = app.ops_addr();
     let analyzer_running = Running::spawn(|shutdown| app.run(shutdown));
-    let mut settings = collector::Settings::default();
-    settings.kafka = kafka();
-    settings.grpc.listen = "127.0.0.1:0".parse().unwrap();
-    settings.http.listen = "127.0.0.1:0".parse().unwrap();
-    settings.ops.listen = "127.0.0.1:0".parse().unwrap();
-    settings.topics.points = topics.points.clone();
+    let settings = collector_settings(topics);
     let app = collector::App::build(settings).await.unwrap();
     let collector = (app.grpc_addr(), app.ops_addr());
     let collector_running = Running::spawn(|shutdown| app.run(shutdown));
@@ -108,6 +103,21 @@ impl Pipeline {
     fn ops(&self) -> [(&'static str, SocketAddr); 4] {
         [("collector", self.collector.1), ("processor", self.processor), ("store", self.store), ("analyzer", self.analyzer)]
     }
+}
+
+/// The Runnel and process metrics the docker-compose deployment's Grafana dashboard queries.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards/runnel.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let names = regex::Regex::new(r"\b(?:runnel|process)_[a-z_]+").unwrap();
+    let mut metrics = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            metrics.extend(names.find_iter(target["expr"].as_str().unwrap()).map(|m| m.as_str().to_owned()));
+        }
+    }
+    assert!(metrics.len() > 10, "{metrics:?}");
+    metrics
 }
 
 /// Writes the oracle's data (and one refused batch), then reads every service's metrics back: each
@@ -175,11 +185,20 @@ async fn every_service_serves_liveness_readiness_and_metrics_that_count_exactly(
     until_sample(pipeline.analyzer, r#"runnel_analyzer_alert_changes_total{state="firing"}"#, 0.0).await;
 
     // Every service reports its process, from the OS's accounting.
+    let mut scraped = String::new();
+    // librdkafka reports the collector's producer every 5 s.
+    until_sample(collector, r#"runnel_kafka_producer_queue_messages{client="runnel-collector",type="producer"}"#, 0.0).await;
     for (name, addr) in pipeline.ops() {
         let (_, text) = get(addr, "/metrics").await;
         assert!(sample(&text, "process_cpu_seconds_total").is_some_and(|cpu| cpu > 0.0), "{name}:\n{text}");
         assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|rss| rss > 1e6), "{name}:\n{text}");
         assert!(text.ends_with("# EOF\n"), "{name}: OpenMetrics text ends with # EOF");
+        scraped.push_str(&text);
+    }
+    // Every series the Grafana dashboard queries is one the services expose.
+    for metric in dashboard_metrics() {
+        let exposed = scraped.lines().any(|line| line.strip_prefix(metric.as_str()).is_some_and(|rest| rest.starts_with([' ', '{'])));
+        assert!(exposed, "the dashboard queries {metric}, which no service exposes");
     }
     pipeline.stop().await;
 }

@@ -121,7 +121,6 @@ impl Listener {
                 for name in &names {
                     health.set_service_status(name, status).await;
                 }
-                tracing::info!(ready, "readiness");
             }
             // The readiness was dropped: what it said last stays.
             std::future::pending::<()>().await;

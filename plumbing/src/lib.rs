@@ -4,6 +4,8 @@
 //!   service takes over;
 //! - [`config`]: layered settings (defaults, file, environment) with errors that name the key;
 //! - [`telemetry`]: logs and optional OpenTelemetry trace export;
+//! - [`trace`]: W3C trace context from gRPC, HTTP and Kafka headers, child spans, and the
+//!   `traceparent` each service carries on in its Kafka messages;
 //! - [`kafka`]: the one place where Kafka client settings become an `rdkafka::ClientConfig`, with the
 //!   safety rules for producers and consumers, and topic creation through the admin API;
 //! - [`grpc`]: binding a listener and serving a tonic router until shutdown;
@@ -24,6 +26,7 @@ pub mod ops;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 pub mod txn;
 
 pub use shutdown::Shutdown;

@@ -85,7 +85,9 @@ impl Readiness {
     }
 
     pub fn set(&self, ready: bool) {
-        self.0.send_if_modified(|now| std::mem::replace(now, ready) != ready);
+        if self.0.send_if_modified(|now| std::mem::replace(now, ready) != ready) {
+            tracing::info!(ready, "readiness changed");
+        }
     }
 
     pub fn is_ready(&self) -> bool {

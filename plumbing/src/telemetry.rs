@@ -1,9 +1,10 @@
 //! Telemetry: structured logs to stderr, and OpenTelemetry trace export over OTLP when an endpoint is
-//! configured (off by default, so a local run needs nothing else).
+//! configured (off by default, so a local run needs nothing else), sampled by the writer's decision
+//! or else by `sample_ratio`.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -18,11 +19,14 @@ pub struct TelemetrySettings {
     pub log: String,
     /// OTLP gRPC endpoint for traces, e.g. `http://127.0.0.1:4317`; empty turns export off.
     pub otlp_endpoint: String,
+    /// The fraction of writes traced when the writer sent no trace context (0 to 1); a write that
+    /// carries a `traceparent` follows its sampling decision.
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { log: "info".to_owned(), otlp_endpoint: String::new() }
+        Self { log: "info".to_owned(), otlp_endpoint: String::new(), sample_ratio: 0.01 }
     }
 }
 
@@ -38,6 +42,12 @@ impl TelemetrySettings {
             endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://"),
             &format!("{prefix}.otlp_endpoint"),
             format!("{endpoint:?} must be empty or an http(s) URL"),
+        );
+        check(
+            &mut errors,
+            (0.0..=1.0).contains(&self.sample_ratio),
+            &format!("{prefix}.sample_ratio"),
+            format!("{} must be within [0, 1]", self.sample_ratio),
         );
         errors
     }
@@ -73,10 +83,15 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
         .with_tonic()
         .with_endpoint(&settings.otlp_endpoint)
         .build()?;
+    // A write with a trace context follows its decision; one without is traced at the ratio.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        .with_sampler(sampler)
         .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
         .build();
+    // The pipeline's own spans (`crate::trace`) go through the global provider.
+    opentelemetry::global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     tracing_subscriber::registry().with(fmt).with(otel).try_init()?;
     Ok(Guard { provider: Some(provider) })

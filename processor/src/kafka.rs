@@ -35,7 +35,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::aggregate::SketchSpec;
 use crate::error::{Error, Result};
+use opentelemetry::trace::SpanKind;
 use plumbing::ops::{KafkaStats, Seconds};
+use plumbing::trace::{Attribute, TraceContext};
 use plumbing::txn::{Failed, ProducerHealth, Transactions, settled};
 use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, WindowRules};
 
@@ -187,6 +189,9 @@ pub(crate) struct Shared {
     emitted_at: Mutex<Vec<Instant>>,
     pub(crate) close_to_commit: Seconds,
     pub(crate) kafka_stats: KafkaStats,
+    /// The span of each open window a sampled trace reached (by series key and window start), from
+    /// its first traced point until its aggregate is sent; only sampled points add one.
+    traced: Mutex<HashMap<String, BTreeMap<i64, TraceContext>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -257,7 +262,20 @@ impl Shared {
             emitted_at: Mutex::default(),
             close_to_commit: Seconds::default(),
             kafka_stats: KafkaStats::default(),
+            traced: Mutex::default(),
         }
+    }
+
+    /// The span of the window of `key` starting at `start_ns`, if a sampled trace reached it; costs an
+    /// uncontended lock and nothing else while no trace is open.
+    fn take_traced(&self, key: &str, start_ns: i64) -> Option<TraceContext> {
+        let mut traced = lock(&self.traced);
+        let windows = traced.get_mut(key)?;
+        let span = windows.remove(&start_ns);
+        if windows.is_empty() {
+            traced.remove(key);
+        }
+        span
     }
 
     /// Each owned partition's watermark (event time, in nanoseconds), once it has one.
@@ -476,6 +494,8 @@ impl Shared {
             arrivals.remove(partition);
         }
         drop(arrivals);
+        // Traced windows of revoked partitions close elsewhere, untraced.
+        lock(&self.traced).clear();
         let mut partitions = lock(&self.partitions);
         for partition in revoked {
             partitions.remove(partition);
@@ -651,6 +671,22 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
     match windows.push(&key, series, kind, ts, value, offset) {
         Outcome::Accepted => {
             stats.points.fetch_add(1, Ordering::Relaxed);
+            if let Some(parent) = plumbing::trace::from_kafka(message.headers()) {
+                let mut traced = lock(&shared.traced);
+                let windows = traced.entry(key.clone()).or_default();
+                for (start, end) in kind.windows_of(ts) {
+                    windows.entry(start).or_insert_with(|| {
+                        let attributes = vec![
+                            Attribute::new("series", key.clone()),
+                            Attribute::new("window_start_ns", start),
+                            Attribute::new("window_end_ns", end),
+                            Attribute::new("partition", i64::from(partition)),
+                            Attribute::new("offset", offset),
+                        ];
+                        plumbing::trace::child("processor.window", Some(&parent), SpanKind::Consumer, attributes)
+                    });
+                }
+            }
         }
         Outcome::Late { window_start_ns, window_end_ns, watermark_ns } => {
             stats.late_points.fetch_add(1, Ordering::Relaxed);
@@ -671,6 +707,17 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
     }
     out.extend(windows.close_ready().into_iter().map(|a| Out::Aggregate(Box::new(a))));
     out
+}
+
+/// Ends the spans it holds when dropped, however the send ends.
+struct EndSpans([Option<TraceContext>; 2]);
+
+impl Drop for EndSpans {
+    fn drop(&mut self) {
+        for span in self.0.iter().flatten() {
+            plumbing::trace::end(span);
+        }
+    }
 }
 
 /// How long to wait before trying a failed restore again.
@@ -801,13 +848,27 @@ impl Pipeline {
         };
         // When the window closed, so that a reader can tell how long its result took to become visible.
         let closed_at = now_ns().to_string();
+        // A window a sampled trace reached: its sending joins the trace, and the aggregate carries it on.
+        let traced = match &out {
+            Out::Aggregate(aggregate) => aggregate.window.as_ref().and_then(|w| shared.take_traced(&key, w.start_ns)),
+            Out::Dead(_) => None,
+        };
+        let emitting = traced.as_ref().map(|window| {
+            plumbing::trace::child("processor.emit", Some(window), SpanKind::Producer, vec![Attribute::new("series", key.clone())])
+        });
+        let traceparent = emitting.as_ref().and_then(plumbing::trace::traceparent);
+        let _ended = EndSpans([emitting, traced]);
         // A queue that stays full this long means the producer is stuck (no leader, no coordinator):
         // the send then fails like any other and the transaction rewinds, rather than wait forever.
         let deadline = Instant::now() + self.shared.timeout;
         loop {
             let mut record = FutureRecord::to(topic.as_str()).key(key.as_str()).payload(payload.as_slice());
             if matches!(out, Out::Aggregate(_)) {
-                record = record.headers(OwnedHeaders::new().insert(Header { key: CLOSED_AT_HEADER, value: Some(&closed_at) }));
+                let mut headers = OwnedHeaders::new().insert(Header { key: CLOSED_AT_HEADER, value: Some(&closed_at) });
+                if let Some(traceparent) = &traceparent {
+                    headers = headers.insert(Header { key: plumbing::trace::TRACEPARENT, value: Some(traceparent) });
+                }
+                record = record.headers(headers);
             }
             let sent = {
                 let mut output = lock(&self.shared.output);
@@ -873,6 +934,7 @@ impl Pipeline {
         lock(&self.shared.partitions).clear();
         // Those aggregates are produced again by the replay; their first sending never became visible.
         lock(&self.shared.emitted_at).clear();
+        lock(&self.shared.traced).clear();
         let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned))?;
         if positions.count() > 0 {
             // seek_partitions reports each partition's failure inside the list it returns.

@@ -113,7 +113,6 @@ impl App {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 readiness.set(true);
-                tracing::info!("ready");
             }
         };
         // The ops server stops with the pipeline, whatever stopped that.

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::SpanKind;
+use plumbing::trace::Attribute;
+
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
@@ -266,7 +269,20 @@ impl Ingest {
             };
             let Some(message) = plumbing::kafka::unless_transient(polled)? else { continue };
             read += 1;
-            if let Some(partition) = self.read(&message) {
+            // A record a sampled trace reached: the store's part of it is the record being kept.
+            let traced = plumbing::trace::from_kafka(message.headers()).map(|parent| {
+                let attributes = vec![
+                    Attribute::new("kind", self.table.kind.clone()),
+                    Attribute::new("partition", i64::from(message.partition())),
+                    Attribute::new("offset", message.offset()),
+                ];
+                plumbing::trace::child("store.ingest", Some(&parent), SpanKind::Consumer, attributes)
+            });
+            let taking_over = self.read(&message);
+            if let Some(span) = &traced {
+                plumbing::trace::end(span);
+            }
+            if let Some(partition) = taking_over {
                 drop(message);
                 if let Err(err) = runtime.block_on(self.take_over(partition)) {
                     // The next message of the partition tries again.
