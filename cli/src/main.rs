@@ -1,16 +1,20 @@
-//! `runnel`: a command line for people. Writes demo load to the collector, reads windows from the
-//! store, asks the analyzer for forecasts, watches alerts, backtests and tests alert rules, and
-//! replays dead letters, and sends CSV or NDJSON files.
+//! `runnel`: a command line for people. Writes demo load to the collector, sends CSV or NDJSON files,
+//! reads windows and runs SQL on the store, asks the analyzer for forecasts, watches alerts, backtests
+//! and tests alert rules, replays dead letters, and shows the pipeline live (`top`). Text for people
+//! by default, `--json` for scripts; the exit code says what kind of failure it was (see [`exit_code`]).
 
 mod connect;
 mod send;
+mod top;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use futures::StreamExt as _;
 use proto::v1::dead_letter::Reason;
 use proto::v1::tag_matcher::Op;
@@ -20,8 +24,11 @@ use proto::v1::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "runnel", version, about = "Talk to a running Runnel pipeline")]
+#[command(name = "runnel", version, about = "Talk to a running Runnel pipeline", after_help = EXIT_CODES)]
 struct Cli {
+    /// Print JSON for scripts (one document; one per line for `watch`) instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
     /// The collector's gRPC address.
     #[arg(long, env = "RUNNEL_COLLECTOR_URL", default_value = "http://127.0.0.1:50051", global = true)]
     collector: String,
@@ -109,6 +116,38 @@ enum Command {
     },
     /// List the stored series, optionally of one metric.
     Series { metric: Option<String> },
+    /// Run SQL on the store's tables (points, aggregates, alerts, and the tiers such as aggregates_1m)
+    /// and print the result as a table.
+    ///
+    /// Examples:
+    ///   runnel sql "SELECT metric, count(*) AS windows FROM aggregates GROUP BY metric"
+    ///   runnel --json sql "SELECT id, state FROM alerts ORDER BY window_start_ns DESC LIMIT 5"
+    #[command(verbatim_doc_comment)]
+    Sql { query: String },
+    /// A live view of the pipeline from every service's /metrics: whether each is ready, its rates,
+    /// CPU and memory, and per partition the consumer lag and the processor's watermark delay.
+    ///
+    /// Examples:
+    ///   runnel top
+    ///   runnel top --ops processor=10.0.0.5:9464 --ops store=10.0.0.6:9464 --interval 5s
+    ///   runnel --json top --once
+    #[command(verbatim_doc_comment)]
+    Top {
+        /// A service's ops address, `name=host:port` (repeatable); by default the four services'
+        /// default ops addresses on this host.
+        #[arg(long = "ops", value_parser = parse_ops)]
+        ops: Vec<(String, SocketAddr)>,
+        /// Time between refreshes, and between the two scrapes each rate comes from.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one view and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print a completion script for a shell.
+    ///
+    /// Example: runnel completions bash > ~/.local/share/bash-completion/completions/runnel
+    Completions { shell: clap_complete::Shell },
     /// Forecast a series' window mean.
     Forecast {
         metric: String,
@@ -224,6 +263,12 @@ fn parse_state(text: &str) -> Result<AlertState, String> {
         .ok_or_else(|| format!("{text:?} is not one of pending, firing, resolved, inactive, no_data"))
 }
 
+fn parse_ops(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = text.split_once('=').ok_or_else(|| format!("{text:?} is not name=host:port"))?;
+    let addr = addr.parse().map_err(|err| format!("{addr:?}: {err}"))?;
+    Ok((name.to_owned(), addr))
+}
+
 fn parse_tag(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -252,9 +297,50 @@ fn time(ns: i64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// What `--help` says of the exit codes.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 failure (or a rules test that did not match); 2 usage error; \
+65 the service refused the input (invalid argument); 69 a service is unreachable or unavailable; \
+77 not allowed (no or a wrong token or certificate).";
+
+/// The exit code of `err`, from the gRPC status or connection failure anywhere in its chain
+/// (sysexits.h codes).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use proto::tonic::Code;
+    for cause in err.chain() {
+        if let Some(status) = cause.downcast_ref::<proto::tonic::Status>() {
+            return match status.code() {
+                Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::NotFound => 65,
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => 69,
+                Code::Unauthenticated | Code::PermissionDenied => 77,
+                _ => 1,
+            };
+        }
+        if cause.downcast_ref::<proto::tonic::transport::Error>().is_some() {
+            return 69;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut | std::io::ErrorKind::ConnectionReset)
+        {
+            return 69;
+        }
+    }
+    1
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("runnel: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     let service = |name, url| connect::Service { name, url, access: &cli.access };
     let (collector, store, analyzer) = (service("collector", &cli.collector), service("store", &cli.store), service("analyzer", &cli.analyzer));
     match cli.command {
@@ -265,11 +351,17 @@ async fn main() -> anyhow::Result<()> {
             println!("sent {} points from {} lines of {}, each acknowledged", sent.points, sent.lines, file.display());
             Ok(())
         }
-        Command::Range { metric, tags, since, last } => range(store, metric, tags, since, last).await,
-        Command::Series { metric } => series(store, metric).await,
-        Command::Forecast { metric, tags, horizon, holt } => forecast(analyzer, metric, tags, horizon, holt).await,
-        Command::Watch { resume } => watch(analyzer, resume.unwrap_or_default()).await,
-        Command::Alerts { state, rule, metric } => list_alerts(analyzer, state, rule, metric).await,
+        Command::Range { metric, tags, since, last } => range(store, metric, tags, since, last, json).await,
+        Command::Series { metric } => series(store, metric, json).await,
+        Command::Sql { query } => sql(store, &query, json).await,
+        Command::Top { ops, interval, once } => top(ops, interval, once, json).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "runnel", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Forecast { metric, tags, horizon, holt } => forecast(analyzer, metric, tags, horizon, holt, json).await,
+        Command::Watch { resume } => watch(analyzer, resume.unwrap_or_default(), json).await,
+        Command::Alerts { state, rule, metric } => list_alerts(analyzer, state, rule, metric, json).await,
         Command::Backtest { csv: Some(csv), config, metric, tags, window, scores, .. } => {
             backtest(&csv, config.as_deref(), Series { metric, tags: tags.into_iter().collect() }, window, scores.as_deref())
         }
@@ -405,12 +497,36 @@ async fn range(
     tags: Vec<(String, String)>,
     since: Duration,
     last: Option<usize>,
+    json: bool,
 ) -> anyhow::Result<()> {
     let mut client = url.store().await?;
     let end = now_ns() + 60_000_000_000;
     let request =
         RangeRequest { selector: Some(selector(metric, tags)), start_ns: end - nanos(since), end_ns: end, ..RangeRequest::default() };
     let reply = client.range(request).await?.into_inner();
+    if json {
+        let series: Vec<serde_json::Value> = reply
+            .series
+            .iter()
+            .map(|series| {
+                let skip = last.map_or(0, |n| series.windows.len().saturating_sub(n));
+                let windows: Vec<serde_json::Value> = series
+                    .windows
+                    .iter()
+                    .skip(skip)
+                    .map(|w| {
+                        serde_json::json!({
+                            "start": time(w.start_ns), "start_ns": w.start_ns, "end_ns": w.end_ns, "count": w.count, "sum": w.sum,
+                            "mean": w.mean, "min": w.min, "max": w.max, "stddev": w.stddev, "gradient_per_second": w.gradient_per_second,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "series": series.series.as_ref().map(series_json), "windows": windows })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(series));
+        return Ok(());
+    }
     if reply.series.is_empty() {
         println!("no windows stored yet");
     }
@@ -430,30 +546,102 @@ async fn range(
     Ok(())
 }
 
-async fn series(url: connect::Service<'_>, metric: Option<String>) -> anyhow::Result<()> {
+/// A series as JSON: its metric and tags.
+fn series_json(series: &Series) -> serde_json::Value {
+    serde_json::json!({ "metric": series.metric, "tags": series.tags })
+}
+
+async fn series(url: connect::Service<'_>, metric: Option<String>, json: bool) -> anyhow::Result<()> {
     let mut client = url.store().await?;
     let selector = SeriesSelector { metric: metric.unwrap_or_default(), matchers: vec![] };
     let mut page_token = String::new();
+    let mut all = Vec::new();
     // Page by page; bounded by the store, which returns an empty token on the last page.
     loop {
         let request = ListSeriesRequest { selector: Some(selector.clone()), page_size: 0, page_token };
         let page = client.list_series(request).await?.into_inner();
         for series in page.series {
-            println!("{}", series.key());
+            if json {
+                all.push(series_json(&series));
+            } else {
+                println!("{}", series.key());
+            }
         }
         if page.next_page_token.is_empty() {
+            if json {
+                println!("{}", serde_json::Value::Array(all));
+            }
             return Ok(());
         }
         page_token = page.next_page_token;
     }
 }
 
-async fn forecast(url: connect::Service<'_>, metric: String, tags: Vec<(String, String)>, horizon: Duration, holt: bool) -> anyhow::Result<()> {
+async fn sql(url: connect::Service<'_>, query: &str, json: bool) -> anyhow::Result<()> {
+    let mut client = url.store().await?;
+    let batches = store::client::sql(&mut client, query).await?;
+    if json {
+        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        writer.write_batches(&batches.iter().collect::<Vec<_>>())?;
+        writer.finish()?;
+        let text = String::from_utf8(writer.into_inner())?;
+        // An empty answer writes nothing at all: it is an empty array.
+        println!("{}", if text.is_empty() { "[]" } else { &text });
+        return Ok(());
+    }
+    let rows: usize = batches.iter().map(arrow::array::RecordBatch::num_rows).sum();
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    eprintln!("{rows} row{}", if rows == 1 { "" } else { "s" });
+    Ok(())
+}
+
+/// The ops addresses of the four services when run on this host with their defaults.
+const DEFAULT_OPS: [(&str, u16); 4] = [("collector", 9464), ("processor", 9465), ("store", 9466), ("analyzer", 9467)];
+
+async fn top(ops: Vec<(String, SocketAddr)>, interval: Duration, once: bool, json: bool) -> anyhow::Result<()> {
+    let services = if ops.is_empty() {
+        DEFAULT_OPS.iter().map(|(name, port)| ((*name).to_owned(), SocketAddr::from(([127, 0, 0, 1], *port)))).collect()
+    } else {
+        ops
+    };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let rows = top::sample(&services, interval).await;
+        if json {
+            println!("{}", serde_json::to_string(&rows)?);
+        } else {
+            // On a terminal the view redraws in place; into a pipe, each view follows the last.
+            if terminal && !once {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", top::render(&rows));
+        }
+        if once {
+            // Every service unreachable is a failure a script should see.
+            if rows.iter().all(|row| row.error.is_some()) {
+                let none = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no service answered on its ops address");
+                return Err(none.into());
+            }
+            return Ok(());
+        }
+    }
+}
+
+async fn forecast(url: connect::Service<'_>, metric: String, tags: Vec<(String, String)>, horizon: Duration, holt: bool, json: bool) -> anyhow::Result<()> {
     let mut client = url.analyzer().await?;
     let series = Series { metric, tags: tags.into_iter().collect() };
     let model = if holt { ForecastModel::Holt } else { ForecastModel::Regression };
     let request = ForecastRequest { series: Some(series.clone()), horizon_ns: nanos(horizon), model: model as i32, confidence: 0.0 };
     let reply = client.forecast(request).await?.into_inner();
+    if json {
+        let answer = serde_json::json!({
+            "series": series_json(&series), "value": reply.value, "at": time(reply.at_ns), "at_ns": reply.at_ns,
+            "confidence": reply.confidence, "lower": reply.lower, "upper": reply.upper,
+            "slope_per_second": reply.slope_per_second, "windows": reply.windows, "model": if holt { "holt" } else { "regression" },
+        });
+        println!("{answer}");
+        return Ok(());
+    }
     println!(
         "{}: {:.3} expected at {}, {:.0}% interval [{:.3}, {:.3}] (trend {:+.5}/s, {} windows, {})",
         series.key(),
@@ -470,19 +658,35 @@ async fn forecast(url: connect::Service<'_>, metric: String, tags: Vec<(String, 
 }
 
 fn print_alert(alert: &proto::v1::Alert) -> anyhow::Result<()> {
-    let state = match AlertState::try_from(alert.state) {
-        Ok(AlertState::Unspecified) | Err(_) => bail!("unknown alert state {}", alert.state),
-        Ok(known) => known.as_str_name().trim_start_matches("ALERT_STATE_"),
-    };
-    println!("{state:<9} {} value {:.3} threshold {} window {}", alert.id, alert.value, alert.threshold, time(alert.window_start_ns));
+    println!("{:<9} {} value {:.3} threshold {} window {}", alert_state(alert)?, alert.id, alert.value, alert.threshold, time(alert.window_start_ns));
     Ok(())
 }
 
-async fn watch(url: connect::Service<'_>, resume_token: String) -> anyhow::Result<()> {
+fn alert_state(alert: &proto::v1::Alert) -> anyhow::Result<&'static str> {
+    match AlertState::try_from(alert.state) {
+        Ok(AlertState::Unspecified) | Err(_) => bail!("unknown alert state {}", alert.state),
+        Ok(known) => Ok(known.as_str_name().trim_start_matches("ALERT_STATE_")),
+    }
+}
+
+fn alert_json(alert: &proto::v1::Alert) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "id": alert.id, "state": alert_state(alert)?.to_ascii_lowercase(), "rule": alert.rule,
+        "series": alert.series.as_ref().map(series_json), "value": alert.value, "threshold": alert.threshold,
+        "window_start": time(alert.window_start_ns), "window_start_ns": alert.window_start_ns,
+    }))
+}
+
+async fn watch(url: connect::Service<'_>, resume_token: String, json: bool) -> anyhow::Result<()> {
     let mut client = url.analyzer().await?;
     let mut stream = client.watch_alerts(WatchAlertsRequest { resume_token }).await?.into_inner();
     while let Some(event) = stream.next().await {
         let event = event?;
+        if json {
+            let alert = event.alert.as_ref().map(alert_json).transpose()?;
+            println!("{}", serde_json::json!({ "alert": alert, "resume_token": event.resume_token }));
+            continue;
+        }
         match &event.alert {
             Some(alert) => print_alert(alert)?,
             None => eprintln!("watching from {}", event.resume_token),
@@ -492,7 +696,7 @@ async fn watch(url: connect::Service<'_>, resume_token: String) -> anyhow::Resul
     Ok(())
 }
 
-async fn list_alerts(url: connect::Service<'_>, state: Option<AlertState>, rule: Option<String>, metric: Option<String>) -> anyhow::Result<()> {
+async fn list_alerts(url: connect::Service<'_>, state: Option<AlertState>, rule: Option<String>, metric: Option<String>, json: bool) -> anyhow::Result<()> {
     let mut client = url.analyzer().await?;
     let request = ListAlertsRequest {
         state: state.map_or(0, |s| s as i32),
@@ -501,6 +705,11 @@ async fn list_alerts(url: connect::Service<'_>, state: Option<AlertState>, rule:
         ..ListAlertsRequest::default()
     };
     let reply = client.list_alerts(request).await?.into_inner();
+    if json {
+        let alerts = reply.alerts.iter().map(alert_json).collect::<anyhow::Result<Vec<_>>>()?;
+        println!("{}", serde_json::json!({ "alerts": alerts, "truncated": reply.truncated }));
+        return Ok(());
+    }
     for alert in &reply.alerts {
         print_alert(alert)?;
     }
