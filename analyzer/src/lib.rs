@@ -121,7 +121,7 @@ impl App {
         // The settings' check has read the rules file already; it may have changed since.
         let running = settings.running_rules().map_err(Error::Rules)?;
         let Settings {
-            grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, transactional_id, transaction_timeout, ops, ..
+            grpc, kafka, group_id, topics, model, rules, rules_file, reload_interval, commit_interval, transactional_id, transaction_timeout, ops, telemetry, ..
         } = settings;
         let kafka_stats = KafkaStats::default();
         kafka.ensure_topics(&[&topics.alerts]).await?;
@@ -144,7 +144,7 @@ impl App {
         };
         let consume = wiring(&topics.aggregates, &topics.changelog, "").connect(Analysis::new(model, running)).await?;
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
-        let ops = OpsListener::bind(ops.listen).await.map_err(Error::Ops)?;
+        let ops = OpsListener::bind(ops.listen).await.map_err(Error::Ops)?.with_otlp("analyzer", &telemetry);
         let reloading = Reloading { file: rules_file, settings_rules: rules, interval: reload_interval };
         Ok(Self { listener, ops, kafka_stats, consume, points, alerts_topic: topics.alerts.name, kafka, reloading, reloads: Arc::default() })
     }

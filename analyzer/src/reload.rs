@@ -4,7 +4,6 @@
 //! as they were keep their alerts' state (`rules::Evaluator::replace`); the models are not touched.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,17 +42,10 @@ pub fn load(settings_rules: &[Rule], file: &Path) -> Result<Vec<Rule>, String> {
     Ok(settings_rules.iter().cloned().chain(parsed.rules).collect())
 }
 
-/// Reload counters.
-#[derive(Debug, Default)]
-pub struct Reloads {
-    /// Rule sets put in place after a change.
-    pub applied: AtomicU64,
-    /// Files refused.
-    pub refused: AtomicU64,
-}
+pub use plumbing::reload::Reloads;
 
-/// Watches `file` until `shutdown`, putting each valid new version of its rules in place. Without a
-/// file, a SIGHUP is only logged (rather than ending the process, as it would by default).
+/// Watches `file` until `shutdown`, putting each valid new version of its rules in place: each
+/// analysis (windows, and points if any) keeps the alerts of the rules that stayed as they were.
 pub(crate) async fn watch(
     file: Option<PathBuf>,
     settings_rules: Vec<Rule>,
@@ -62,44 +54,13 @@ pub(crate) async fn watch(
     counters: Arc<Reloads>,
     shutdown: plumbing::Shutdown,
 ) -> crate::Result<()> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(crate::Error::Bind)?;
-    let Some(file) = file else {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                _ = hangup.recv() => tracing::info!("SIGHUP: no rules_file to reload"),
-            }
-        }
+    let apply = |file: &Path| {
+        let rules = load(&settings_rules, file)?;
+        let total = rules.len();
+        let kept: usize = analyses.iter().map(|a| a.lock().unwrap_or_else(PoisonError::into_inner).replace_rules(rules.clone())).sum();
+        Ok(format!("{total} alert rules, the alerts of {kept} kept"))
     };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // What the running rules were read from: a change of content is what triggers a reload.
-    let mut loaded = std::fs::read(&file).ok();
-    loop {
-        let forced = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = hangup.recv() => true,
-            _ = tick.tick() => false,
-        };
-        let content = std::fs::read(&file).ok();
-        if !forced && content == loaded {
-            continue;
-        }
-        loaded = content;
-        match load(&settings_rules, &file) {
-            Ok(rules) => {
-                let total = rules.len();
-                // Each analysis (windows, and points if any) keeps its own alerts of unchanged rules.
-                let kept: usize = analyses.iter().map(|a| a.lock().unwrap_or_else(PoisonError::into_inner).replace_rules(rules.clone())).sum();
-                counters.applied.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(file = %file.display(), rules = total, kept, "alert rules reloaded");
-            }
-            Err(problems) => {
-                counters.refused.fetch_add(1, Ordering::SeqCst);
-                tracing::error!(%problems, "alert rules file refused; the running rules stay");
-            }
-        }
-    }
+    plumbing::reload::watch("alert rules", file, interval, counters, shutdown, apply).await.map_err(crate::Error::Bind)
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ impl App {
         let sink = PointSink::new(producer, reach, settings.topics.points.name.clone(), settings.topics.deadletter.name.clone(), max_in_flight);
         let listener = Listener::bind(settings.grpc.listen).await.map_err(Error::Bind)?;
         let http = http::HttpListener::bind(settings.http.listen).await.map_err(Error::HttpBind)?;
-        let ops = OpsListener::bind(settings.ops.listen).await.map_err(Error::OpsBind)?;
+        let ops = OpsListener::bind(settings.ops.listen).await.map_err(Error::OpsBind)?.with_otlp("collector", &settings.telemetry);
         let auth = auth::Auth::new(&settings.auth.tokens);
         warn_if_exposed(&settings, tls.as_ref());
         Ok(Self { listener, http, ops, tls, ingest: Ingest::new(settings.limits, settings.accept_partial, auth, sink.clone(), !settings.telemetry.otlp_endpoint.is_empty()), sink })

@@ -205,3 +205,18 @@ pub fn produce_points(kafka: &KafkaSettings, points: impl Iterator<Item = proto:
     producer.flush(Duration::from_secs(60)).expect("flush");
     sent
 }
+
+/// The text of an OTLP attribute value: a string as it is, anything else as Rust writes it.
+pub fn otlp_text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The `service.name` of an OTLP export's resource, empty when it has none.
+pub fn otlp_service(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource.iter().flat_map(|r| &r.attributes).find(|kv| kv.key == "service.name").map(|kv| otlp_text(kv.value.as_ref())).unwrap_or_default()
+}

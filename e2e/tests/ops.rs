@@ -1,8 +1,9 @@
 //! Operating Runnel: every service answers `/livez`, `/readyz` and `/metrics` on its ops listener. The
 //! metrics count exactly what the oracle says a run did (points accepted and refused, merged, late,
 //! windows emitted, rows made durable); a processor is not ready while its group cannot assign it
-//! partitions, and ready once it has them; and a real Prometheus (Debian's package) scrapes every
-//! service and answers a query with the same counts.
+//! partitions, and ready once it has them; a real Prometheus (Debian's package) scrapes every service
+//! and answers a query with the same counts; and with an OTLP endpoint set, the same metrics are pushed
+//! to it.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
@@ -330,4 +331,68 @@ async fn prometheus_scrapes_every_service() {
     prometheus.wait().unwrap();
     pipeline.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An OTLP metrics receiver that keeps the latest value of every number metric it was sent, by name.
+#[derive(Debug, Clone, Default)]
+struct MetricsReceiver(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, f64>>>);
+
+#[proto::tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: proto::tonic::Request<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+    ) -> Result<proto::tonic::Response<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse>, proto::tonic::Status> {
+        use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value};
+        let mut latest = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            let service = e2e::otlp_service(resource.resource.as_ref());
+            for metric in resource.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                let points = match metric.data {
+                    Some(Data::Sum(sum)) if sum.is_monotonic => sum.data_points,
+                    Some(Data::Gauge(gauge)) => gauge.data_points,
+                    _ => continue,
+                };
+                let total: f64 = points.iter().filter_map(|p| match p.value { Some(Value::AsDouble(v)) => Some(v), Some(Value::AsInt(v)) => Some(v as f64), None => None }).sum();
+                latest.insert(format!("{service}/{}", metric.name), total);
+            }
+        }
+        Ok(proto::tonic::Response::new(Default::default()))
+    }
+}
+
+/// With `telemetry.otlp_metrics_endpoint` set, a processor pushes the metrics of `/metrics` over OTLP as well:
+/// the receiver gets the count of points merged, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_pushed_over_otlp_when_an_endpoint_is_set() {
+    let receiver = MetricsReceiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let serving = tokio::spawn(
+        proto::tonic::transport::Server::builder()
+            .add_service(opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let topics = Topics::unique(1);
+    kafka().ensure_topics(&[&topics.points]).await.unwrap();
+    let mut settings = processor_settings(&topics, &unique("e2e-ops-otlp"));
+    settings.telemetry.otlp_metrics_endpoint = endpoint;
+    settings.telemetry.metrics_interval = Duration::from_millis(200);
+    let app = processor::App::build(settings).await.unwrap();
+    let running = Running::spawn(|shutdown| app.run(shutdown));
+    let a = series("pushed", &[("host", "a")]);
+    let points: Vec<_> = (0..25).map(|i| point(&a, now_ns() - 60 * S + i * S, i as f64)).collect();
+    let topic = topics.points.name.clone();
+    let sent = tokio::task::spawn_blocking(move || e2e::produce_points(&kafka(), points.into_iter(), &topic, 10_000)).await.unwrap();
+    assert_eq!(sent, 25);
+    let merged = "processor/runnel_processor_points";
+    eventually("the pushed count of points merged", Duration::from_secs(60), || {
+        let receiver = receiver.clone();
+        async move { (receiver.0.lock().unwrap().get(merged) == Some(&25.0)).then_some(()) }
+    })
+    .await;
+    let pushed = receiver.0.lock().unwrap().clone();
+    assert!(pushed.get("processor/process_resident_memory_bytes").is_some_and(|rss| *rss > 1e6), "{pushed:?}");
+    running.stop().await;
+    serving.abort();
 }

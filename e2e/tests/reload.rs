@@ -1,12 +1,15 @@
-//! Alert rules reloaded while the analyzer runs, against a real broker: a good new file keeps the
-//! alerts of its unchanged rules and adds the new ones; a bad one is refused and the running rules stay.
+//! Definitions reloaded while a service runs, against a real broker. Alert rules: a good new file keeps
+//! the alerts of its unchanged rules and adds the new ones; a bad one is refused and the running rules
+//! stay. Windows: after a good new file, points go to windows of the new size while the windows open
+//! before it close with the points they had; a bad one is refused and the running windows stay.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use e2e::{Running, eventually, kafka, read_committed};
+use e2e::oracle::Topics;
+use e2e::{Running, eventually, kafka, read_committed, unique};
 use proto::prost::Message as _;
 use proto::v1::{Aggregate, Alert, AlertState, Series, WindowStats};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -84,4 +87,78 @@ async fn a_reload_keeps_unchanged_rules_and_refuses_a_bad_file() {
     .map(|(rule, window, state)| (rule.to_owned(), window, state));
     assert_eq!(changes, want);
     assert_eq!((reloads.applied.load(Ordering::SeqCst), reloads.refused.load(Ordering::SeqCst)), (1, 1));
+}
+
+/// A processor whose windows come from a file: 10 s tumbling windows, then 20 s after a reload, then a
+/// bad file that changes nothing. Every closed window is checked by its bounds, count and sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_reload_applies_to_new_points_and_a_bad_file_changes_nothing() {
+    let topics = Topics::unique(1);
+    kafka().ensure_topics(&[&topics.points]).await.unwrap();
+    let file = std::env::temp_dir().join(unique("runnel-windows")).with_extension("toml");
+    std::fs::write(&file, "default = { kind = \"tumbling\", size = \"10s\" }\n").unwrap();
+    let mut s = e2e::services::processor_settings(&topics, &unique("e2e-windows-reload"));
+    s.windows.file = Some(file.clone());
+    s.windows.reload_interval = Duration::from_millis(100);
+    s.windows.allowed_lateness = Duration::ZERO;
+    s.windows.idle_timeout = Duration::from_secs(3600);
+    let app = processor::App::build(s).await.expect("processor starts");
+    let (stats, reloads) = (app.stats(), app.reloads());
+    let processor = Running::spawn(|shutdown| app.run(shutdown));
+    let producer: FutureProducer = kafka().producer("e2e-windows-reload").create().unwrap();
+    // 2026-01-01T00:00:00Z: a multiple of 20 s.
+    let base = 1_767_225_600 * S;
+    let series = Series { metric: "m".into(), tags: [("host".to_owned(), "a".to_owned())].into() };
+    let send = |seconds: i64, value: f64| {
+        let point = proto::v1::Point { metric: series.metric.clone(), tags: series.tags.clone(), timestamp_ns: base + seconds * S, value };
+        let (producer, topic) = (producer.clone(), topics.points.name.clone());
+        async move {
+            let payload = point.encode_to_vec();
+            let key = point.series_key();
+            producer.send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(10)).await.unwrap();
+        }
+    };
+    let merged = |n: u64| {
+        let stats = stats.clone();
+        move || {
+            let seen = stats.points.load(Ordering::SeqCst);
+            async move { (seen >= n).then_some(()) }
+        }
+    };
+    let counted = |applied: u64, refused: u64| {
+        let reloads = reloads.clone();
+        move || {
+            let now = (reloads.applied.load(Ordering::SeqCst), reloads.refused.load(Ordering::SeqCst));
+            async move { (now == (applied, refused)).then_some(()) }
+        }
+    };
+
+    // 10 s windows: five points in [0, 10).
+    for second in 1..=5 {
+        send(second, second as f64).await;
+    }
+    eventually("five points merged", Duration::from_secs(60), merged(5)).await;
+    // 20 s windows from now on: two points in [0, 20), while [0, 10) stays open with its five.
+    std::fs::write(&file, "default = { kind = \"tumbling\", size = \"20s\" }\n").unwrap();
+    eventually("the reload", Duration::from_secs(30), counted(1, 0)).await;
+    send(11, 10.0).await;
+    send(12, 20.0).await;
+    eventually("seven points merged", Duration::from_secs(60), merged(7)).await;
+    // A bad file (a zero size): refused, and the 20 s windows stay.
+    std::fs::write(&file, "default = { kind = \"tumbling\", size = \"0s\" }\n").unwrap();
+    eventually("the refusal", Duration::from_secs(30), counted(1, 1)).await;
+    send(25, 7.0).await;
+    // The watermark reaches 100 s: every window above closes.
+    send(100, 0.0).await;
+    eventually("nine points merged", Duration::from_secs(60), merged(9)).await;
+
+    let mut closed: Vec<(i64, i64, u64, f64)> = read_committed(&kafka(), &topics.aggregates.name, 3, Duration::from_secs(60))
+        .into_iter()
+        .map(|r| Aggregate::decode(r.payload.as_slice()).unwrap().window.unwrap())
+        .map(|w| ((w.start_ns - base) / S, (w.end_ns - base) / S, w.count, w.sum))
+        .collect();
+    closed.sort_by_key(|w| (w.0, w.1));
+    assert_eq!(closed, [(0, 10, 5, 15.0), (0, 20, 2, 30.0), (20, 40, 1, 7.0)]);
+    processor.stop().await;
+    std::fs::remove_file(&file).unwrap();
 }

@@ -18,7 +18,6 @@ use e2e::process::{Service, bin};
 use e2e::{eventually, kafka, now_ns, unique};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use proto::v1::WriteRequest;
 use proto::v1::ingest_service_client::IngestServiceClient;
 
@@ -43,21 +42,10 @@ impl TraceService for Receiver {
         &self,
         request: proto::tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<proto::tonic::Response<ExportTraceServiceResponse>, proto::tonic::Status> {
-        let text = |value: Option<&Value>| match value {
-            Some(Value::StringValue(s)) => s.clone(),
-            Some(Value::IntValue(i)) => i.to_string(),
-            other => format!("{other:?}"),
-        };
         let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let mut kept = self.0.lock().unwrap();
         for resource in request.into_inner().resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .map(|kv| text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
-                .unwrap_or_default();
+            let service = e2e::otlp_service(resource.resource.as_ref());
             for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
                 kept.push(Received {
                     service: service.clone(),
@@ -65,7 +53,7 @@ impl TraceService for Receiver {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
-                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(kv.value.as_ref().and_then(|v| v.value.as_ref())))).collect(),
+                    attributes: span.attributes.iter().map(|kv| (kv.key.clone(), e2e::otlp_text(kv.value.as_ref()))).collect(),
                 });
             }
         }

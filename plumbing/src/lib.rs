@@ -11,6 +11,8 @@
 //! - [`grpc`]: binding a listener and serving a tonic router until shutdown;
 //! - [`ops`]: the HTTP listener for liveness, readiness and Prometheus metrics, the readiness that
 //!   gRPC health follows, the metrics every service has, and the drain deadline of a stop;
+//! - [`otlp_metrics`]: the metrics of `/metrics` pushed over OTLP too, when an endpoint is set;
+//! - [`reload`]: a file of definitions reloaded on SIGHUP or when it changes (alert rules, windows);
 //! - [`shutdown`]: the cancellation signal that SIGTERM and SIGINT raise;
 //! - [`service`]: the common body of every service binary (arguments, settings, exit codes);
 //! - [`txn`]: the exactly-once output, a transactional producer with a deadline on every call, which
@@ -23,6 +25,8 @@ pub mod config;
 pub mod grpc;
 pub mod kafka;
 pub mod ops;
+pub mod otlp_metrics;
+pub mod reload;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -107,13 +107,23 @@ impl Readiness {
 pub struct OpsListener {
     listener: TcpListener,
     addr: SocketAddr,
+    otlp: Option<crate::otlp_metrics::OtlpMetrics>,
 }
 
 impl OpsListener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
+        Ok(Self { listener, addr, otlp: None })
+    }
+
+    /// Also pushes the metrics over OTLP, as `service`, when `telemetry` names a metrics endpoint.
+    pub fn with_otlp(mut self, service: &'static str, telemetry: &crate::telemetry::TelemetrySettings) -> Self {
+        if !telemetry.otlp_metrics_endpoint.is_empty() {
+            let endpoint = telemetry.otlp_metrics_endpoint.clone();
+            self.otlp = Some(crate::otlp_metrics::OtlpMetrics { endpoint, interval: telemetry.metrics_interval, service });
+        }
+        self
     }
 
     /// The address actually bound.
@@ -126,6 +136,8 @@ impl OpsListener {
     /// `shutdown`.
     pub async fn serve(self, mut registry: Registry, readiness: Readiness, shutdown: Shutdown) -> std::io::Result<()> {
         registry.register_collector(Box::new(ProcessMetrics));
+        let registry = Arc::new(registry);
+        let pushing = self.otlp.map(|to| tokio::spawn(crate::otlp_metrics::export(Arc::clone(&registry), to, shutdown.clone())));
         let state = Arc::new((registry, readiness));
         let router = Router::new()
             .route("/livez", get(|| async { "ok\n" }))
@@ -133,11 +145,18 @@ impl OpsListener {
             .route("/metrics", get(metrics))
             .with_state(state);
         tracing::info!(addr = %self.addr, "ops serving /livez /readyz /metrics");
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        // The last push, with the final counts, before the process goes.
+        if let Some(pushing) = pushing
+            && let Err(err) = pushing.await
+        {
+            tracing::warn!(error = %err, "otlp metrics export task failed");
+        }
+        served
     }
 }
 
-type OpsState = Arc<(Registry, Readiness)>;
+type OpsState = Arc<(Arc<Registry>, Readiness)>;
 
 async fn ready(State(state): State<OpsState>) -> impl IntoResponse {
     if state.1.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }

@@ -1,6 +1,6 @@
 //! Telemetry: structured logs to stderr, and OpenTelemetry trace export over OTLP when an endpoint is
 //! configured (off by default, so a local run needs nothing else), sampled by the writer's decision
-//! or else by `sample_ratio`.
+//! or else by `sample_ratio`; metrics go to their own endpoint, if any (`crate::otlp_metrics`).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -22,11 +22,17 @@ pub struct TelemetrySettings {
     /// The fraction of writes traced when the writer sent no trace context (0 to 1); a write that
     /// carries a `traceparent` follows its sampling decision.
     pub sample_ratio: f64,
+    /// OTLP gRPC endpoint the metrics (those `/metrics` shows) are pushed to; empty turns it off, as
+    /// where Prometheus scrapes.
+    pub otlp_metrics_endpoint: String,
+    /// How often the metrics are pushed to `otlp_metrics_endpoint`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: std::time::Duration,
 }
 
 impl Default for TelemetrySettings {
     fn default() -> Self {
-        Self { log: "info".to_owned(), otlp_endpoint: String::new(), sample_ratio: 0.01 }
+        Self { log: "info".to_owned(), otlp_endpoint: String::new(), sample_ratio: 0.01, otlp_metrics_endpoint: String::new(), metrics_interval: std::time::Duration::from_secs(15) }
     }
 }
 
@@ -36,19 +42,21 @@ impl TelemetrySettings {
         if let Err(err) = EnvFilter::try_new(&self.log) {
             errors.push(FieldError::new(format!("{prefix}.log"), err));
         }
-        let endpoint = &self.otlp_endpoint;
-        check(
-            &mut errors,
-            endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://"),
-            &format!("{prefix}.otlp_endpoint"),
-            format!("{endpoint:?} must be empty or an http(s) URL"),
-        );
+        for (key, endpoint) in [("otlp_endpoint", &self.otlp_endpoint), ("otlp_metrics_endpoint", &self.otlp_metrics_endpoint)] {
+            check(
+                &mut errors,
+                endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                &format!("{prefix}.{key}"),
+                format!("{endpoint:?} must be empty or an http(s) URL"),
+            );
+        }
         check(
             &mut errors,
             (0.0..=1.0).contains(&self.sample_ratio),
             &format!("{prefix}.sample_ratio"),
             format!("{} must be within [0, 1]", self.sample_ratio),
         );
+        check(&mut errors, !self.metrics_interval.is_zero(), &format!("{prefix}.metrics_interval"), "must be positive");
         errors
     }
 }

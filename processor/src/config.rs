@@ -1,5 +1,6 @@
 //! The processor's settings.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plumbing::config::{FieldError, ServiceSettings, check};
@@ -104,6 +105,51 @@ pub struct Windows {
     pub max_future: Duration,
     /// The quantile sketch in every aggregate.
     pub sketch: Sketch,
+    /// A TOML file of `default` and `[[rules]]` window definitions that replaces the two above, reloaded
+    /// on SIGHUP and whenever its content changes: points read after a reload go to windows of the
+    /// new definitions, while windows already open close as they were defined, with their points.
+    /// A file that is invalid is refused with a log line, and the running definitions stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// How often `file` is checked for a change.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// The windows file: what `windows.default` and `windows.rules` say in the settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowsFile {
+    default: WindowDef,
+    #[serde(default)]
+    rules: Vec<WindowRule>,
+}
+
+/// The window definitions of `file`, or every problem found, each naming the file and the field.
+pub fn load_windows_file(file: &Path) -> Result<WindowRules, String> {
+    let text = std::fs::read_to_string(file).map_err(|err| format!("{}: {err}", file.display()))?;
+    let parsed: WindowsFile = toml::from_str(&text).map_err(|err| format!("{}: {err}", file.display()))?;
+    let mut errors = Vec::new();
+    parsed.default.validate("default", &mut errors);
+    for (i, rule) in parsed.rules.iter().enumerate() {
+        rule.window.validate(&format!("rules[{i}].window"), &mut errors);
+    }
+    let compiled = parsed
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| match globset::Glob::new(&rule.metric) {
+            Ok(glob) => Some((glob.compile_matcher(), rule.window.kind())),
+            Err(err) => {
+                errors.push(FieldError::new(format!("rules[{i}].metric"), format!("{:?} is not a glob: {err}", rule.metric)));
+                None
+            }
+        })
+        .collect::<Vec<_>>();
+    if !errors.is_empty() {
+        return Err(errors.iter().map(|e| format!("{}: {e}", file.display())).collect::<Vec<_>>().join("; "));
+    }
+    Ok(WindowRules::new(parsed.default.kind(), compiled.into_iter().flatten().collect()))
 }
 
 /// A window shape.
@@ -166,6 +212,8 @@ impl Default for Settings {
                 idle_timeout: Duration::from_secs(30),
                 max_future: Duration::from_secs(5 * 60),
                 sketch: Sketch { relative_accuracy: 0.01, max_bins: 2048, quantiles: vec![0.5, 0.9, 0.99] },
+                file: None,
+                reload_interval: Duration::from_secs(2),
             },
             commit_interval: Duration::from_millis(100),
             delivery: Delivery::ExactlyOnce,
@@ -214,6 +262,14 @@ impl WindowDef {
 
 impl Windows {
     /// The compiled window rules.
+    /// The running window definitions: those of `file` when there is one, else the settings' own.
+    pub fn running_rules(&self) -> Result<WindowRules, String> {
+        match &self.file {
+            Some(file) => load_windows_file(file),
+            None => self.rules().map_err(|err| err.to_string()),
+        }
+    }
+
     pub fn rules(&self) -> Result<WindowRules, globset::Error> {
         let rules = self
             .rules
@@ -254,6 +310,12 @@ impl ServiceSettings for Settings {
         check(&mut errors, !self.changelog.restore_timeout.is_zero(), "changelog.restore_timeout", "must be positive");
         check(&mut errors, self.changelog.segment_bytes >= 1024 * 1024, "changelog.segment_bytes", format!("{} must be at least 1 MiB", self.changelog.segment_bytes));
         self.windows.default.validate("windows.default", &mut errors);
+        if let Some(file) = &self.windows.file
+            && let Err(problems) = load_windows_file(file)
+        {
+            errors.push(FieldError::new("windows.file", problems));
+        }
+        check(&mut errors, !self.windows.reload_interval.is_zero(), "windows.reload_interval", "must be positive");
         for (i, rule) in self.windows.rules.iter().enumerate() {
             rule.window.validate(&format!("windows.rules[{i}].window"), &mut errors);
             if let Err(err) = globset::Glob::new(&rule.metric) {
@@ -321,5 +383,30 @@ impl ServiceSettings for Settings {
 
     fn ops(&self) -> &OpsSettings {
         &self.ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_windows_file_replaces_the_settings_windows_and_a_bad_one_names_each_problem() {
+        let path = std::env::temp_dir().join(format!("runnel-windows-{}.toml", std::process::id()));
+        let good = "default = { kind = \"tumbling\", size = \"1m\" }\n[[rules]]\nmetric = \"cpu_*\"\nwindow = { kind = \"session\", gap = \"30s\" }\n";
+        std::fs::write(&path, good).unwrap();
+        let mut s = Settings::default();
+        s.windows.file = Some(path.clone());
+        assert_eq!(s.validate(), Vec::new());
+        assert_eq!(s.windows.running_rules().unwrap().describe(), "default tumbling 1m; cpu_* session 30s");
+        let bad = "default = { kind = \"tumbling\", size = \"0s\" }\n[[rules]]\nmetric = \"[\"\nwindow = { kind = \"tumbling\", size = \"1s\" }\n";
+        std::fs::write(&path, bad).unwrap();
+        let errors = s.validate();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let shown = errors[0].to_string();
+        assert!(shown.starts_with("windows.file: "), "{shown}");
+        assert!(shown.contains("default.size: 0s must be between 1ms and a year"), "{shown}");
+        assert!(shown.contains("rules[0].metric: \"[\" is not a glob"), "{shown}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

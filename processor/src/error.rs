@@ -26,6 +26,9 @@ pub enum Error {
     OpsBind(std::io::Error),
     #[error("ops server: {0}")]
     OpsServe(std::io::Error),
+    /// The SIGHUP handler of the windows file's reload could not be installed.
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
 }
 
 impl Error {

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::prost::Message as _;
@@ -154,9 +154,10 @@ pub(crate) struct Routing {
 }
 
 /// How points become windows.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Windowing {
-    pub(crate) rules: WindowRules,
+    /// Replaced whole by a reload of the windows file.
+    pub(crate) rules: RwLock<WindowRules>,
     pub(crate) allowed_lateness_ns: i64,
     pub(crate) sketch: SketchSpec,
 }
@@ -664,7 +665,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
         return refuse(Reason::Future, detail, Some(point));
     }
     let key = point.series_key();
-    let kind = shared.windowing.rules.kind_for(&point.metric);
+    let kind = shared.windowing.rules.read().unwrap_or_else(PoisonError::into_inner).kind_for(&point.metric);
     let mut out = Vec::new();
     let kept = point.clone();
     let series = || Series { metric: point.metric, tags: point.tags };

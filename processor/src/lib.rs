@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use plumbing::Shutdown;
 use plumbing::ops::{OpsListener, Readiness, Registry};
+use plumbing::reload::Reloads;
 
 pub use crate::config::{Delivery, Settings, WindowDef, WindowRule};
 pub use crate::error::{Error, Result};
@@ -27,15 +28,19 @@ use plumbing::txn::{ProducerHealth, Transactions};
 pub struct App {
     pipeline: Pipeline,
     ops: OpsListener,
+    /// The windows file and how often it is checked, if the windows come from one.
+    windows_file: Option<std::path::PathBuf>,
+    reload_interval: std::time::Duration,
+    reloads: Arc<Reloads>,
 }
 
 impl App {
     /// Creates the topics if needed and connects the consumer and the producer.
     pub async fn build(settings: Settings) -> Result<Self> {
         let changelog_topic = settings.changelog_topic();
-        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, changelog, ops, .. } =
+        let Settings { kafka, group_id, topics, windows, commit_interval, delivery, transactional_id, transaction_timeout, changelog, ops, telemetry, .. } =
             settings;
-        let ops = OpsListener::bind(ops.listen).await.map_err(Error::OpsBind)?;
+        let ops = OpsListener::bind(ops.listen).await.map_err(Error::OpsBind)?.with_otlp("processor", &telemetry);
         kafka.ensure_topics(&[&topics.points, &topics.aggregates, &topics.deadletter]).await?;
         // One changelog partition per points partition, compacted: it holds the open windows, not history.
         let changelog_settings = plumbing::kafka::TopicSettings {
@@ -75,8 +80,8 @@ impl App {
             idle_timeout: windows.idle_timeout,
         };
         let windowing = Windowing {
-            // Validated at load: every glob compiles.
-            rules: windows.rules().map_err(|err| Error::Config(err.to_string()))?,
+            // Validated at load (the windows file may have changed since: read again).
+            rules: std::sync::RwLock::new(windows.running_rules().map_err(Error::Config)?),
             allowed_lateness_ns: config::nanos(windows.allowed_lateness),
             sketch: windows.sketch(),
         };
@@ -86,12 +91,18 @@ impl App {
         let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout, changelog.restore_timeout));
         let consumer = plumbing::kafka::with_statistics(&mut kafka.consumer("runnel-processor", &group_id))
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;
-        Ok(Self { pipeline: Pipeline::new(consumer, shared, commit_interval), ops })
+        let (windows_file, reload_interval) = (windows.file, windows.reload_interval);
+        Ok(Self { pipeline: Pipeline::new(consumer, shared, commit_interval), ops, windows_file, reload_interval, reloads: Arc::default() })
     }
 
     /// The address of `/livez`, `/readyz` and `/metrics`.
     pub fn ops_addr(&self) -> std::net::SocketAddr {
         self.ops.local_addr()
+    }
+
+    /// How many reloads of the windows file were applied and refused.
+    pub fn reloads(&self) -> Arc<Reloads> {
+        Arc::clone(&self.reloads)
     }
 
     /// Counters of what the processor has done.
@@ -104,7 +115,7 @@ impl App {
     pub async fn run(self, shutdown: Shutdown) -> Result<()> {
         let readiness = Readiness::default();
         let mut registry = Registry::default();
-        metrics::register(&mut registry, &self.pipeline.shared);
+        metrics::register(&mut registry, &self.pipeline.shared, Arc::clone(&self.reloads));
         let stats = self.stats();
         let becoming_ready = {
             let readiness = readiness.clone();
@@ -115,9 +126,17 @@ impl App {
                 readiness.set(true);
             }
         };
-        // The ops server stops with the pipeline, whatever stopped that.
+        // The ops server and the reloading stop with the pipeline, whatever stopped that.
         let stop = shutdown.child_token();
-        let (processed, served, ()) = tokio::join!(
+        let shared = Arc::clone(&self.pipeline.shared);
+        let apply = move |file: &std::path::Path| {
+            let rules = config::load_windows_file(file)?;
+            let described = rules.describe();
+            *shared.windowing.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner) = rules;
+            Ok(described)
+        };
+        let reload = plumbing::reload::watch("windows", self.windows_file, self.reload_interval, self.reloads, stop.clone(), apply);
+        let (processed, served, (), reloaded) = tokio::join!(
             async {
                 let processed = self.pipeline.run(shutdown.clone()).await;
                 stop.cancel();
@@ -130,8 +149,10 @@ impl App {
                     () = becoming_ready => {}
                 }
             },
+            reload,
         );
         processed?;
+        reloaded.map_err(Error::Signal)?;
         served.map_err(Error::OpsServe)
     }
 }

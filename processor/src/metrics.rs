@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use plumbing::ops::{Registry, Scrape, Scraped};
+use plumbing::reload::Reloads;
 
 use crate::kafka::Shared;
 
-pub(crate) fn register(registry: &mut Registry, shared: &Arc<Shared>) {
+pub(crate) fn register(registry: &mut Registry, shared: &Arc<Shared>, reloads: Arc<Reloads>) {
     registry.register_collector(Box::new(shared.kafka_stats.clone()));
     let shared = Arc::clone(shared);
     registry.register_collector(Box::new(Scraped(move |scrape: &mut Scrape<'_>| {
@@ -32,6 +33,8 @@ pub(crate) fn register(registry: &mut Registry, shared: &Arc<Shared>) {
         }
         let commit_seconds = get(&stats.commit_micros) as f64 / 1e6;
         scrape.counter("runnel_processor_commit_seconds", "wall-clock time spent committing", commit_seconds)?;
+        let reloaded = [([("outcome", "applied")], get(&reloads.applied)), ([("outcome", "refused")], get(&reloads.refused))];
+        scrape.counters("runnel_processor_window_reloads", "windows files reloaded: applied, or refused as invalid", reloaded)?;
         scrape.gauge("runnel_processor_assigned_partitions", "input partitions this instance owns", get(&stats.assigned_partitions) as i64)?;
         let help = "from a window's aggregate being sent (as its window closed) to the commit that made it visible";
         scrape.histogram("runnel_processor_window_close_to_commit_seconds", help, &shared.close_to_commit)?;

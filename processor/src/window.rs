@@ -60,6 +60,22 @@ impl WindowRules {
         Self { default, rules }
     }
 
+    /// The definitions in a line, for the log: `default tumbling 10s; cpu_* hopping 1m/10s`.
+    pub fn describe(&self) -> String {
+        let kind = |k: &WindowKind| {
+            let d = |ns: i64| humantime::format_duration(std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(0))).to_string();
+            match *k {
+                WindowKind::Tumbling { size_ns } => format!("tumbling {}", d(size_ns)),
+                WindowKind::Hopping { size_ns, advance_ns } => format!("hopping {}/{}", d(size_ns), d(advance_ns)),
+                WindowKind::Session { gap_ns } => format!("session {}", d(gap_ns)),
+            }
+        };
+        std::iter::once(format!("default {}", kind(&self.default)))
+            .chain(self.rules.iter().map(|(glob, k)| format!("{} {}", glob.glob(), kind(k))))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub fn kind_for(&self, metric: &str) -> WindowKind {
         self.rules.iter().find(|(glob, _)| glob.is_match(metric)).map_or(self.default, |(_, kind)| *kind)
     }

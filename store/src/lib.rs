@@ -56,7 +56,7 @@ pub struct App {
 impl App {
     /// Opens the object store, creates the topics if needed, connects a consumer per table and binds.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { grpc, kafka, group_id, topics, storage, query, ops, .. } = settings;
+        let Settings { grpc, kafka, group_id, topics, storage, query, ops, telemetry, .. } = settings;
         let kafka_stats = KafkaStats::default();
         let objects = Objects::open(&storage)?;
         kafka.ensure_topics(&Kind::ALL.map(|kind| topics.of(kind))).await?;
@@ -94,7 +94,7 @@ impl App {
             });
         }
         let listener = Listener::bind(grpc.listen).await.map_err(Error::Bind)?;
-        let ops = OpsListener::bind(ops.listen).await.map_err(Error::Ops)?;
+        let ops = OpsListener::bind(ops.listen).await.map_err(Error::Ops)?.with_otlp("store", &telemetry);
         Ok(Self { listener, ops, kafka_stats, ingests, query })
     }
 
