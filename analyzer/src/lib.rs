@@ -97,8 +97,8 @@ impl InputWiring<'_> {
         }
         let config = kafka.transactional_producer("runnel-analyzer", &self.transactional_id, self.transaction_timeout);
         // Registering the id blocks until the broker fenced any former instance with it.
-        let timeout = self.transaction_timeout;
-        let txns = tokio::task::spawn_blocking(move || Transactions::new(config, timeout)).await.map_err(|err| Error::Internal(err.to_string()))??;
+        let (timeout, stats) = (self.transaction_timeout, self.kafka_stats.clone());
+        let txns = tokio::task::spawn_blocking(move || Transactions::new(config, timeout, stats)).await.map_err(|err| Error::Internal(err.to_string()))??;
         let mut changelog_reader = kafka.consumer("runnel-analyzer-restore", &format!("{}-restore", self.group_id));
         changelog_reader.set("enable.partition.eof", "true");
         let wiring = kafka::Wiring {

@@ -104,16 +104,21 @@ async fn write_line_protocol(
     body: Body,
 ) -> Result<Response> {
     let caller = ingest.authorize(Source::LineProtocol, authorization(&headers))?;
+    let refuse = ingest.refuse(Source::LineProtocol);
     let precision = match params.precision.as_deref() {
         None => Precision::default(),
-        Some(name) => name.parse().map_err(|reason| Error::BadRequest { what: "precision".into(), reason })?,
+        Some(name) => name.parse().map_err(|reason| refuse(Error::BadRequest { what: "precision".into(), reason }))?,
     };
-    let body = read_body(body, &headers, ingest.limits()).await?;
-    let text = std::str::from_utf8(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") })?;
+    let body = read_body(body, &headers, ingest.limits()).await.map_err(&refuse)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|err| refuse(Error::BadRequest { what: "body".into(), reason: format!("not UTF-8: {err}") }))?;
     let parsed = lineproto::parse_lenient(text, precision, now_ns());
     let partial = ingest.accepts_partial(Source::LineProtocol);
     if !partial && !parsed.refused.is_empty() {
-        return Err(Error::Invalid { context: String::new(), violations: parsed.refused.into_iter().map(|(_, v)| v).collect() });
+        let lines = parsed.points.len() + parsed.refused.len();
+        let err = Error::Invalid { context: String::new(), violations: parsed.refused.into_iter().map(|(_, v)| v).collect() };
+        ingest.metrics().refused(Source::LineProtocol, lines, &err);
+        return Err(err);
     }
     // A point's dead letter carries the text of its line.
     let physical: Vec<&str> = text.split('\n').collect();
@@ -132,19 +137,22 @@ async fn write_line_protocol(
 
 async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
     let caller = ingest.authorize(Source::RemoteWrite, authorization(&headers))?;
+    let refuse = ingest.refuse(Source::RemoteWrite);
     match headers.get(header::CONTENT_ENCODING).map(HeaderValue::to_str) {
         None | Some(Ok("snappy")) => {}
-        Some(other) => return Err(Error::UnsupportedEncoding(format!("{other:?}"))),
+        Some(other) => return Err(refuse(Error::UnsupportedEncoding(format!("{other:?}")))),
     }
     let limits = ingest.limits();
-    let raw = read_raw(body, limits).await?;
+    let raw = read_raw(body, limits).await.map_err(&refuse)?;
     let decoded = match promwrite::decode(&raw, limits.max_decompressed_bytes) {
         Ok(Ok(decoded)) => decoded,
-        Ok(Err(violations)) => return Err(Error::Invalid { context: String::new(), violations }),
-        Err(BodyError::TooLarge { limit, .. }) => return Err(Error::TooLarge { what: "decompressed body".into(), limit }),
-        Err(BodyError::NotSnappy(reason)) => return Err(Error::BadRequest { what: "body".into(), reason: format!("not snappy: {reason}") }),
+        Ok(Err(violations)) => return Err(refuse(Error::Invalid { context: String::new(), violations })),
+        Err(BodyError::TooLarge { limit, .. }) => return Err(refuse(Error::TooLarge { what: "decompressed body".into(), limit })),
+        Err(BodyError::NotSnappy(reason)) => {
+            return Err(refuse(Error::BadRequest { what: "body".into(), reason: format!("not snappy: {reason}") }));
+        }
         Err(BodyError::NotProtobuf(reason)) => {
-            return Err(Error::BadRequest { what: "body".into(), reason: format!("not a prometheus.WriteRequest: {reason}") });
+            return Err(refuse(Error::BadRequest { what: "body".into(), reason: format!("not a prometheus.WriteRequest: {reason}") }));
         }
     };
     let series = &decoded.series;
@@ -160,13 +168,14 @@ async fn write_remote(State(ingest): State<Ingest>, headers: HeaderMap, body: Bo
 
 async fn write_otlp(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
     let caller = ingest.authorize(Source::Otlp, authorization(&headers))?;
+    let refuse = ingest.refuse(Source::Otlp);
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !content_type.starts_with("application/x-protobuf") {
-        return Err(Error::UnsupportedMediaType(format!("{content_type:?}; OTLP is taken as application/x-protobuf")));
+        return Err(refuse(Error::UnsupportedMediaType(format!("{content_type:?}; OTLP is taken as application/x-protobuf"))));
     }
-    let body = read_body(body, &headers, ingest.limits()).await?;
+    let body = read_body(body, &headers, ingest.limits()).await.map_err(&refuse)?;
     let request = ExportMetricsServiceRequest::decode(body)
-        .map_err(|err| Error::BadRequest { what: "body".into(), reason: format!("not an ExportMetricsServiceRequest: {err}") })?;
+        .map_err(|err| refuse(Error::BadRequest { what: "body".into(), reason: format!("not an ExportMetricsServiceRequest: {err}") }))?;
     ingest.write_otlp(&caller, request).await?;
     let body = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
     Ok(([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response())
@@ -208,10 +217,11 @@ struct JsonPoint {
 
 async fn write_json(State(ingest): State<Ingest>, headers: HeaderMap, body: Body) -> Result<Response> {
     let caller = ingest.authorize(Source::Json, authorization(&headers))?;
-    let body = read_body(body, &headers, ingest.limits()).await?;
+    let refuse = ingest.refuse(Source::Json);
+    let body = read_body(body, &headers, ingest.limits()).await.map_err(&refuse)?;
     let batch: JsonBatch =
-        serde_json::from_slice(&body).map_err(|err| Error::BadRequest { what: "body".into(), reason: err.to_string() })?;
-    let points = json_points(batch)?;
+        serde_json::from_slice(&body).map_err(|err| refuse(Error::BadRequest { what: "body".into(), reason: err.to_string() }))?;
+    let points = json_points(batch).map_err(&refuse)?;
     let written = ingest.write(&caller, Batch::of(Source::Json, points).traced(plumbing::trace::from_http(&headers)), String::new, |_| {}).await?;
     let body = serde_json::json!({ "accepted": written.accepted, "dead_lettered": written.dead_lettered }).to_string();
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -60,6 +60,16 @@ impl Ingest {
         self.auth.check(authorization).inspect_err(|err| self.metrics.refused(source, 0, err))
     }
 
+    /// Counts the refusal of a `source` request before its batch was decoded (its parameters or body:
+    /// too large, not gzip, not the protocol), for `map_err`; `authorize`, `write` and `write_otlp`
+    /// count their own, so that every refused request counts once.
+    pub(crate) fn refuse(&self, source: Source) -> impl Fn(Error) -> Error + '_ {
+        move |err| {
+            self.metrics.refused(source, 0, &err);
+            err
+        }
+    }
+
     /// Whether writes can be taken now: not while every Kafka broker is down.
     pub(crate) fn is_ready(&self) -> bool {
         !self.sink.is_down()

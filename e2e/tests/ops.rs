@@ -48,7 +48,8 @@ async fn until_sample(addr: SocketAddr, series: &str, want: f64) {
 }
 
 struct Pipeline {
-    collector: (SocketAddr, SocketAddr),
+    /// gRPC, HTTP and ops.
+    collector: (SocketAddr, SocketAddr, SocketAddr),
     processor: SocketAddr,
     store: SocketAddr,
     analyzer: SocketAddr,
@@ -77,7 +78,7 @@ async fn start(topics: &Topics) -> Pipeline {
     let analyzer_running = Running::spawn(|shutdown| app.run(shutdown));
     let settings = collector_settings(topics);
     let app = collector::App::build(settings).await.unwrap();
-    let collector = (app.grpc_addr(), app.ops_addr());
+    let collector = (app.grpc_addr(), app.http_addr(), app.ops_addr());
     let collector_running = Running::spawn(|shutdown| app.run(shutdown));
     Pipeline {
         collector,
@@ -102,7 +103,7 @@ impl Pipeline {
     }
 
     fn ops(&self) -> [(&'static str, SocketAddr); 4] {
-        [("collector", self.collector.1), ("processor", self.processor), ("store", self.store), ("analyzer", self.analyzer)]
+        [("collector", self.collector.2), ("processor", self.processor), ("store", self.store), ("analyzer", self.analyzer)]
     }
 }
 
@@ -146,9 +147,33 @@ async fn every_service_serves_liveness_readiness_and_metrics_that_count_exactly(
     nameless.metric.clear();
     let refused = client.write(WriteRequest { points: vec![point(&a, base, 1.0), nameless] }).await.unwrap_err();
     assert_eq!(refused.code(), proto::tonic::Code::InvalidArgument);
+    // Requests refused before a batch is decoded count by their protocol and reason too.
+    let http = reqwest::Client::new();
+    let post = |path: &str, headers: &[(&str, &str)], body: &'static [u8]| {
+        let mut request = http.post(format!("http://{}{path}", pipeline.collector.1)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post("/api/v2/write", &[("content-encoding", "gzip")], b"not gzip at all").await, 400);
+    assert_eq!(post("/api/v1/points", &[("content-encoding", "br")], b"{}").await, 415);
+    assert_eq!(post("/api/v1/points", &[], br#"{"points": 7}"#).await, 400);
+    assert_eq!(post("/v1/metrics", &[("content-type", "application/json")], b"{}").await, 415);
+    assert_eq!(post("/api/v1/write", &[], b"not snappy").await, 400);
 
     let sent = data.sent.len() as f64;
-    let collector = pipeline.collector.1;
+    let collector = pipeline.collector.2;
+    for (protocol, outcome, n) in [
+        ("line_protocol", "bad_request", 1.0),
+        ("json", "unsupported_encoding", 1.0),
+        ("json", "bad_request", 1.0),
+        ("otlp", "unsupported_media_type", 1.0),
+        ("remote_write", "bad_request", 1.0),
+        ("line_protocol", "written", 0.0),
+    ] {
+        until_sample(collector, &format!(r#"runnel_collector_requests_total{{protocol="{protocol}",outcome="{outcome}"}}"#), n).await;
+    }
     until_sample(collector, r#"runnel_collector_points_total{protocol="grpc",outcome="accepted"}"#, sent).await;
     until_sample(collector, r#"runnel_collector_points_total{protocol="grpc",outcome="refused"}"#, 2.0).await;
     let batches = data.sent.chunks(20).count() as f64;
@@ -189,6 +214,13 @@ async fn every_service_serves_liveness_readiness_and_metrics_that_count_exactly(
     let mut scraped = String::new();
     // librdkafka reports the collector's producer every 5 s.
     until_sample(collector, r#"runnel_kafka_producer_queue_messages{client="runnel-collector",type="producer"}"#, 0.0).await;
+    // And the processor's and the analyzer's transactional producers: every message sent, none queued.
+    until_sample(processor, r#"runnel_kafka_producer_queue_messages{client="runnel-processor",type="producer"}"#, 0.0).await;
+    let (_, text) = get(processor, "/metrics").await;
+    let sent_by_processor = sample(&text, r#"runnel_kafka_producer_messages_total{client="runnel-processor",type="producer"}"#);
+    // At least the aggregates and the dead letter; the changelog and the commit markers besides.
+    assert!(sent_by_processor.is_some_and(|n| n >= windows as f64 + 1.0), "{text}");
+    until_sample(pipeline.analyzer, r#"runnel_kafka_producer_queue_messages{client="runnel-analyzer",type="producer"}"#, 0.0).await;
     for (name, addr) in pipeline.ops() {
         let (_, text) = get(addr, "/metrics").await;
         assert!(sample(&text, "process_cpu_seconds_total").is_some_and(|cpu| cpu > 0.0), "{name}:\n{text}");
@@ -204,31 +236,26 @@ async fn every_service_serves_liveness_readiness_and_metrics_that_count_exactly(
     pipeline.stop().await;
 }
 
-/// A member of the processor's group that holds every partition and never polls keeps a new processor
-/// from being assigned any until it leaves: the processor answers 503 on `/readyz` all that time, and
-/// 200 once the partitions are its own and restored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_processor_is_ready_only_once_its_partitions_are_assigned() {
-    let topics = Topics::unique(2);
-    kafka().ensure_topics(&[&topics.points]).await.unwrap();
-    let group = unique("e2e-ops-ready");
-    let mut config = kafka().consumer("e2e-blocker", &group);
-    // Its rebalance timeout: how long the group waits for it to rejoin before it proceeds without it.
+/// A member of `group` that takes every partition of `topic` and then never polls: a rebalance that
+/// would give a newcomer partitions waits for it to rejoin, up to its rebalance timeout (5 minutes).
+async fn blocker(group: &str, topic: &plumbing::kafka::TopicSettings) -> BaseConsumer {
+    kafka().ensure_topics(&[topic]).await.unwrap();
+    let mut config = kafka().consumer("e2e-blocker", group);
     config.set("max.poll.interval.ms", "300000").set("session.timeout.ms", "45000");
     let blocker: BaseConsumer = config.create().unwrap();
-    blocker.subscribe(&[&topics.points.name]).unwrap();
+    blocker.subscribe(&[&topic.name]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while blocker.assignment().unwrap().count() < 2 {
+    while blocker.assignment().unwrap().count() < topic.partitions as usize {
         assert!(std::time::Instant::now() < deadline, "the blocker never got the partitions");
         if let Some(Err(err)) = blocker.poll(Duration::from_millis(100)) {
             panic!("blocker: {err}");
         }
     }
+    blocker
+}
 
-    let app = processor::App::build(processor_settings(&topics, &group)).await.unwrap();
-    let (ops, stats) = (app.ops_addr(), app.stats());
-    let running = Running::spawn(|shutdown| app.run(shutdown));
-    // Serving, but not ready: the group cannot finish its rebalance while the blocker does not rejoin.
+/// The service at `ops` serves, but answers 503 on `/readyz` for 3 s on end.
+async fn serving_but_not_ready(ops: SocketAddr) {
     let serving = eventually("the ops listener answers", Duration::from_secs(30), || async {
         reqwest::get(format!("http://{ops}/livez")).await.ok().map(drop)
     });
@@ -237,16 +264,71 @@ async fn a_processor_is_ready_only_once_its_partitions_are_assigned() {
         assert_eq!(get(ops, "/readyz").await, (503, "not ready\n".to_owned()));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `/readyz` at `ops` turns 200.
+async fn becomes_ready(ops: SocketAddr) {
+    eventually("the service is ready", Duration::from_secs(60), || async {
+        (get(ops, "/readyz").await == (200, "ready\n".to_owned())).then_some(())
+    })
+    .await;
+}
+
+/// A member of the processor's group that holds every partition and never polls keeps a new processor
+/// from being assigned any until it leaves: the processor answers 503 on `/readyz` all that time, and
+/// 200 once the partitions are its own and restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_is_ready_only_once_its_partitions_are_assigned() {
+    let topics = Topics::unique(2);
+    let group = unique("e2e-ops-ready");
+    let blocker = blocker(&group, &topics.points).await;
+    let app = processor::App::build(processor_settings(&topics, &group)).await.unwrap();
+    let (ops, stats) = (app.ops_addr(), app.stats());
+    let running = Running::spawn(|shutdown| app.run(shutdown));
+    // Serving, but not ready: the group cannot finish its rebalance while the blocker does not rejoin.
+    serving_but_not_ready(ops).await;
     assert_eq!(stats.assignments.load(std::sync::atomic::Ordering::SeqCst), 0, "no assignment while the blocker holds");
 
     // The blocker leaves the group: the processor gets both partitions and becomes ready.
     drop(blocker);
-    eventually("the processor is ready", Duration::from_secs(60), || async {
-        (get(ops, "/readyz").await == (200, "ready\n".to_owned())).then_some(())
-    })
-    .await;
+    becomes_ready(ops).await;
     until_sample(ops, "runnel_processor_assigned_partitions", 2.0).await;
     running.stop().await;
+}
+
+/// The store is ready once every kind's group assigned it partitions: a blocker in the aggregates'
+/// group alone (the points' and alerts' groups assign at once) keeps it not ready until it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_is_ready_only_once_every_kind_is_assigned() {
+    let topics = Topics::unique(2);
+    let group = unique("e2e-ops-ready-store");
+    let blocker = blocker(&format!("{group}.aggregates"), &topics.aggregates).await;
+    let path = std::env::temp_dir().join(unique("runnel-ops-ready-store"));
+    let app = store::App::build(store_settings(&topics, &group, &path)).await.unwrap();
+    let (ops, stats) = (app.ops_addr(), app.stats(store::Kind::Aggregates));
+    let running = Running::spawn(|shutdown| app.run(shutdown));
+    serving_but_not_ready(ops).await;
+    assert_eq!(stats.assignments.load(std::sync::atomic::Ordering::SeqCst), 0, "no aggregates assignment while the blocker holds");
+    drop(blocker);
+    becomes_ready(ops).await;
+    running.stop().await;
+    std::fs::remove_dir_all(&path).unwrap();
+}
+
+/// The analyzer is ready once its group assigned it the aggregates' partitions and it restored their
+/// state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyzer_is_ready_only_once_its_partitions_are_assigned() {
+    let (settings, rules) = e2e::analyzer_settings("");
+    let blocker = blocker(&settings.group_id, &settings.topics.aggregates).await;
+    let app = analyzer::App::build(settings).await.unwrap();
+    let ops = app.ops_addr();
+    let running = Running::spawn(|shutdown| app.run(shutdown));
+    serving_but_not_ready(ops).await;
+    drop(blocker);
+    becomes_ready(ops).await;
+    running.stop().await;
+    std::fs::remove_file(&rules).unwrap();
 }
 
 /// A free port on loopback, for a program that cannot report the port it bound (Prometheus).

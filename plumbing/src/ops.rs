@@ -351,14 +351,22 @@ impl Collector for KafkaStats {
             })
         });
         scrape.gauges("runnel_kafka_consumer_lag_messages", "messages between what the service was handed and the end a read_committed consumer can read", lag)?;
-        let producers: Vec<&Statistics> = clients.values().filter(|s| s.client_type == "producer").collect();
-        let queued = producers.iter().map(|s| (client(s), s.msg_cnt as i64));
+        // A service may run several clients of one id (the store a consumer per kind, the analyzer a
+        // producer per input): their figures add up under the one label set.
+        let summed = |kind: &str, figure: fn(&Statistics) -> i64| {
+            let mut sums = BTreeMap::<Vec<(&str, String)>, i64>::new();
+            for s in clients.values().filter(|s| s.client_type == kind) {
+                *sums.entry(client(s)).or_default() += figure(s).max(0);
+            }
+            sums
+        };
+        let queued = summed("producer", |s| s.msg_cnt as i64);
         scrape.gauges("runnel_kafka_producer_queue_messages", "messages the producer holds that Kafka has not acknowledged", queued)?;
-        let bytes = producers.iter().map(|s| (client(s), s.msg_size as i64));
+        let bytes = summed("producer", |s| s.msg_size as i64);
         scrape.gauges("runnel_kafka_producer_queue_bytes", "bytes the producer holds that Kafka has not acknowledged", bytes)?;
-        let sent = producers.iter().map(|s| (client(s), s.txmsgs.max(0) as u64));
+        let sent = summed("producer", |s| s.txmsgs).into_iter().map(|(labels, n)| (labels, n as u64));
         scrape.counters("runnel_kafka_producer_messages", "messages the producer has sent to brokers", sent)?;
-        let consumed = clients.values().filter(|s| s.client_type == "consumer").map(|s| (client(s), s.rxmsgs.max(0) as u64));
+        let consumed = summed("consumer", |s| s.rxmsgs).into_iter().map(|(labels, n)| (labels, n as u64));
         scrape.counters("runnel_kafka_consumer_messages", "messages the consumer has fetched from brokers", consumed)?;
         Ok(())
     }
@@ -418,6 +426,32 @@ mod tests {
         let second = encode(&registry);
         assert!(second.contains("things_total 9\n"), "{second}");
         assert!(second.ends_with("# EOF\n"), "{second}");
+    }
+
+    #[test]
+    fn clients_of_one_id_add_up_and_a_forgotten_one_drops_out() {
+        let producer = |name: &str, queued: u64| Statistics {
+            name: name.to_owned(),
+            client_id: "runnel-analyzer".to_owned(),
+            client_type: "producer".to_owned(),
+            msg_cnt: queued,
+            txmsgs: 10,
+            ..Statistics::default()
+        };
+        let stats = KafkaStats::default();
+        stats.record(producer("runnel-analyzer#producer-1", 3));
+        stats.record(producer("runnel-analyzer#producer-2", 4));
+        // A later report of a client replaces its former one.
+        stats.record(producer("runnel-analyzer#producer-2", 5));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(stats.clone()));
+        let text = encode(&registry);
+        let queue = r#"runnel_kafka_producer_queue_messages{client="runnel-analyzer",type="producer"}"#;
+        assert_eq!(text.matches(queue).count(), 1, "{text}");
+        assert!(text.contains(&format!("{queue} 8\n")), "{text}");
+        assert!(text.contains("runnel_kafka_producer_messages_total{client=\"runnel-analyzer\",type=\"producer\"} 20\n"), "{text}");
+        stats.forget("runnel-analyzer#producer-1");
+        assert!(encode(&registry).contains(&format!("{queue} 5\n")));
     }
 
     #[tokio::test]

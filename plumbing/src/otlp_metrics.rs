@@ -90,8 +90,11 @@ pub(crate) async fn export(registry: Arc<Registry>, to: OtlpMetrics, shutdown: S
     }
 }
 
-/// One sample line: its name, its labels (in order) and its value.
-fn sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+/// A sample's labels, in order.
+type Labels = Vec<(String, String)>;
+
+/// One sample line: its name, its labels and its value.
+fn sample(line: &str) -> Option<(&str, Labels, f64)> {
     let (series, value) = line.rsplit_once(' ')?;
     let value = match value {
         "+Inf" => f64::INFINITY,

@@ -14,20 +14,50 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
+use crate::ops::KafkaStats;
+
 /// Marks a producer broken when librdkafka reports a fatal error, so that no offset is committed for
-/// output that may never arrive.
+/// output that may never arrive; and hands librdkafka's statistics (queue depth) to the metrics.
 #[derive(Debug, Default, Clone)]
 pub struct ProducerHealth {
     fatal: Arc<AtomicBool>,
+    /// Where the statistics go, if anywhere.
+    stats: Option<KafkaStats>,
+    /// Set once the producer is replaced: a retired producer (still alive while a stuck call holds it)
+    /// must not report beside its successor under the same labels.
+    retired: Arc<AtomicBool>,
+    /// librdkafka's name of the client (`id#producer-n`), as its statistics give it.
+    name: Arc<std::sync::Mutex<String>>,
 }
 
 impl ProducerHealth {
+    /// Reports the producer's statistics to `stats`; its configuration needs
+    /// [`crate::kafka::with_statistics`] for librdkafka to emit any.
+    pub fn reporting(stats: KafkaStats) -> Self {
+        Self { stats: Some(stats), ..Self::default() }
+    }
+
     pub fn is_fatal(&self) -> bool {
         self.fatal.load(Ordering::SeqCst)
+    }
+
+    /// Stops reporting, and forgets what the producer reported.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        if let Some(stats) = &self.stats {
+            stats.forget(&self.name.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
     }
 }
 
 impl ClientContext for ProducerHealth {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        if let Some(stats) = self.stats.as_ref().filter(|_| !self.retired.load(Ordering::SeqCst)) {
+            statistics.name.clone_into(&mut self.name.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            stats.record(statistics);
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.fatal.store(true, Ordering::SeqCst);
@@ -63,7 +93,10 @@ pub struct Transactions {
     config: ClientConfig,
     timeout: Duration,
     producer: FutureProducer<ProducerHealth>,
+    /// The producer's context, to retire it when it is replaced.
+    health: ProducerHealth,
     open: bool,
+    stats: KafkaStats,
 }
 
 impl std::fmt::Debug for Transactions {
@@ -74,15 +107,18 @@ impl std::fmt::Debug for Transactions {
 
 impl Transactions {
     /// Creates the producer and registers its transactional id, fencing any earlier producer with it.
-    pub fn new(config: ClientConfig, timeout: Duration) -> KafkaResult<Self> {
-        let producer = Self::create(&config, timeout)?;
-        Ok(Self { config, timeout, producer, open: false })
+    /// The producer, and each that replaces it, reports its statistics to `stats`.
+    pub fn new(mut config: ClientConfig, timeout: Duration, stats: KafkaStats) -> KafkaResult<Self> {
+        crate::kafka::with_statistics(&mut config);
+        let (producer, health) = Self::create(&config, timeout, &stats)?;
+        Ok(Self { config, timeout, producer, health, open: false, stats })
     }
 
-    fn create(config: &ClientConfig, timeout: Duration) -> KafkaResult<FutureProducer<ProducerHealth>> {
-        let producer: FutureProducer<ProducerHealth> = config.create_with_context(ProducerHealth::default())?;
+    fn create(config: &ClientConfig, timeout: Duration, stats: &KafkaStats) -> KafkaResult<(FutureProducer<ProducerHealth>, ProducerHealth)> {
+        let health = ProducerHealth::reporting(stats.clone());
+        let producer: FutureProducer<ProducerHealth> = config.create_with_context(health.clone())?;
         producer.init_transactions(timeout)?;
-        Ok(producer)
+        Ok((producer, health))
     }
 
     /// Sends one record inside the open transaction, opening one if needed. Its delivery need not be
@@ -184,8 +220,11 @@ impl Transactions {
         }
         tracing::warn!(error = %err, "transactional producer replaced after a fatal or timed-out call");
         self.open = false;
-        match Self::create(&self.config, self.timeout) {
-            Ok(producer) => self.producer = producer,
+        match Self::create(&self.config, self.timeout, &self.stats) {
+            Ok((producer, health)) => {
+                self.health.retire();
+                (self.producer, self.health) = (producer, health);
+            }
             // The old producer stays; the next transactional call fails and comes back here to try again.
             Err(create) => tracing::error!(error = %create, "transactional producer could not be recreated"),
         }

@@ -244,6 +244,7 @@ impl Shared {
         changelog_reader: ClientConfig,
         timeout: Duration,
         restore_timeout: Duration,
+        kafka_stats: KafkaStats,
     ) -> Self {
         Self {
             windowing,
@@ -262,7 +263,7 @@ impl Shared {
             broken: Mutex::default(),
             emitted_at: Mutex::default(),
             close_to_commit: Seconds::default(),
-            kafka_stats: KafkaStats::default(),
+            kafka_stats,
             traced: Mutex::default(),
         }
     }

@@ -59,15 +59,18 @@ impl App {
                 changelog_settings.partitions, topics.points.name
             )));
         }
+        // librdkafka's statistics of the consumer and of the producers, for the metrics.
+        let kafka_stats = plumbing::ops::KafkaStats::default();
         let output = match delivery {
             Delivery::ExactlyOnce => {
                 let config = kafka.transactional_producer("runnel-processor", &transactional_id, transaction_timeout);
                 // Registering the id blocks until the broker fenced any former instance with it.
-                Output::ExactlyOnce(tokio::task::spawn_blocking(move || Transactions::new(config, transaction_timeout)).await??)
+                let stats = kafka_stats.clone();
+                Output::ExactlyOnce(tokio::task::spawn_blocking(move || Transactions::new(config, transaction_timeout, stats)).await??)
             }
             Delivery::AtLeastOnce => {
-                let health = ProducerHealth::default();
-                let producer = kafka.producer("runnel-processor").create_with_context(health.clone())?;
+                let health = ProducerHealth::reporting(kafka_stats.clone());
+                let producer = plumbing::kafka::with_statistics(&mut kafka.producer("runnel-processor")).create_with_context(health.clone())?;
                 Output::AtLeastOnce { producer, health }
             }
         };
@@ -88,7 +91,7 @@ impl App {
         let mut changelog_reader = kafka.consumer("runnel-processor-restore", &format!("{group_id}-restore"));
         changelog_reader.set("enable.partition.eof", "true");
         let timeout = transaction_timeout.max(kafka.request_timeout);
-        let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout, changelog.restore_timeout));
+        let shared = Arc::new(Shared::new(windowing, routing, output, changelog_reader, timeout, changelog.restore_timeout, kafka_stats));
         let consumer = plumbing::kafka::with_statistics(&mut kafka.consumer("runnel-processor", &group_id))
             .create_with_context(RebalanceContext { shared: Arc::clone(&shared) })?;
         let (windows_file, reload_interval) = (windows.file, windows.reload_interval);
