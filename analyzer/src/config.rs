@@ -35,7 +35,8 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
     /// How often a transaction commits the alert changes, the checkpoints of the series that changed
-    /// and the input offsets.
+    /// and the input offsets. An alert change is visible (on `WatchAlerts`, and to the store) only
+    /// once committed, so this bounds how late an alert arrives: 250 ms keeps it well under a second.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// Transactional id of this instance: stable across its restarts, so that a restart fences its
@@ -155,7 +156,7 @@ impl Default for Settings {
             rules: Vec::new(),
             rules_file: None,
             reload_interval: Duration::from_secs(2),
-            commit_interval: Duration::from_secs(1),
+            commit_interval: Duration::from_millis(250),
             transactional_id: format!("runnel-analyzer-{}", plumbing::config::hostname()),
             transaction_timeout: Duration::from_secs(10),
             telemetry: TelemetrySettings::default(),
