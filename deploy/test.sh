@@ -4,7 +4,8 @@
 # starts a Kafka broker unless KAFKA_BROKERS names one (and exports its SASL_SSL listener as
 # KAFKA_SASL_SSL_BROKERS and KAFKA_SASL_SSL_CA for the Kafka security tests; with a broker of your own,
 # set those two as well), installs an S3-compatible server for the store's S3 test (moto, from PyPI,
-# into .cache/s3-venv) unless RUNNEL_MOTO_SERVER names one, and runs every test of the workspace. The
+# into .cache/s3-venv) unless RUNNEL_MOTO_SERVER names one, prepares the benchmark's peer engines
+# (bench/peers/setup.sh), and runs every test of the workspace. The
 # broker it started is stopped at the end.
 set -euo pipefail
 
@@ -66,6 +67,10 @@ if [[ -z ${RUNNEL_MOTO_SERVER:-} ]]; then
   fi
   export RUNNEL_MOTO_SERVER=$venv/bin/moto_server
 fi
+
+# The benchmark suite's short mode runs as a test (bench/tests/suite.rs), its peer engines included:
+# Kafka Streams built with Maven, Quix Streams from PyPI (skipped when already there).
+bench/peers/setup.sh
 
 echo "==> cargo test (Kafka at $KAFKA_BROKERS)"
 cargo test --workspace --locked "$@"

@@ -7,6 +7,11 @@
 //! to become visible to a `read_committed` reader.
 
 mod analyzer;
+mod load;
+mod peers;
+mod pipeline;
+mod process;
+mod scaling;
 mod collector;
 mod store;
 
@@ -29,8 +34,12 @@ use rdkafka::{Offset, TopicPartitionList};
 #[command(name = "runnel-bench", about = "Runnel's benchmarks, each beside its baseline")]
 struct Cli {
     /// Kafka brokers (the suite script starts one and sets this).
-    #[arg(long, env = "KAFKA_BROKERS")]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
+    /// The folder of the service binaries the pipeline and peer benchmarks run; by default the one
+    /// runnel-bench runs from (deploy/bench.sh builds them there).
+    #[arg(long, env = "RUNNEL_BENCH_BIN_DIR")]
+    bin_dir: Option<std::path::PathBuf>,
     /// Where the report goes; the section of each benchmark is replaced, the rest kept.
     #[arg(long, default_value = "BENCHMARKS.md")]
     report: std::path::PathBuf,
@@ -40,6 +49,92 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The load generator alone: points to a running collector at a rate (or as fast as it takes them),
+    /// then the rate it acknowledged and the requests' latency.
+    Load {
+        /// The collector's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        grpc: String,
+        /// The collector's HTTP address (line protocol).
+        #[arg(long, default_value = "http://127.0.0.1:8086")]
+        http: String,
+        #[command(flatten)]
+        spec: load::Spec,
+    },
+    /// The whole pipeline as processes under the load generator: the maximum rate beside a bare
+    /// producer, latency from a window's close to its aggregate being queryable and its alert being
+    /// watched, CPU and memory per service, and draining the points topic beside a bare consumer and
+    /// a bare transactional passthrough.
+    Pipeline {
+        /// The load; its `--rate` is ignored (the first run goes as fast as it can, the later ones at
+        /// `--fractions` of that) and its `--duration` is the first run's.
+        #[command(flatten)]
+        spec: load::Spec,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Fractions of the sustained rate for the latency runs.
+        #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
+        fractions: Vec<f64>,
+        /// How long each latency run lasts.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        latency_duration: Duration,
+        /// Probe series under the alert rule.
+        #[arg(long, default_value_t = 200)]
+        probes: u64,
+    },
+    /// The processor's job (10 s tumbling windows, exactly once) beside Kafka Streams and Quix Streams
+    /// on the same topic and data: throughput, CPU, memory and window-result latency.
+    Peers {
+        #[arg(long, default_value_t = 1_000_000)]
+        points: u64,
+        #[arg(long, default_value_t = 10_000)]
+        series: u64,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Every engine's grace (Runnel's allowed lateness).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// The latency runs' paced rate (points a second), time and series.
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        latency_duration: Duration,
+        #[arg(long, default_value_t = 1_000)]
+        latency_series: u64,
+        /// The latency runs' warm-up, whose windows do not count.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        warm_up: Duration,
+        /// Kafka Streams' stream threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// The peers' folder (bench/peers/setup.sh builds the jar and the virtualenv there).
+        #[arg(long, default_value = "bench/peers")]
+        peers: std::path::PathBuf,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "runnel,kstreams,quix")]
+        engines: Vec<peers::Engine>,
+    },
+    /// The processor's throughput, CPU per point and memory from 1,000 to 1,000,000 series, and with 1, 2
+    /// and 4 instances on the same partitions.
+    Scaling {
+        /// Points of every configuration (a multiple of every series count).
+        #[arg(long, default_value_t = 2_000_000)]
+        points: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
+        scales: Vec<u64>,
+        /// Series of the instances' runs.
+        #[arg(long, default_value_t = 10_000)]
+        series: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        instances: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// The standard suite: pipeline, peers and scaling, each with its defaults (about 12 minutes here);
+    /// `--short` runs each small (under 2 minutes), to check that the suite works, as CI does.
+    Suite {
+        #[arg(long)]
+        short: bool,
+    },
     /// Processor throughput exactly once, at least once and as a bare transactional passthrough; and the
     /// latency from a window's close to its visibility.
     Processor {
@@ -133,15 +228,111 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let bin_dir = match cli.bin_dir.clone() {
+        Some(dir) => dir,
+        None => std::env::current_exe()?.parent().context("runnel-bench has no folder")?.to_path_buf(),
+    };
+    process::BIN_DIR.get_or_init(|| bin_dir);
     let kafka = KafkaSettings { brokers: cli.brokers.clone(), ..KafkaSettings::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match cli.command {
+    dispatch(cli.command, &runtime, &cli.report, &kafka)
+}
+
+/// The suite's benchmarks and their arguments: the defaults, or small enough for CI.
+fn suite(short: bool) -> Vec<Vec<&'static str>> {
+    if short {
+        vec![
+            vec!["pipeline", "--duration", "5s", "--series", "1000", "--batch", "500", "--clients", "4", "--fractions", "0.5", "--latency-duration", "16s", "--probes", "20", "--progress", "false"],
+            vec!["peers", "--points", "50000", "--series", "1000", "--rate", "2000", "--latency-duration", "4s", "--warm-up", "4s", "--latency-series", "100"],
+            vec!["scaling", "--points", "50000", "--scales", "1000", "--series", "1000", "--instances", "1,2"],
+        ]
+    } else {
+        vec![vec!["pipeline"], vec!["peers"], vec!["scaling"]]
+    }
+}
+
+/// One benchmark's arguments, parsed as the command line would be.
+#[derive(Debug, Parser)]
+struct One {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn dispatch(command: Command, runtime: &tokio::runtime::Runtime, report: &std::path::Path, kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let kafka = kafka.clone();
+    match command {
+        Command::Load { grpc, http, spec } => {
+            spec.check()?;
+            let protocol = spec.protocol;
+            let report = runtime.block_on(load::run(&load::Target { grpc, http }, &load::Generator::new(spec)))?;
+            println!(
+                "{} requests, {} points acknowledged in {:.1} s through {}: {:.0} points/s; request latency p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+                report.requests,
+                report.accepted,
+                report.seconds,
+                protocol.name(),
+                report.rate(),
+                report.latency_ms(0.5),
+                report.latency_ms(0.99),
+                report.latency_ms(0.999),
+                report.latency_ms(1.0)
+            );
+        }
+        Command::Pipeline { spec, partitions, fractions, latency_duration, probes } => {
+            let command = format!(
+                "deploy/bench.sh pipeline --duration {} --series {} --tags {} --batch {} --clients {} --protocol {} --seed {} --partitions {partitions} --fractions {} --latency-duration {} --probes {probes}",
+                humantime::format_duration(spec.duration),
+                spec.series,
+                spec.tags,
+                spec.batch,
+                spec.clients,
+                clap::ValueEnum::to_possible_value(&spec.protocol).map_or_else(String::new, |v| v.get_name().to_owned()),
+                spec.seed,
+                fractions.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
+                humantime::format_duration(latency_duration)
+            );
+            let options = pipeline::Options { spec, partitions, fractions, latency_duration, probes };
+            let section = runtime.block_on(pipeline::pipeline_bench(&kafka, &options))?;
+            write_section(report, "Pipeline", &format!("{section}\nReproduce: `{command}`\n"))?;
+            println!("{section}");
+        }
+        Command::Peers { points, series, partitions, grace, rate, latency_duration, latency_series, warm_up, threads, peers, engines } => {
+            let command = format!(
+                "deploy/bench.sh peers --points {points} --series {series} --partitions {partitions} --grace {} --rate {rate} --latency-duration {} --latency-series {latency_series} --warm-up {} --threads {threads}",
+                humantime::format_duration(grace),
+                humantime::format_duration(latency_duration),
+                humantime::format_duration(warm_up)
+            );
+            let options =
+                peers::Options { points, series, partitions, grace, rate, latency_duration, latency_series, warm_up, threads, peers, engines };
+            let section = runtime.block_on(peers::peers_bench(&kafka, &options))?;
+            write_section(report, "Peer engines", &format!("{section}\nReproduce: `{command}`\n"))?;
+            println!("{section}");
+        }
+        Command::Scaling { points, scales, series, instances, partitions } => {
+            let join = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let command = format!(
+                "deploy/bench.sh scaling --points {points} --scales {} --series {series} --instances {} --partitions {partitions}",
+                join(&scales),
+                join(&instances.iter().map(|&i| i as u64).collect::<Vec<_>>())
+            );
+            let options = scaling::Options { points, scales, series, instances, partitions };
+            let section = runtime.block_on(scaling::scaling_bench(&kafka, &options))?;
+            write_section(report, "Scaling", &format!("{section}\nReproduce: `{command}`\n"))?;
+            println!("{section}");
+        }
+        Command::Suite { short } => {
+            for args in suite(short) {
+                let one = One::try_parse_from(std::iter::once("runnel-bench").chain(args))?;
+                dispatch(one.command, runtime, report, &kafka)?;
+            }
+        }
         Command::Processor { points, series, rounds, partitions } => {
             let section = runtime.block_on(processor_bench(&kafka, points, series, rounds, partitions))?;
             let command = format!(
                 "deploy/bench.sh processor --points {points} --series {series} --rounds {rounds} --partitions {partitions}"
             );
-            write_section(&cli.report, "Processor", &format!("{section}\nReproduce: `{command}`\n"))?;
+            write_section(report, "Processor", &format!("{section}\nReproduce: `{command}`\n"))?;
             println!("{section}");
         }
         Command::Analyzer { scales, aggregates, partitions, rounds, nab } => {
@@ -152,7 +343,7 @@ fn main() -> anyhow::Result<()> {
             );
             let options = analyzer::Options { scales, aggregates, partitions, rounds, nab };
             let section = runtime.block_on(analyzer::analyzer_bench(&kafka, &options))?;
-            write_section(&cli.report, "Analyzer", &format!("{section}Reproduce: `{command}`\n"))?;
+            write_section(report, "Analyzer", &format!("{section}Reproduce: `{command}`\n"))?;
             println!("{section}");
         }
         Command::Collector { points, series, batch, clients, partitions, rounds } => {
@@ -161,7 +352,7 @@ fn main() -> anyhow::Result<()> {
             );
             let options = collector::Options { points, series, batch, clients, partitions, rounds };
             let section = runtime.block_on(collector::collector_bench(&kafka, &options))?;
-            write_section(&cli.report, "Collector", &format!("{section}\nReproduce: `{command}`\n"))?;
+            write_section(report, "Collector", &format!("{section}\nReproduce: `{command}`\n"))?;
             println!("{section}");
         }
         Command::Store { aggregates, points, partitions, rounds, scales, python } => {
@@ -172,7 +363,7 @@ fn main() -> anyhow::Result<()> {
             let python = python.unwrap_or_else(store::default_python);
             let options = store::Options { aggregates, points, partitions, rounds, scales, python };
             let section = runtime.block_on(store::store_bench(&kafka, &options))?;
-            write_section(&cli.report, "Store", &format!("{section}Reproduce: `{command}`\n"))?;
+            write_section(report, "Store", &format!("{section}Reproduce: `{command}`\n"))?;
             println!("{section}");
         }
     }

@@ -70,12 +70,7 @@ impl Run {
 /// clock ticks of 1/100 s, `USER_HZ` on every Linux this runs on). The bench runs one measured thing at
 /// a time, so a difference of two readings is that thing's CPU time.
 pub(crate) fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at the state, field 3; utime and
-    // stime are fields 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    (ticks(11) + ticks(12)) / 100.0
+    crate::process::cpu_seconds("/proc/self/stat")
 }
 
 /// A store's run: until every record was read into memory (where queries see it), and until every
