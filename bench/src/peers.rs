@@ -134,7 +134,9 @@ async fn start(engine: Engine, kafka: &KafkaSettings, o: &Options, input: &Topic
             if !jar.exists() {
                 bail!("{} is missing: bench/peers/setup.sh builds it", jar.display());
             }
-            let mut args = vec!["-jar".to_owned(), jar.display().to_string()];
+            // The JVM's temporary files (RocksDB's native library, 15 MB a run, which a JVM ended by a
+            // signal leaves behind) go under the run's folder, which the bench removes.
+            let mut args = vec![format!("-Djava.io.tmpdir={}", dir.display()), "-jar".to_owned(), jar.display().to_string()];
             args.extend(common("--application-id", unique("bench-kstreams")));
             args.extend(["--threads".to_owned(), o.threads.to_string(), "--state-dir".to_owned(), dir.join(unique("kstreams-state")).display().to_string()]);
             let mut process = Process::spawn(&unique("kstreams"), Path::new("java"), &args, &[], dir)?;
