@@ -111,6 +111,16 @@ impl Service {
         }
     }
 
+    /// The address the process logged on its first line containing `needle` (as `addr=...`), waiting
+    /// up to a minute for the line.
+    pub fn logged_addr(&mut self, needle: &str) -> std::net::SocketAddr {
+        let line = self.wait_for_log(needle, Duration::from_secs(60));
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     /// Whether the process has not exited yet. A paused (SIGSTOP) process is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.try_wait() {

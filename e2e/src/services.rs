@@ -178,11 +178,6 @@ pub fn spawn_store_with(
     vars.extend(more.iter().map(|(k, v)| env(k, v)));
     let mut service =
         crate::process::Service::spawn_with_args(&crate::process::bin("store"), &["--config", &config.display().to_string()], &vars);
-    let line = service.wait_for_log("grpc serving", Duration::from_secs(60));
-    let addr = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = service.logged_addr("grpc serving");
     (service, addr)
 }

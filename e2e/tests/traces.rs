@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,12 +67,6 @@ metric = "traced"
 op = ">"
 threshold = 50.0
 "#;
-
-/// The address a service logged on the line containing `needle` (`addr=...`).
-fn logged_addr(service: &mut Service, needle: &str) -> SocketAddr {
-    let line = service.wait_for_log(needle, Duration::from_secs(60));
-    line.split_whitespace().find_map(|word| word.strip_prefix("addr=")).and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traced_write_is_followed_through_every_service_to_its_alert() {
@@ -140,7 +133,7 @@ async fn a_traced_write_is_followed_through_every_service_to_its_alert() {
     ];
     collector_env.extend(telemetry("collector"));
     let mut collector = Service::spawn(&bin("collector"), &collector_env);
-    let collector_addr = logged_addr(&mut collector, "grpc serving");
+    let collector_addr = collector.logged_addr("grpc serving");
     processor.wait_for_log("ready=true", Duration::from_secs(60));
     analyzer.wait_for_log("ready=true", Duration::from_secs(60));
 
