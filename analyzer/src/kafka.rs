@@ -356,16 +356,24 @@ impl Consume {
     /// Runs until `shutdown`, then commits and leaves the group.
     pub(crate) async fn run(self, shutdown: plumbing::Shutdown) -> Result<()> {
         self.consumer.subscribe(&[&self.shared.input_topic])?;
-        let mut tick = tokio::time::interval(self.commit_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut schedule = plumbing::txn::CommitSchedule::new(self.commit_interval);
         loop {
             if let Some(err) = lock(&self.shared.broken).take() {
                 return Err(err);
             }
+            // Alert changes go out without waiting for the next tick (see `CommitSchedule`).
+            let (drained, overdue) = (schedule.drained(), schedule.overdue());
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => self.commit()?,
+                () = overdue => {
+                    self.commit()?;
+                    schedule.committed();
+                }
+                () = schedule.tick() => {
+                    self.commit()?;
+                    schedule.committed();
+                }
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
                     // A record a sampled trace reached: its evaluation, and each alert it changes, join it.
@@ -375,6 +383,9 @@ impl Consume {
                     });
                     let alerts = self.shared.handle(&message);
                     drop(message);
+                    if !alerts.is_empty() {
+                        schedule.urge();
+                    }
                     for alert in &alerts {
                         tracing::info!(id = %alert.id, state = ?alert.state(), value = alert.value, "alert changed");
                         let span = traced.as_ref().map(|parent| {
@@ -396,6 +407,10 @@ impl Consume {
                     if let Some(span) = &traced {
                         plumbing::trace::end(span);
                     }
+                }
+                () = drained => {
+                    self.commit()?;
+                    schedule.committed();
                 }
             }
         }

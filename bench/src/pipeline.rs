@@ -426,7 +426,7 @@ fn write_up(
     let spec = &o.spec;
     let mut out = format!(
         "{}\n\nThe four services run as the processes users run (the release binaries, default settings: 10 s tumbling \
-         windows, 5 s allowed lateness, exactly once, 100 ms commits; the store's 1 s flushes), on fresh topics of {} \
+         windows, 5 s allowed lateness, exactly once, 1 s commits and closed windows committed early; the store's 1 s flushes), on fresh topics of {} \
          partitions. The load generator (`runnel-bench load`) sends {} series ({} tags each) in requests of {} points from {} \
          clients over {}; seed {}.\n\n",
         crate::machine(),

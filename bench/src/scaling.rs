@@ -101,7 +101,7 @@ pub(crate) async fn scaling_bench(kafka: &KafkaSettings, o: &Options) -> anyhow:
     std::fs::create_dir_all(&dir)?;
     let mut out = format!(
         "{}\n\nEach configuration: the processor instances (release binaries, default settings: 10 s tumbling windows, \
-         exactly once) start in one group on an empty topic of {} partitions and settle their assignment; then a bare \
+         exactly once, 1 s commits) start in one group on an empty topic of {} partitions and settle their assignment; then a bare \
          producer loads {} points (one per series per second of event time, then a point a minute later on every \
          partition so that every window closes), and the clock runs from the load's start until the instances together \
          have handled every point and emitted every window. CPU is the instances' own (user and system, from /proc), \

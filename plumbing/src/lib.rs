@@ -16,7 +16,7 @@
 //! - [`shutdown`]: the cancellation signal that SIGTERM and SIGINT raise;
 //! - [`service`]: the common body of every service binary (arguments, settings, exit codes);
 //! - [`txn`]: the exactly-once output, a transactional producer with a deadline on every call, which
-//!   the processor and the analyzer both commit through.
+//!   the processor and the analyzer both commit through, and when they commit.
 //!
 //! Domain logic (validation, windows, storage, models) belongs to the services, never here.
 

@@ -249,3 +249,107 @@ pub fn settled(deliveries: impl IntoIterator<Item = DeliveryFuture>) -> Result<s
     }
     Ok(ends)
 }
+
+/// When a consume-transform-produce loop commits. Every `interval`: that bounds what a failed
+/// transaction replays, and how often every changed piece of state is written to the changelog again.
+/// And sooner for output a reader waits for (a closed window, a changed alert): once the input is
+/// drained, so that the other partitions' results of the same moment go in the same commit; or once
+/// such output has waited a twentieth of the interval, so that a busy input cannot hold it back. A
+/// result therefore never sits out the interval, which can be long, and cheap, for that reason.
+#[derive(Debug)]
+pub struct CommitSchedule {
+    tick: tokio::time::Interval,
+    /// The least time between two commits for a drained input, and the most that urgent output waits.
+    spacing: Duration,
+    last: tokio::time::Instant,
+    /// Since when urgent output has waited, if any is in the open transaction.
+    urgent_since: Option<tokio::time::Instant>,
+}
+
+impl CommitSchedule {
+    /// What share of the interval the spacing is.
+    const SPACING_DIVISOR: u32 = 20;
+
+    pub fn new(interval: Duration) -> Self {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick, spacing: interval / Self::SPACING_DIVISOR, last: tokio::time::Instant::now(), urgent_since: None }
+    }
+
+    /// Output a reader waits for is in the open transaction.
+    pub fn urge(&mut self) {
+        self.urgent_since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// Resolves at the next regular commit.
+    pub async fn tick(&mut self) {
+        self.tick.tick().await;
+    }
+
+    /// Resolves once urgent output may be committed early, the spacing after the last commit; never,
+    /// without urgent output. Placed below the consumer's `recv` in a `biased` select it wins only when
+    /// no message is ready, which is what "the input is drained" means here. Like
+    /// [`CommitSchedule::overdue`], it borrows nothing, so that both can be made before a `select!`
+    /// that also polls [`CommitSchedule::tick`].
+    pub fn drained(&self) -> impl Future<Output = ()> + use<> {
+        sleep_until(self.urgent_since.map(|_| self.last + self.spacing))
+    }
+
+    /// Resolves once urgent output has waited the spacing, whether or not the input is drained; placed
+    /// above the consumer's `recv`.
+    pub fn overdue(&self) -> impl Future<Output = ()> + use<> {
+        sleep_until(self.urgent_since.map(|since| since + self.spacing))
+    }
+
+    /// A commit was made (or tried), on whichever cue: the next regular one is a whole interval away.
+    pub fn committed(&mut self) {
+        self.urgent_since = None;
+        self.last = tokio::time::Instant::now();
+        self.tick.reset();
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `future` has resolved by the time the test's runtime has nothing else to do.
+    async fn resolved(future: impl Future<Output = ()>) -> bool {
+        tokio::time::timeout(Duration::ZERO, future).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn only_urgent_output_commits_early() {
+        let mut schedule = CommitSchedule::new(Duration::from_secs(3600));
+        schedule.last -= Duration::from_secs(600);
+        assert!(!resolved(schedule.drained()).await, "nothing urgent: no early commit");
+        assert!(!resolved(schedule.overdue()).await);
+        schedule.urge();
+        assert!(resolved(schedule.drained()).await, "urgent, and the last commit is past the spacing (3 min)");
+        assert!(!resolved(schedule.overdue()).await, "the urgent output has not waited the spacing yet");
+        schedule.committed();
+        assert!(!resolved(schedule.drained()).await, "the commit took the urgent output");
+        schedule.urge();
+        assert!(!resolved(schedule.drained()).await, "urgent, but the last commit was just now");
+    }
+
+    #[tokio::test]
+    async fn urgent_output_that_waited_the_spacing_is_overdue() {
+        let mut schedule = CommitSchedule::new(Duration::from_secs(3600));
+        schedule.urge();
+        schedule.urgent_since = schedule.urgent_since.map(|since| since - Duration::from_secs(180));
+        assert!(resolved(schedule.overdue()).await);
+        schedule.urge();
+        assert!(resolved(schedule.overdue()).await, "a later urge keeps the earliest wait");
+        schedule.committed();
+        assert!(!resolved(schedule.overdue()).await);
+    }
+}

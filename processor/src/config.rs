@@ -21,8 +21,9 @@ pub struct Settings {
     pub topics: Topics,
     pub windows: Windows,
     /// How often a transaction (or, at least once, an offset commit) makes output and input progress
-    /// durable: the latency from a window's close to its aggregate being visible to `read_committed`
-    /// readers, and the work a crash repeats.
+    /// durable: the work a crash repeats, and how often every changed open window is written to the
+    /// changelog again. A closed window does not wait for it: it is committed once the input is drained,
+    /// or after a twentieth of this at the most.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// `exactly-once`: aggregates and input offsets commit in one Kafka transaction. `at-least-once`:
@@ -215,7 +216,7 @@ impl Default for Settings {
                 file: None,
                 reload_interval: Duration::from_secs(2),
             },
-            commit_interval: Duration::from_millis(100),
+            commit_interval: Duration::from_secs(1),
             delivery: Delivery::ExactlyOnce,
             transactional_id: format!("runnel-processor-{}", plumbing::config::hostname()),
             transaction_timeout: Duration::from_secs(10),

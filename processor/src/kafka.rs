@@ -66,6 +66,8 @@ pub struct Stats {
     pub assigned_partitions: AtomicU64,
     /// Transactions committed.
     pub transactions: AtomicU64,
+    /// Commits made before the regular tick, for closed windows (see `plumbing::txn::CommitSchedule`).
+    pub early_commits: AtomicU64,
     /// Rewinds to the last committed checkpoint after a failed transaction.
     pub rewinds: AtomicU64,
     /// Changelog records produced (window states and tombstones), including aborted ones.
@@ -739,20 +741,27 @@ impl Pipeline {
     /// Runs until `shutdown`, then commits what is durable and leaves the group.
     pub(crate) async fn run(mut self, shutdown: plumbing::Shutdown) -> Result<()> {
         self.consumer.subscribe(&[&self.shared.points_topic])?;
-        let mut tick = tokio::time::interval(self.commit_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut schedule = plumbing::txn::CommitSchedule::new(self.commit_interval);
         let mut last_progress = Instant::now();
         loop {
+            // Closed windows go out without waiting for the next tick (see `CommitSchedule`).
+            let (drained, overdue) = (schedule.drained(), schedule.overdue());
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                _ = tick.tick() => {
+                () = overdue => {
+                    self.commit().await?;
+                    schedule.committed();
+                    self.shared.stats.early_commits.fetch_add(1, Ordering::Relaxed);
+                }
+                () = schedule.tick() => {
                     for out in self.advance_quiet_partitions() {
                         if !self.emit(out).await? {
                             break;
                         }
                     }
                     self.commit().await?;
+                    schedule.committed();
                     if last_progress.elapsed() >= PROGRESS_EVERY {
                         last_progress = Instant::now();
                         self.shared.stats.log_progress();
@@ -765,10 +774,19 @@ impl Pipeline {
                     }
                     let outs = handle(&self.shared, &message);
                     for out in outs {
+                        let closed = matches!(out, Out::Aggregate(_));
                         if !self.emit(out).await? {
                             break;
                         }
+                        if closed {
+                            schedule.urge();
+                        }
                     }
+                }
+                () = drained => {
+                    self.commit().await?;
+                    schedule.committed();
+                    self.shared.stats.early_commits.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

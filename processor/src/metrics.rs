@@ -15,7 +15,7 @@ pub(crate) fn register(registry: &mut Registry, shared: &Arc<Shared>, reloads: A
     registry.register_collector(Box::new(Scraped(move |scrape: &mut Scrape<'_>| {
         let stats = &shared.stats;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             ("runnel_processor_points", "points merged into a window (again after a rewind)", &stats.points),
             ("runnel_processor_late_points", "points that arrived after their window closed, dead-lettered", &stats.late_points),
             ("runnel_processor_future_points", "points too far ahead of the processor's clock, dead-lettered", &stats.future_points),
@@ -24,6 +24,7 @@ pub(crate) fn register(registry: &mut Registry, shared: &Arc<Shared>, reloads: A
             ("runnel_processor_windows_emitted", "aggregates produced, including those of aborted transactions", &stats.windows_emitted),
             ("runnel_processor_idle_advances", "windows closed because their partition went quiet", &stats.idle_advances),
             ("runnel_processor_transactions", "transactions committed", &stats.transactions),
+            ("runnel_processor_early_commits", "commits made before the regular tick, for closed windows", &stats.early_commits),
             ("runnel_processor_rewinds", "rewinds to the last committed checkpoint after a failed transaction", &stats.rewinds),
             ("runnel_processor_changelog_records", "changelog records produced, including aborted ones", &stats.changelog_records),
             ("runnel_processor_restored_windows", "open windows read back from the changelog", &stats.restored_windows),
