@@ -366,14 +366,8 @@ impl Consume {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                () = overdue => {
-                    self.commit()?;
-                    schedule.committed();
-                }
-                () = schedule.tick() => {
-                    self.commit()?;
-                    schedule.committed();
-                }
+                () = overdue => self.commit_on(&mut schedule)?,
+                () = schedule.tick() => self.commit_on(&mut schedule)?,
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
                     // A record a sampled trace reached: its evaluation, and each alert it changes, join it.
@@ -408,15 +402,19 @@ impl Consume {
                         plumbing::trace::end(span);
                     }
                 }
-                () = drained => {
-                    self.commit()?;
-                    schedule.committed();
-                }
+                () = drained => self.commit_on(&mut schedule)?,
             }
         }
         self.commit()?;
         self.consumer.unsubscribe();
         tracing::info!("analyzer consumer stopped");
+        Ok(())
+    }
+
+    /// Commits on one of `schedule`'s cues, and tells it so.
+    fn commit_on(&self, schedule: &mut plumbing::txn::CommitSchedule) -> Result<()> {
+        self.commit()?;
+        schedule.committed();
         Ok(())
     }
 

@@ -750,9 +750,7 @@ impl Pipeline {
                 biased;
                 () = shutdown.cancelled() => break,
                 () = overdue => {
-                    self.commit().await?;
-                    schedule.committed();
-                    self.shared.stats.early_commits.fetch_add(1, Ordering::Relaxed);
+                    self.commit_early(&mut schedule).await?;
                 }
                 () = schedule.tick() => {
                     for out in self.advance_quiet_partitions() {
@@ -784,9 +782,7 @@ impl Pipeline {
                     }
                 }
                 () = drained => {
-                    self.commit().await?;
-                    schedule.committed();
-                    self.shared.stats.early_commits.fetch_add(1, Ordering::Relaxed);
+                    self.commit_early(&mut schedule).await?;
                 }
             }
         }
@@ -931,6 +927,14 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// A commit before the regular tick, for closed windows.
+    async fn commit_early(&mut self, schedule: &mut plumbing::txn::CommitSchedule) -> Result<()> {
+        self.commit().await?;
+        schedule.committed();
+        self.shared.stats.early_commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Makes what was produced so far durable together with every owned partition's checkpoint; after
