@@ -39,7 +39,7 @@ use opentelemetry::trace::SpanKind;
 use plumbing::ops::{KafkaStats, Seconds};
 use plumbing::trace::{Attribute, TraceContext};
 use plumbing::txn::{Failed, ProducerHealth, Transactions, settled};
-use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, WindowRules};
+use crate::window::{Change, Checkpoint, Outcome, PartitionWindows, Tombstones, WindowRules};
 
 /// The Kafka header on every aggregate that holds the wall-clock time (nanoseconds since the epoch, as
 /// decimal text) at which its window closed.
@@ -291,12 +291,12 @@ impl Shared {
     }
 
     /// Sends every owned partition's changelog changes since the last call; returns their deliveries.
-    fn send_changes(&self, output: &mut Output) -> Result<Vec<DeliveryFuture>, KafkaError> {
+    fn send_changes(&self, output: &mut Output, tombstones: Tombstones) -> Result<Vec<DeliveryFuture>, KafkaError> {
         let deadline = Instant::now() + self.timeout;
         let mut partitions = lock(&self.partitions);
         let mut deliveries = Vec::new();
         for (&partition, windows) in partitions.iter_mut() {
-            for change in windows.take_changes() {
+            for change in windows.take_changes(tombstones) {
                 let (key, payload) = match &change {
                     Change::Put { key, state } => (key, Some(state.encode_to_vec())),
                     Change::Delete { key } => (key, None),
@@ -437,13 +437,13 @@ impl Shared {
 
     /// Makes everything produced so far durable together with every owned partition's changelog
     /// changes and checkpoint: one transaction (exactly once), or acknowledged output then an offset
-    /// commit (at least once).
-    fn commit_all<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> Result<(), CommitError> {
+    /// commit (at least once). With [`Tombstones::Later`], closed windows' tombstones wait.
+    fn commit_all<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, tombstones: Tombstones) -> Result<(), CommitError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(CommitError::Fatal(Error::Delivery(KafkaError::Canceled)));
         }
         let started = Instant::now();
-        let committed = self.commit_locked(consumer);
+        let committed = self.commit_locked(consumer, tombstones);
         if let Err(CommitError::Fatal(_)) = &committed {
             self.poisoned.store(true, Ordering::SeqCst);
         }
@@ -459,9 +459,9 @@ impl Shared {
         committed
     }
 
-    fn commit_locked<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> Result<(), CommitError> {
+    fn commit_locked<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, tombstones: Tombstones) -> Result<(), CommitError> {
         let mut output = lock(&self.output);
-        let prepared = self.send_changes(&mut output);
+        let prepared = self.send_changes(&mut output, tombstones);
         match &mut *output {
             Output::ExactlyOnce(txns) => {
                 if !txns.is_open() {
@@ -544,7 +544,7 @@ impl ConsumerContext for RebalanceContext {
         if lost {
             // Another member may own these partitions already: nothing of ours may commit.
             abort();
-        } else if let Err(err) = shared.commit_all(consumer) {
+        } else if let Err(err) = shared.commit_all(consumer, Tombstones::All) {
             tracing::warn!(error = %err, "commit on revoke failed; the next owner resumes from the last commit");
             // Whatever the open transaction holds belongs to partitions that are going: never commit it.
             abort();
@@ -758,7 +758,7 @@ impl Pipeline {
                             break;
                         }
                     }
-                    self.commit().await?;
+                    self.commit(Tombstones::All).await?;
                     schedule.committed();
                     if last_progress.elapsed() >= PROGRESS_EVERY {
                         last_progress = Instant::now();
@@ -786,7 +786,7 @@ impl Pipeline {
                 }
             }
         }
-        self.commit().await?;
+        self.commit(Tombstones::All).await?;
         self.consumer.unsubscribe();
         tracing::info!("processor stopped");
         Ok(())
@@ -929,9 +929,10 @@ impl Pipeline {
         }
     }
 
-    /// A commit before the regular tick, for closed windows.
+    /// A commit before the regular tick, for closed windows: only what must go with them (their
+    /// tombstones wait for the tick).
     async fn commit_early(&mut self, schedule: &mut plumbing::txn::CommitSchedule) -> Result<()> {
-        self.commit().await?;
+        self.commit(Tombstones::Later).await?;
         schedule.committed();
         self.shared.stats.early_commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -939,9 +940,9 @@ impl Pipeline {
 
     /// Makes what was produced so far durable together with every owned partition's checkpoint; after
     /// a transaction that did not commit, rewinds to the last one that did.
-    async fn commit(&mut self) -> Result<()> {
+    async fn commit(&mut self, tombstones: Tombstones) -> Result<()> {
         // Commits block for up to their deadline: keep them off the async workers.
-        match tokio::task::block_in_place(|| self.shared.commit_all(&self.consumer)) {
+        match tokio::task::block_in_place(|| self.shared.commit_all(&self.consumer, tombstones)) {
             Ok(()) => Ok(()),
             Err(CommitError::Failed(failed)) => {
                 tracing::warn!(%failed, "transaction failed; rewinding to the last committed checkpoint");

@@ -11,6 +11,10 @@
 //! changed since the last call, for the changelog written in the same transaction as the input offsets,
 //! and [`PartitionWindows::restore`] rebuilds the partition from that changelog and the committed
 //! [`Checkpoint`], so that a new owner continues exactly where the last commit left off.
+//!
+//! A closed window's tombstone may wait for a later commit ([`Tombstones::Later`]): the checkpoint's
+//! watermark already says the window closed, and a restore drops (and tombstones) any window it passed.
+//! So the commit that makes a closed window's aggregate visible carries only what must go with it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -129,6 +133,17 @@ impl Checkpoint {
     }
 }
 
+/// Whether [`PartitionWindows::take_changes`] tombstones the windows that closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tombstones {
+    /// Every tombstone due: the changelog then holds exactly the open windows.
+    All,
+    /// All but closed windows' (kept for the next `All`): what a commit that hurries closed windows'
+    /// aggregates needs. A session merged into another is tombstoned even so, since a restore could
+    /// not tell it from an open one.
+    Later,
+}
+
 /// One change to a partition's changelog.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -188,8 +203,11 @@ pub struct PartitionWindows {
     sessions: HashMap<String, Vec<Session>>,
     /// Every open session as (end, series key, id): the sessions to close are a prefix.
     session_ends: BTreeSet<(i64, String, u64)>,
-    /// Changelog keys of persisted windows that have gone since the last `take_changes`.
+    /// Changelog keys of persisted windows that have gone since the last `take_changes`, other than
+    /// by closing: a restore would take them for open windows.
     tombstones: Vec<String>,
+    /// Changelog keys of persisted windows that closed and have not been tombstoned yet.
+    closed: Vec<String>,
 }
 
 /// A changelog record that cannot be restored.
@@ -212,11 +230,14 @@ impl PartitionWindows {
             sessions: HashMap::new(),
             session_ends: BTreeSet::new(),
             tombstones: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
     /// A partition resuming from the checkpoint its last owner committed and the windows its changelog
-    /// holds (the latest record of each key that is not a tombstone).
+    /// holds (the latest record of each key that is not a tombstone). A window the checkpoint's watermark
+    /// has passed closed, and its aggregate committed, before that checkpoint; only its tombstone
+    /// waited (see [`Tombstones::Later`]): it is dropped and tombstoned at the next full commit.
     pub fn restore(
         allowed_lateness_ns: i64,
         sketch: SketchSpec,
@@ -227,8 +248,13 @@ impl PartitionWindows {
         windows.max_event_ns = checkpoint.max_event_ns;
         windows.next_offset = checkpoint.next_offset;
         windows.changelog_end = checkpoint.changelog_end;
+        let watermark = windows.watermark();
         for (key, state) in states {
             let (start, end, session_id) = (state.start_ns, state.end_ns, state.session_id);
+            if watermark.is_some_and(|watermark| end <= watermark) {
+                windows.closed.push(key);
+                continue;
+            }
             let Some(acc) = Accumulator::from_state(state) else { return Err(BadState { key }) };
             let slot = Slot { acc, dirty: false, persisted: true };
             let series = slot.acc.series.key();
@@ -401,7 +427,7 @@ impl PartitionWindows {
             }
             let ((_, _, series), slot) = entry.remove_entry();
             if slot.persisted {
-                self.tombstones.push(fixed_key(start, end, &series));
+                self.closed.push(fixed_key(start, end, &series));
             }
             let window = slot.acc.finish(start, end, &self.sketch);
             closed.push(Aggregate { series: Some(slot.acc.series), window: Some(window) });
@@ -415,7 +441,7 @@ impl PartitionWindows {
                 self.sessions.remove(&series);
             }
             if session.slot.persisted {
-                self.tombstones.push(session_key(id, &series));
+                self.closed.push(session_key(id, &series));
             }
             let window = session.slot.acc.finish(session.start, session.end, &self.sketch);
             closed.push(Aggregate { series: Some(session.slot.acc.series), window: Some(window) });
@@ -435,10 +461,14 @@ impl PartitionWindows {
     }
 
     /// The changelog records that bring it up to date: a tombstone for every persisted window that has
-    /// gone, the state of every window that changed. A window that opened and closed between two calls
-    /// never reaches the changelog.
-    pub fn take_changes(&mut self) -> Vec<Change> {
-        let mut changes: Vec<Change> = self.tombstones.drain(..).map(|key| Change::Delete { key }).collect();
+    /// gone (closed ones' only with [`Tombstones::All`]), the state of every window that changed. A
+    /// window that opened and closed between two calls never reaches the changelog.
+    pub fn take_changes(&mut self, tombstones: Tombstones) -> Vec<Change> {
+        let mut gone = std::mem::take(&mut self.tombstones);
+        if tombstones == Tombstones::All {
+            gone.append(&mut self.closed);
+        }
+        let mut changes: Vec<Change> = gone.into_iter().map(|key| Change::Delete { key }).collect();
         for ((end, start, series), slot) in self.fixed.iter_mut().filter(|(_, slot)| slot.dirty) {
             slot.dirty = false;
             slot.persisted = true;
@@ -666,15 +696,18 @@ mod tests {
         push(&mut w, "a", 1 * S, 1.0, 0);
         session(&mut w, "s", 11 * S, 1.0, 1);
         session(&mut w, "s", 14 * S, 1.0, 2);
-        assert_eq!(keys(&w.take_changes()), vec!["put s:1:s", "put s:2:s", "put w:0:10000000000:a"]);
-        assert!(w.take_changes().is_empty(), "nothing changed since");
+        assert_eq!(keys(&w.take_changes(Tombstones::All)), vec!["put s:1:s", "put s:2:s", "put w:0:10000000000:a"]);
+        assert!(w.take_changes(Tombstones::All).is_empty(), "nothing changed since");
         // 12.5 s joins the two sessions: the younger one's record goes. A window that opens and closes
         // between two calls (b's) never reaches the changelog.
         session(&mut w, "s", 12 * S + S / 2, 1.0, 3);
         push(&mut w, "b", 2 * S, 1.0, 4);
         push(&mut w, "a", 16 * S, 1.0, 5);
         assert_eq!(bounds(&w.close_ready()), vec![(0, 10 * S, 1, 1.0), (0, 10 * S, 1, 1.0)], "a's and b's first windows");
-        assert_eq!(keys(&w.take_changes()), vec!["del s:2:s", "del w:0:10000000000:a", "put s:1:s", "put w:10000000000:20000000000:a"]);
+        // The closed window's tombstone may wait; the merged session's may not.
+        assert_eq!(keys(&w.take_changes(Tombstones::Later)), vec!["del s:2:s", "put s:1:s", "put w:10000000000:20000000000:a"]);
+        assert_eq!(keys(&w.take_changes(Tombstones::All)), vec!["del w:0:10000000000:a"]);
+        assert!(w.take_changes(Tombstones::All).is_empty(), "nothing changed since");
     }
 
     #[test]
@@ -709,7 +742,7 @@ mod tests {
 
     /// Crashing anywhere and restoring from the last commit's changelog and checkpoint, then continuing,
     /// commits exactly what an uninterrupted run emits: every window once, bit for bit, and every late
-    /// point once.
+    /// point once; also when commits leave closed windows' tombstones for later.
     #[test]
     fn restoring_from_the_changelog_equals_an_uninterrupted_run() {
         // (series, second, value): interleaved, out of order, sessions that merge, late points.
@@ -747,9 +780,15 @@ mod tests {
 
         // Commit every `every` reads; crash after `crash` reads (losing what the open transaction held),
         // restore from the last commit, and read on to the end, committing at the end.
-        for every in 1..=4 {
-            for crash in 0..input.len() {
-                let case = format!("commit every {every}, crash after {crash} reads");
+        // Whether the n-th commit tombstones closed windows: always, never, every other one.
+        let modes: [(&str, fn(usize) -> Tombstones); 3] = [
+            ("all", |_| Tombstones::All),
+            ("later", |_| Tombstones::Later),
+            ("alternating", |n| if n % 2 == 0 { Tombstones::All } else { Tombstones::Later }),
+        ];
+        for (every, crash) in (1..=4).flat_map(|every| (0..input.len()).map(move |crash| (every, crash))) {
+            for (mode, tombstones) in modes {
+                let case = format!("commit every {every}, crash after {crash} reads, tombstones {mode}");
                 let mut changelog = BTreeMap::new();
                 let (mut committed, mut late) = (Vec::new(), 0);
                 let mut checkpoint = Checkpoint { next_offset: 0, max_event_ns: None, changelog_end: 0 };
@@ -757,7 +796,7 @@ mod tests {
                 for offset in 0..crash {
                     read(&mut owner, offset);
                     if (offset + 1) % every == 0 {
-                        apply(&mut changelog, owner.windows.take_changes());
+                        apply(&mut changelog, owner.windows.take_changes(tombstones(offset / every)));
                         checkpoint = owner.windows.checkpoint();
                         committed.append(&mut owner.pending);
                         late += std::mem::take(&mut owner.pending_late);
@@ -769,7 +808,7 @@ mod tests {
                 for offset in checkpoint.next_offset as usize..input.len() {
                     read(&mut owner, offset);
                 }
-                apply(&mut changelog, owner.windows.take_changes());
+                apply(&mut changelog, owner.windows.take_changes(Tombstones::All));
                 committed.append(&mut owner.pending);
                 late += owner.pending_late;
                 assert_eq!(committed, whole, "{case}");
