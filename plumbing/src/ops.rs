@@ -145,7 +145,10 @@ impl OpsListener {
             .route("/metrics", get(metrics))
             .with_state(state);
         tracing::info!(addr = %self.addr, "ops serving /livez /readyz /metrics");
-        let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        // A task of its own: a service's loop joined beside this future stops yielding while input
+        // waits (rdkafka's `recv` is ready at once), and would hold back every scrape and probe.
+        let serving = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let served = tokio::spawn(serving.into_future()).await.unwrap_or_else(|err| Err(std::io::Error::other(err)));
         // The last push, with the final counts, before the process goes.
         if let Some(pushing) = pushing
             && let Err(err) = pushing.await
@@ -426,6 +429,52 @@ mod tests {
         let second = encode(&registry);
         assert!(second.contains("things_total 9\n"), "{second}");
         assert!(second.ends_with("# EOF\n"), "{second}");
+    }
+
+    /// A service joins its consume loop beside `serve`; a loop that finds input waiting never yields
+    /// (rdkafka's `recv` is ready at once), and a probe must not wait for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probes_are_answered_while_a_joined_loop_never_yields() {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ops = OpsListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = ops.local_addr();
+        let shutdown = Shutdown::new();
+        let (spinning, answered) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        // The probe, from a thread of its own, as an orchestrator's, once the loop spins.
+        let probe = {
+            let (spinning, answered) = (Arc::clone(&spinning), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !spinning.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                stream.write_all(b"GET /livez HTTP/1.1\r\nhost: ops\r\nconnection: close\r\n\r\n").unwrap();
+                let mut reply = String::new();
+                stream.read_to_string(&mut reply).unwrap();
+                answered.store(true, Ordering::SeqCst);
+                reply
+            })
+        };
+        // The loop: it yields once (waiting for its first input), then spins without yielding until the
+        // probe is answered, for at most 10 s.
+        let busy = async {
+            tokio::task::yield_now().await;
+            spinning.store(true, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !answered.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+            shutdown.cancel();
+            answered.load(Ordering::SeqCst)
+        };
+        let (answered_while_busy, served) = tokio::join!(busy, ops.serve(Registry::default(), Readiness::ready(), shutdown.clone()));
+        served.unwrap();
+        let reply = probe.join().unwrap();
+        assert!(answered_while_busy, "the probe was answered only once the loop yielded: {reply}");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
 
     #[test]
