@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::prost::Message as _;
@@ -32,6 +32,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::{Offset, TopicPartitionList};
+
+use parking_lot::Mutex;
 
 use crate::aggregate::SketchSpec;
 use crate::error::{Error, Result};
@@ -141,7 +143,6 @@ fn send_blocking<'a>(
     }
 }
 
-/// State shared by the consume loop and the rebalance callbacks, which run inside `recv`.
 /// Where each kind of output goes, and the limits that decide it.
 #[derive(Debug, Clone)]
 pub(crate) struct Routing {
@@ -164,6 +165,9 @@ pub(crate) struct Windowing {
     pub(crate) sketch: SketchSpec,
 }
 
+/// State shared by the consume loop and the rebalance callbacks, which run inside `recv`. Its locks
+/// are eventually fair: the loop retakes `partitions` for every message, and a metrics scrape (which
+/// reads the watermarks) must not wait behind it for seconds.
 pub(crate) struct Shared {
     pub(crate) windowing: Windowing,
     pub(crate) points_topic: String,
@@ -206,14 +210,6 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// A poisoned lock means a panic mid-update; the loop then fails and commits nothing more, so reading
-/// the inner value is safe.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A committed offset's metadata; `None` when it is not UTF-8 (rdkafka would panic on it), which only
-/// another tool could have written.
 /// Reads the `changelog` partitions of `wanted` (partition, end): the latest window state of each key
 /// that no tombstone removed (see `plumbing::changelog::read`).
 fn read_changelog(
@@ -273,7 +269,7 @@ impl Shared {
     /// The span of the window of `key` starting at `start_ns`, if a sampled trace reached it; costs an
     /// uncontended lock and nothing else while no trace is open.
     fn take_traced(&self, key: &str, start_ns: i64) -> Option<TraceContext> {
-        let mut traced = lock(&self.traced);
+        let mut traced = self.traced.lock();
         let windows = traced.get_mut(key)?;
         let span = windows.remove(&start_ns);
         if windows.is_empty() {
@@ -284,7 +280,7 @@ impl Shared {
 
     /// Each owned partition's watermark (event time, in nanoseconds), once it has one.
     pub(crate) fn watermarks(&self) -> Vec<(i32, i64)> {
-        let partitions = lock(&self.partitions);
+        let partitions = self.partitions.lock();
         let mut watermarks: Vec<(i32, i64)> = partitions.iter().filter_map(|(p, w)| Some((*p, w.watermark()?))).collect();
         watermarks.sort_unstable();
         watermarks
@@ -293,7 +289,7 @@ impl Shared {
     /// Sends every owned partition's changelog changes since the last call; returns their deliveries.
     fn send_changes(&self, output: &mut Output, tombstones: Tombstones) -> Result<Vec<DeliveryFuture>, KafkaError> {
         let deadline = Instant::now() + self.timeout;
-        let mut partitions = lock(&self.partitions);
+        let mut partitions = self.partitions.lock();
         let mut deliveries = Vec::new();
         for (&partition, windows) in partitions.iter_mut() {
             for change in windows.take_changes(tombstones) {
@@ -317,7 +313,7 @@ impl Shared {
 
     /// Records how far each changelog partition was written, once those records are acknowledged.
     fn changelog_written(&self, ends: &HashMap<i32, i64>) {
-        let mut partitions = lock(&self.partitions);
+        let mut partitions = self.partitions.lock();
         for (partition, end) in ends {
             if let Some(windows) = partitions.get_mut(partition) {
                 windows.changelog_written(*end);
@@ -330,7 +326,7 @@ impl Shared {
     /// rdkafka's flush polls in steps of 100 ms when a background thread serves the events, so it
     /// would add up to 100 ms to every commit; a delivery future resolves as soon as its ack arrives.)
     fn settle(&self, changelog: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
-        let pending: Vec<DeliveryFuture> = lock(&self.pending).drain(..).collect();
+        let pending: Vec<DeliveryFuture> = self.pending.lock().drain(..).collect();
         settled(pending)?;
         let ends = settled(changelog)?;
         self.changelog_written(&ends);
@@ -339,7 +335,7 @@ impl Shared {
 
     /// The offsets and checkpoint metadata of every owned partition that has read something.
     fn checkpoints(&self) -> KafkaResult<TopicPartitionList> {
-        let partitions = lock(&self.partitions);
+        let partitions = self.partitions.lock();
         let mut tpl = TopicPartitionList::new();
         for (&partition, windows) in partitions.iter() {
             let checkpoint = windows.checkpoint();
@@ -421,7 +417,7 @@ impl Shared {
         }
         // A restored partition is as quiet as a point arriving now would make it: if nothing more comes,
         // its windows close through the idle advance like any other's.
-        let mut arrivals = lock(&self.arrivals);
+        let mut arrivals = self.arrivals.lock();
         for (partition, windows) in &restored_windows {
             match windows.max_event() {
                 Some(max_event_ns) => arrivals.insert(*partition, Arrival { at: Instant::now(), max_event_ns }),
@@ -429,7 +425,7 @@ impl Shared {
             };
         }
         drop(arrivals);
-        let mut partitions = lock(&self.partitions);
+        let mut partitions = self.partitions.lock();
         partitions.extend(restored_windows);
         self.stats.assigned_partitions.store(partitions.len() as u64, Ordering::SeqCst);
         Ok(positions)
@@ -447,7 +443,7 @@ impl Shared {
         if let Err(CommitError::Fatal(_)) = &committed {
             self.poisoned.store(true, Ordering::SeqCst);
         }
-        let emitted = std::mem::take(&mut *lock(&self.emitted_at));
+        let emitted = std::mem::take(&mut *self.emitted_at.lock());
         if committed.is_ok() {
             let now = Instant::now();
             for at in emitted {
@@ -460,7 +456,7 @@ impl Shared {
     }
 
     fn commit_locked<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, tombstones: Tombstones) -> Result<(), CommitError> {
-        let mut output = lock(&self.output);
+        let mut output = self.output.lock();
         let prepared = self.send_changes(&mut output, tombstones);
         match &mut *output {
             Output::ExactlyOnce(txns) => {
@@ -493,14 +489,14 @@ impl Shared {
     }
 
     fn forget(&self, revoked: &[i32]) {
-        let mut arrivals = lock(&self.arrivals);
+        let mut arrivals = self.arrivals.lock();
         for partition in revoked {
             arrivals.remove(partition);
         }
         drop(arrivals);
         // Traced windows of revoked partitions close elsewhere, untraced.
-        lock(&self.traced).clear();
-        let mut partitions = lock(&self.partitions);
+        self.traced.lock().clear();
+        let mut partitions = self.partitions.lock();
         for partition in revoked {
             partitions.remove(partition);
         }
@@ -531,12 +527,12 @@ impl ConsumerContext for RebalanceContext {
             // librdkafka unassigns everything after a rebalance error: treat it as a loss.
             Rebalance::Error(err) => {
                 tracing::warn!(error = %err, "rebalance failed; every partition is dropped");
-                (lock(&shared.partitions).keys().copied().collect(), true)
+                (shared.partitions.lock().keys().copied().collect(), true)
             }
             Rebalance::Assign(_) => return,
         };
         let abort = || {
-            if let Output::ExactlyOnce(txns) = &mut *lock(&shared.output)
+            if let Output::ExactlyOnce(txns) = &mut *shared.output.lock()
                 && let Err(failed) = txns.abort() {
                     tracing::warn!(%failed, "abort failed; the broker times the transaction out");
                 }
@@ -563,7 +559,7 @@ impl ConsumerContext for RebalanceContext {
             }
             Err(err) => {
                 tracing::error!(error = %err, "partitions could not be restored; stopping");
-                *lock(&self.shared.broken) = Some(err);
+                *self.shared.broken.lock() = Some(err);
             }
         }
     }
@@ -624,7 +620,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
         refused_at_ns: now_ns(),
         ..DeadLetter::default()
     };
-    let mut partitions = lock(&shared.partitions);
+    let mut partitions = shared.partitions.lock();
     let Some(windows) = partitions.get_mut(&partition) else {
         // Only between a revoke and the queue's purge: the partition belongs to another member now.
         tracing::debug!(partition, offset, "message of a partition not owned; skipped");
@@ -676,7 +672,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
         Outcome::Accepted => {
             stats.points.fetch_add(1, Ordering::Relaxed);
             if let Some(parent) = plumbing::trace::from_kafka(message.headers()) {
-                let mut traced = lock(&shared.traced);
+                let mut traced = shared.traced.lock();
                 let windows = traced.entry(key.clone()).or_default();
                 for (start, end) in kind.windows_of(ts) {
                     windows.entry(start).or_insert_with(|| {
@@ -707,7 +703,7 @@ fn handle(shared: &Shared, message: &BorrowedMessage<'_>) -> Vec<Out> {
         }
     }
     if let Some(max_event_ns) = windows.max_event() {
-        lock(&shared.arrivals).insert(partition, Arrival { at: Instant::now(), max_event_ns });
+        shared.arrivals.lock().insert(partition, Arrival { at: Instant::now(), max_event_ns });
     }
     out.extend(windows.close_ready().into_iter().map(|a| Out::Aggregate(Box::new(a))));
     out
@@ -767,7 +763,7 @@ impl Pipeline {
                 }
                 message = self.consumer.recv() => {
                     let Some(message) = plumbing::kafka::unless_transient(message)? else { continue };
-                    if let Some(err) = lock(&self.shared.broken).take() {
+                    if let Some(err) = self.shared.broken.lock().take() {
                         return Err(err);
                     }
                     let outs = handle(&self.shared, &message);
@@ -799,8 +795,8 @@ impl Pipeline {
     fn advance_quiet_partitions(&mut self) -> Vec<Out> {
         let idle_timeout = self.shared.routing.idle_timeout;
         let quiet: Vec<(i32, Arrival)> = {
-            let partitions = lock(&self.shared.partitions);
-            let arrivals = lock(&self.shared.arrivals);
+            let partitions = self.shared.partitions.lock();
+            let arrivals = self.shared.arrivals.lock();
             arrivals
                 .iter()
                 .filter(|(p, arrival)| arrival.at.elapsed() >= idle_timeout && partitions.get(p).is_some_and(|w| w.open_windows() > 0))
@@ -812,7 +808,7 @@ impl Pipeline {
             if !self.caught_up(partition) {
                 continue;
             }
-            let mut partitions = lock(&self.shared.partitions);
+            let mut partitions = self.shared.partitions.lock();
             let Some(windows) = partitions.get_mut(&partition) else { continue };
             let quiet_ns = i64::try_from(arrival.at.elapsed().as_nanos()).unwrap_or(i64::MAX);
             windows.advance(arrival.max_event_ns.saturating_add(quiet_ns));
@@ -832,7 +828,7 @@ impl Pipeline {
         });
         // A partition restored and not read since has no consumer position yet: its windows' next offset
         // (the committed one) says how far it got.
-        let handled = lock(&self.shared.partitions).get(&partition).map(|w| w.checkpoint().next_offset);
+        let handled = self.shared.partitions.lock().get(&partition).map(|w| w.checkpoint().next_offset);
         let Some(position) = consumed.max(handled) else { return false };
         // A metadata round trip, made only for a partition that has looked quiet for the idle timeout.
         let end = tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, partition, self.shared.timeout));
@@ -887,11 +883,11 @@ impl Pipeline {
                 record = record.headers(headers);
             }
             let sent = {
-                let mut output = lock(&self.shared.output);
+                let mut output = self.shared.output.lock();
                 let exactly_once = matches!(*output, Output::ExactlyOnce(_));
                 output.send(record).map(|delivery| {
                     if !exactly_once {
-                        lock(&self.shared.pending).push(delivery);
+                        self.shared.pending.lock().push(delivery);
                     }
                 })
             };
@@ -899,7 +895,7 @@ impl Pipeline {
                 Ok(()) => {
                     let counter = match out {
                         Out::Aggregate(_) => {
-                            lock(&self.shared.emitted_at).push(Instant::now());
+                            self.shared.emitted_at.lock().push(Instant::now());
                             &self.shared.stats.windows_emitted
                         }
                         Out::Dead(_) => &self.shared.stats.dead_letters,
@@ -912,7 +908,7 @@ impl Pipeline {
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
                 Err(err) => {
-                    let failed = match &mut *lock(&self.shared.output) {
+                    let failed = match &mut *self.shared.output.lock() {
                         // A send refused inside a transaction (say, after a delivery failed while a broker
                         // was away) dooms the transaction, not the service.
                         Output::ExactlyOnce(txns) => txns.fail(err),
@@ -956,10 +952,10 @@ impl Pipeline {
     /// resumed from the committed offset. Used after a transaction that did not commit.
     fn rewind(&self) -> Result<()> {
         let owned = self.consumer.assignment()?;
-        lock(&self.shared.partitions).clear();
+        self.shared.partitions.lock().clear();
         // Those aggregates are produced again by the replay; their first sending never became visible.
-        lock(&self.shared.emitted_at).clear();
-        lock(&self.shared.traced).clear();
+        self.shared.emitted_at.lock().clear();
+        self.shared.traced.lock().clear();
         let positions = tokio::task::block_in_place(|| self.shared.restore(&self.consumer, &owned))?;
         if positions.count() > 0 {
             // seek_partitions reports each partition's failure inside the list it returns.

@@ -781,7 +781,8 @@ mod tests {
         // Commit every `every` reads; crash after `crash` reads (losing what the open transaction held),
         // restore from the last commit, and read on to the end, committing at the end.
         // Whether the n-th commit tombstones closed windows: always, never, every other one.
-        let modes: [(&str, fn(usize) -> Tombstones); 3] = [
+        type Mode = (&'static str, fn(usize) -> Tombstones);
+        let modes: [Mode; 3] = [
             ("all", |_| Tombstones::All),
             ("later", |_| Tombstones::Later),
             ("alternating", |n| if n % 2 == 0 { Tombstones::All } else { Tombstones::Later }),
