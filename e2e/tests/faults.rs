@@ -3,7 +3,8 @@
 //! processor is paused past its session timeout and resumed as a zombie, or, on a three-node cluster,
 //! brokers are SIGKILLed under the processors; every window comes out exactly once with the count, sum
 //! and gradient its formula gives. And the collector under a broker outage: clients get retryable
-//! refusals, and every point acknowledged is in Kafka exactly once.
+//! refusals, and every point acknowledged is in Kafka exactly once. A transactional producer started
+//! while the broker is out of reach waits for it rather than failing the service's start.
 
 // Tests report failure by panicking, and build settings by assigning to defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
@@ -358,4 +359,48 @@ async fn a_broker_outage_under_the_collector_loses_and_duplicates_nothing() {
     assert_eq!((lost, doubled, records.len()), (0, 0, total), "{refused} refusals; every acknowledged point exactly once");
     eprintln!("{total} points through a broker outage: {refused} retryable refusals, none lost, none twice");
     cluster.stop();
+}
+
+/// A processor (or analyzer) started while the transaction coordinator is out of reach waits for it
+/// instead of exiting: here every connection to the broker is refused for the first few seconds, several
+/// times the registration's timeout, and the producer still registers once they get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_producer_started_while_the_broker_is_unreachable_registers_once_it_is_reachable() {
+    const REFUSED_FOR: Duration = Duration::from_secs(5);
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let kafka = kafka();
+    let broker = kafka.brokers.split(',').next().unwrap().to_owned();
+    // Bootstrap goes through this relay; the metadata then names the broker itself.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let opened = Instant::now();
+    let relaying = tokio::spawn({
+        let refused = std::sync::Arc::clone(&refused);
+        async move {
+            loop {
+                let (mut client, _) = relay.accept().await.unwrap();
+                if opened.elapsed() < REFUSED_FOR {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    continue; // dropped: the connection closes at once
+                }
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    let mut upstream = tokio::net::TcpStream::connect(&broker).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        }
+    });
+    let mut through_relay = kafka.clone();
+    through_relay.brokers = relay_addr.to_string();
+    let config = through_relay.transactional_producer("e2e-faults", &unique("e2e-faults-unreachable"), TIMEOUT);
+    let registering = tokio::task::spawn_blocking(move || {
+        plumbing::txn::Transactions::new(config, TIMEOUT, plumbing::ops::KafkaStats::default()).map(|_| opened.elapsed())
+    });
+    let registered_after = tokio::time::timeout(Duration::from_secs(120), registering).await.expect("registration ends").unwrap();
+    relaying.abort();
+    let registered_after = registered_after.expect("the producer registers once the broker is reachable");
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) > 0, "the first attempts were refused");
+    assert!(registered_after >= REFUSED_FOR, "registered only through the relay, after {registered_after:?}");
 }

@@ -89,6 +89,13 @@ impl std::fmt::Display for Failed {
 /// How long past its own timeout `send_offsets_to_transaction` may take before it counts as stuck.
 const OFFSETS_GRACE: Duration = Duration::from_secs(2);
 
+/// How long [`Transactions::new`] keeps retrying an `init_transactions` that failed retriably: the
+/// coordinator unreachable or not yet elected, as while a broker restarts or a fresh cluster creates
+/// its transaction state topic. Kafka Streams' default `task.timeout.ms`, for the same situation.
+const INIT_PATIENCE: Duration = Duration::from_secs(300);
+/// The pause between two attempts, so that an attempt failing at once does not spin.
+const INIT_BACKOFF: Duration = Duration::from_millis(500);
+
 pub struct Transactions {
     config: ClientConfig,
     timeout: Duration,
@@ -107,18 +114,35 @@ impl std::fmt::Debug for Transactions {
 
 impl Transactions {
     /// Creates the producer and registers its transactional id, fencing any earlier producer with it.
-    /// The producer, and each that replaces it, reports its statistics to `stats`.
+    /// A service starting while a broker is down waits for the transaction coordinator, for up to
+    /// five minutes, rather than exiting. The producer, and each that replaces it, reports its
+    /// statistics to `stats`.
     pub fn new(mut config: ClientConfig, timeout: Duration, stats: KafkaStats) -> KafkaResult<Self> {
         crate::kafka::with_statistics(&mut config);
-        let (producer, health) = Self::create(&config, timeout, &stats)?;
+        let (producer, health) = Self::create(&config, timeout, &stats, INIT_PATIENCE)?;
         Ok(Self { config, timeout, producer, health, open: false, stats })
     }
 
-    fn create(config: &ClientConfig, timeout: Duration, stats: &KafkaStats) -> KafkaResult<(FutureProducer<ProducerHealth>, ProducerHealth)> {
+    /// A registered producer; retriable failures of the registration are retried for `patience`.
+    fn create(
+        config: &ClientConfig,
+        timeout: Duration,
+        stats: &KafkaStats,
+        patience: Duration,
+    ) -> KafkaResult<(FutureProducer<ProducerHealth>, ProducerHealth)> {
         let health = ProducerHealth::reporting(stats.clone());
         let producer: FutureProducer<ProducerHealth> = config.create_with_context(health.clone())?;
-        producer.init_transactions(timeout)?;
-        Ok((producer, health))
+        let started = std::time::Instant::now();
+        loop {
+            // librdkafka allows calling init_transactions again after a retriable error (a timeout).
+            match producer.init_transactions(timeout) {
+                Err(KafkaError::Transaction(err)) if err.is_retriable() && started.elapsed() + INIT_BACKOFF < patience => {
+                    tracing::warn!(error = %err, waited = ?started.elapsed(), "transaction coordinator unavailable; retrying");
+                    std::thread::sleep(INIT_BACKOFF);
+                }
+                registered => return registered.map(|()| (producer, health)),
+            }
+        }
     }
 
     /// Sends one record inside the open transaction, opening one if needed. Its delivery need not be
@@ -220,7 +244,8 @@ impl Transactions {
         }
         tracing::warn!(error = %err, "transactional producer replaced after a fatal or timed-out call");
         self.open = false;
-        match Self::create(&self.config, self.timeout, &self.stats) {
+        // One attempt: the caller's loop must get back to its consumer; its next call retries.
+        match Self::create(&self.config, self.timeout, &self.stats, Duration::ZERO) {
             Ok((producer, health)) => {
                 self.health.retire();
                 (self.producer, self.health) = (producer, health);
