@@ -446,6 +446,11 @@ impl Shared {
         let emitted = std::mem::take(&mut *self.emitted_at.lock());
         if committed.is_ok() {
             let now = Instant::now();
+            if let Some(oldest) = emitted.first() {
+                // How long the oldest window waited for its commit to start, and for it to end.
+                let (queued, visible) = (started.saturating_duration_since(*oldest), now.duration_since(*oldest));
+                tracing::debug!(windows = emitted.len(), queued_ms = queued.as_millis(), visible_ms = visible.as_millis(), "windows committed");
+            }
             for at in emitted {
                 self.close_to_commit.observe(now.duration_since(at));
             }
@@ -457,19 +462,31 @@ impl Shared {
 
     fn commit_locked<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, tombstones: Tombstones) -> Result<(), CommitError> {
         let mut output = self.output.lock();
+        let started = Instant::now();
         let prepared = self.send_changes(&mut output, tombstones);
+        let sent = Instant::now();
         match &mut *output {
             Output::ExactlyOnce(txns) => {
                 if !txns.is_open() {
                     return prepared.map(drop).map_err(|err| CommitError::Failed(txns.fail(err)));
                 }
+                let changes = prepared.as_ref().map_or(0, Vec::len);
                 let offsets = prepared
                     .and_then(|changelog| self.settle(changelog))
                     .and_then(|()| self.checkpoints());
                 let offsets = offsets.map_err(|err| CommitError::Failed(txns.fail(err)))?;
+                let settled = Instant::now();
                 let group = consumer.group_metadata().ok_or(CommitError::Fatal(Error::Kafka(KafkaError::NoMessageReceived)))?;
                 txns.commit(&offsets, group).map_err(CommitError::Failed)?;
                 self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+                // Where a commit's time goes: queueing the changelog, waiting for its acks, the commit itself.
+                tracing::debug!(
+                    changes,
+                    send_ms = (sent - started).as_millis(),
+                    settle_ms = (settled - sent).as_millis(),
+                    commit_ms = settled.elapsed().as_millis(),
+                    "transaction committed"
+                );
                 Ok(())
             }
             Output::AtLeastOnce { health, .. } => {
