@@ -81,6 +81,10 @@ enum Command {
         /// Probe series under the alert rule.
         #[arg(long, default_value_t = 200)]
         probes: u64,
+        /// A setting for the services beyond the defaults, as an environment variable
+        /// (`RUNNEL_PROCESSOR__COMMIT_INTERVAL=500ms`); repeatable. The report names each.
+        #[arg(long = "env", value_name = "NAME=VALUE", value_parser = service_env)]
+        env: Vec<(String, String)>,
     },
     /// The processor's job (10 s tumbling windows, exactly once) beside Kafka Streams and Quix Streams
     /// on the same topic and data: throughput, CPU, memory and window-result latency.
@@ -278,9 +282,10 @@ fn dispatch(command: Command, runtime: &tokio::runtime::Runtime, report: &std::p
                 report.latency_ms(1.0)
             );
         }
-        Command::Pipeline { spec, partitions, fractions, latency_duration, probes } => {
+        Command::Pipeline { spec, partitions, fractions, latency_duration, probes, env } => {
+            let settings: String = env.iter().map(|(name, value)| format!(" --env {name}={value}")).collect();
             let command = format!(
-                "deploy/bench.sh pipeline --duration {} --series {} --tags {} --batch {} --clients {} --protocol {} --seed {} --partitions {partitions} --fractions {} --latency-duration {} --probes {probes}",
+                "deploy/bench.sh pipeline --duration {} --series {} --tags {} --batch {} --clients {} --protocol {} --seed {} --partitions {partitions} --fractions {} --latency-duration {} --probes {probes}{settings}",
                 humantime::format_duration(spec.duration),
                 spec.series,
                 spec.tags,
@@ -291,7 +296,7 @@ fn dispatch(command: Command, runtime: &tokio::runtime::Runtime, report: &std::p
                 fractions.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
                 humantime::format_duration(latency_duration)
             );
-            let options = pipeline::Options { spec, partitions, fractions, latency_duration, probes };
+            let options = pipeline::Options { spec, partitions, fractions, latency_duration, probes, env };
             let section = runtime.block_on(pipeline::pipeline_bench(&kafka, &options))?;
             write_section(report, "Pipeline", &format!("{section}\nReproduce: `{command}`\n"))?;
             println!("{section}");
@@ -743,4 +748,12 @@ fn write_section(path: &std::path::Path, title: &str, body: &str) -> anyhow::Res
     }
     std::fs::write(path, report)?;
     Ok(())
+}
+
+/// `NAME=VALUE`, a service setting as an environment variable.
+fn service_env(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((name, value)) if name.starts_with("RUNNEL_") => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{arg:?} is not RUNNEL_<SERVICE>__<KEY>=<value>")),
+    }
 }

@@ -56,6 +56,8 @@ pub(crate) struct Options {
     pub(crate) latency_duration: Duration,
     /// Probe series (each gives a latency sample per window).
     pub(crate) probes: u64,
+    /// Settings beyond the defaults, as environment variables, for every service process.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// The four services on fresh topics and groups.
@@ -72,7 +74,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn start(kafka: &KafkaSettings, dir: &Path, partitions: i32) -> anyhow::Result<Self> {
+    async fn start(kafka: &KafkaSettings, dir: &Path, partitions: i32, settings: &[(String, String)]) -> anyhow::Result<Self> {
         let topic = |name: &str, partitions: i32| TopicSettings { name: unique(name), partitions, replication_factor: 1 };
         let (points, aggregates, alerts, deadletter) =
             (topic("bench-points", partitions), topic("bench-aggregates", partitions), topic("bench-alerts", 1), topic("bench-deadletter", 1));
@@ -80,7 +82,9 @@ impl Pipeline {
         let rules = dir.join("rules.toml");
         std::fs::write(&rules, RULES)?;
         let (grpc, http, store_grpc, analyzer_grpc) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
-        let env = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<Vec<_>>();
+        let env = |pairs: &[(&str, String)]| {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).chain(settings.iter().cloned()).collect::<Vec<_>>()
+        };
         let mut store = Service::spawn(
             "store",
             dir,
@@ -94,7 +98,7 @@ impl Pipeline {
                 ("RUNNEL_STORE__STORAGE__PATH", dir.join("store").display().to_string()),
             ]),
         )?;
-        let mut processor = spawn_processor(kafka, dir, &points, &aggregates, &deadletter, &[])?;
+        let mut processor = spawn_processor(kafka, dir, &points, &aggregates, &deadletter, &borrowed(settings))?;
         let mut analyzer = Service::spawn(
             "analyzer",
             dir,
@@ -164,6 +168,11 @@ impl Pipeline {
     }
 }
 
+/// `settings` as `spawn_processor` takes them.
+fn borrowed(settings: &[(String, String)]) -> Vec<(&str, String)> {
+    settings.iter().map(|(name, value)| (name.as_str(), value.clone())).collect()
+}
+
 /// A processor of a fresh group from `points` to `aggregates`, with the defaults and `extra` on top.
 pub(crate) fn spawn_processor(
     kafka: &KafkaSettings,
@@ -213,7 +222,7 @@ pub(crate) async fn pipeline_bench(kafka: &KafkaSettings, o: &Options) -> anyhow
     o.spec.check()?;
     let dir = std::env::temp_dir().join(unique("runnel-bench-pipeline"));
     std::fs::create_dir_all(&dir)?;
-    let pipeline = Pipeline::start(kafka, &dir, o.partitions).await?;
+    let pipeline = Pipeline::start(kafka, &dir, o.partitions, &o.env).await?;
 
     // 1. The maximum rate, the whole pipeline running.
     let spec = Spec { rate: 0.0, ..o.spec.clone() };
@@ -253,7 +262,7 @@ pub(crate) async fn pipeline_bench(kafka: &KafkaSettings, o: &Options) -> anyhow
     pipeline.stop()?;
 
     // 3. Draining the points topic: the processor alone, a bare consumer, a bare passthrough.
-    let drain = drain_runs(kafka, &dir, &points_topic, accepted).await?;
+    let drain = drain_runs(kafka, &dir, &points_topic, accepted, &o.env).await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(write_up(o, &report, sustained, &costs, &bare, &paced, &drain))
 }
@@ -373,7 +382,7 @@ struct Drains {
     passthrough: Run,
 }
 
-async fn drain_runs(kafka: &KafkaSettings, dir: &Path, points: &TopicSettings, records: u64) -> anyhow::Result<Drains> {
+async fn drain_runs(kafka: &KafkaSettings, dir: &Path, points: &TopicSettings, records: u64, settings: &[(String, String)]) -> anyhow::Result<Drains> {
     let consumer = {
         let (kafka, topic) = (kafka.clone(), points.name.clone());
         tokio::task::spawn_blocking(move || crate::store::drain(&kafka, &topic, records)).await??
@@ -391,7 +400,7 @@ async fn drain_runs(kafka: &KafkaSettings, dir: &Path, points: &TopicSettings, r
     let topic = |name: &str| TopicSettings { name: unique(name), partitions: points.partitions, replication_factor: 1 };
     let (aggregates, deadletter) = (topic("bench-drain-aggregates"), topic("bench-drain-deadletter"));
     kafka.ensure_topics(&[&aggregates, &deadletter]).await?;
-    let mut processor = spawn_processor(kafka, dir, points, &aggregates, &deadletter, &[])?;
+    let mut processor = spawn_processor(kafka, dir, points, &aggregates, &deadletter, &borrowed(settings))?;
     processor.ready().await?;
     let (started, cpu) = (Instant::now(), processor.cpu());
     let deadline = started + Duration::from_secs(600);
@@ -438,6 +447,10 @@ fn write_up(
         spec.protocol.name(),
         spec.seed
     );
+    if !o.env.is_empty() {
+        let changed: Vec<String> = o.env.iter().map(|(name, value)| format!("`{name}={value}`")).collect();
+        out.push_str(&format!("Settings changed from the defaults, in every service process: {}.\n\n", changed.join(", ")));
+    }
     out.push_str(&format!(
         "### Maximum rate\n\nThe load as fast as the collector acknowledges it for {} s, the whole pipeline running. \
          Sustained: the points over the time until the processor had merged and the store had kept every one. Beside it, a \
